@@ -60,6 +60,17 @@ impl<T> SysContext<T> for nix::Result<T> {
     }
 }
 
+impl<T> SysContext<T> for std::io::Result<T> {
+    fn context<F: FnOnce() -> String>(self, what: F) -> Result<T> {
+        self.map_err(|e| {
+            Error::sys(
+                what(),
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         use tonic::Code;
@@ -93,9 +104,15 @@ mod tests {
             (Error::NotFound("a".into()), Code::NotFound),
             (Error::AlreadyExists("a".into()), Code::AlreadyExists),
             (Error::OutOfRange("a".into()), Code::OutOfRange),
-            (Error::ResourceExhausted("a".into()), Code::ResourceExhausted),
+            (
+                Error::ResourceExhausted("a".into()),
+                Code::ResourceExhausted,
+            ),
             (Error::Aborted("a".into()), Code::Aborted),
-            (Error::FailedPrecondition("a".into()), Code::FailedPrecondition),
+            (
+                Error::FailedPrecondition("a".into()),
+                Code::FailedPrecondition,
+            ),
             (Error::Internal("a".into()), Code::Internal),
             (Error::sys("a", Errno::EIO), Code::Internal),
             (Error::sys("a", Errno::ENOSPC), Code::ResourceExhausted),

@@ -1,4 +1,19 @@
 //! hostpath-csi: a CSI driver that serves node-local directories as volumes.
 
+pub mod beneath;
+pub mod cli;
+pub mod client;
 pub mod csi;
+pub mod demo;
+pub mod driver;
 pub mod error;
+pub mod guard;
+pub mod ids;
+pub mod kind;
+pub mod mounts;
+pub mod pool;
+pub mod record;
+pub mod server;
+pub mod service;
+pub mod validate;
+pub mod volumes;

@@ -1,1 +1,53 @@
-fn main() {}
+//! Entry point: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use hostpath_csi::cli::{Cli, Command, LogFormat, ServeArgs};
+use hostpath_csi::driver::Driver;
+use hostpath_csi::{demo, server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    let outcome = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Demo => runtime.block_on(demo::run()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = args.config().map_err(|e| e.to_string())?;
+    let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let driver = tokio::task::spawn_blocking(move || Driver::open(config))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let listener = server::listen(&socket).map_err(|e| e.to_string())?;
+    tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
+    server::serve(
+        Arc::new(driver),
+        listener,
+        &socket,
+        server::termination_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}

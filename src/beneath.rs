@@ -1,0 +1,335 @@
+//! File operations confined beneath a directory fd.
+//!
+//! Every open resolves with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)`: no symlink is followed, no path
+//! escapes the directory, and no walk crosses into another mount.
+
+use std::ffi::{CStr, CString};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
+
+fn confined() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+/// Opens the directory `name` beneath `parent`.
+pub fn open_dir<P: ?Sized + nix::NixPath>(parent: impl AsFd, name: &P) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(confined());
+    openat2(parent, name, how)
+}
+
+/// Creates directory `name` with exactly `mode` (umask ignored) if it is missing.
+/// Returns true when this call created it; an existing non-directory is ENOTDIR.
+pub fn ensure_dir(parent: impl AsFd, name: &str, mode: u32) -> nix::Result<bool> {
+    let parent = parent.as_fd();
+    match mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) => {
+            let dir = open_dir(parent, name)?;
+            fchmod(&dir, Mode::from_bits_truncate(mode))?;
+            fsync(parent)?;
+            Ok(true)
+        }
+        Err(Errno::EEXIST) => {
+            open_dir(parent, name)?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces file `name` in `dir` with `bytes` atomically and durably:
+/// temp file, fsync, rename over, fsync of the directory.
+pub fn write_atomic(dir: impl AsFd, name: &str, bytes: &[u8]) -> nix::Result<()> {
+    let dir = dir.as_fd();
+    let temp = format!(".{name}.tmp");
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+        )
+        .mode(Mode::from_bits_truncate(0o600))
+        .resolve(confined());
+    let mut file = std::fs::File::from(openat2(dir, temp.as_str(), how)?);
+    file.write_all(bytes)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    fsync(&file)?;
+    renameat(dir, temp.as_str(), dir, name)?;
+    fsync(dir)
+}
+
+/// Reads the whole regular file `name` beneath `dir`.
+pub fn read_file(dir: impl AsFd, name: &CStr) -> nix::Result<Vec<u8>> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(confined());
+    let mut file = std::fs::File::from(openat2(dir, name, how)?);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(bytes)
+}
+
+/// Removes file `name` from `dir` (missing is fine) and makes that durable.
+pub fn remove_file(dir: impl AsFd, name: &str) -> nix::Result<()> {
+    match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => fsync(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists the entry names of a directory, without `.` and `..`.
+pub fn list(dir: impl AsFd) -> nix::Result<Vec<(CString, Option<Type>)>> {
+    let fd = open_dir(dir, ".")?;
+    let mut entries = Vec::new();
+    for entry in Dir::from_fd(fd)?.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            entries.push((name.to_owned(), entry.file_type()));
+        }
+    }
+    Ok(entries)
+}
+
+/// Removes `name` beneath `parent` and everything under it. Symlinks are
+/// removed, never followed; a mount found inside stops the removal with EXDEV.
+/// Missing is fine.
+pub fn remove_tree(parent: impl AsFd, name: &CStr) -> nix::Result<()> {
+    let parent = parent.as_fd();
+    let is_dir = match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_dir {
+        let dir = open_dir(parent, name)?;
+        for (child, kind) in list(&dir)? {
+            match kind {
+                Some(Type::Directory) | None => remove_tree(&dir, &child)?,
+                Some(_) => unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir)?,
+            }
+        }
+        unlink_missing_ok(parent, name, UnlinkatFlags::RemoveDir)
+    } else {
+        unlink_missing_ok(parent, name, UnlinkatFlags::NoRemoveDir)
+    }
+}
+
+fn unlink_missing_ok(dir: impl AsFd, name: &CStr, flag: UnlinkatFlags) -> nix::Result<()> {
+    match unlinkat(dir.as_fd(), name, flag) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Space and inodes taken by a directory tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of allocated blocks (what the files really take on disk).
+    pub bytes: u64,
+    /// Files, directories and links, the root included.
+    pub inodes: u64,
+}
+
+/// Adds up the blocks and inodes under `dir`, never following a symlink nor
+/// crossing into another mount.
+pub fn usage(dir: impl AsFd) -> nix::Result<Usage> {
+    let root = fstat(dir.as_fd())?;
+    let mut total = Usage {
+        bytes: allocated(&root),
+        inodes: 1,
+    };
+    add_usage(dir.as_fd(), &mut total)?;
+    Ok(total)
+}
+
+fn add_usage(dir: BorrowedFd<'_>, total: &mut Usage) -> nix::Result<()> {
+    for (name, _) in list(dir)? {
+        let st = match fstatat(
+            dir,
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        total.bytes += allocated(&st);
+        total.inodes += 1;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            match open_dir(dir, name.as_c_str()) {
+                Ok(child) => add_usage(child.as_fd(), total)?,
+                // A mount point or an entry removed meanwhile: not part of this tree.
+                Err(Errno::EXDEV | Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn allocated(st: &nix::sys::stat::FileStat) -> u64 {
+    u64::try_from(st.st_blocks).unwrap_or(0) * 512
+}
+
+/// The identity of a file: device and inode.
+pub fn identity(fd: impl AsFd) -> nix::Result<(u64, u64)> {
+    let st = fstat(fd.as_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// What `statx` says about a path, without following a final symlink.
+#[derive(Clone, Copy, Debug)]
+pub struct PathState {
+    pub file_type: SFlag,
+    /// The path is the root of a mount.
+    pub mount_root: bool,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Looks at `path` (absolute) with statx; `None` when it does not exist.
+pub fn path_state(path: &std::path::Path) -> nix::Result<Option<PathState>> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: path is NUL-terminated and stx points to writable memory of the right size.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_TYPE | libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: statx succeeded, so it filled the struct.
+    let stx = unsafe { stx.assume_init() };
+    let mount_flag = u64::from(libc::STATX_ATTR_MOUNT_ROOT as u32);
+    Ok(Some(PathState {
+        file_type: SFlag::from_bits_truncate(u32::from(stx.stx_mode)) & SFlag::S_IFMT,
+        mount_root: stx.stx_attributes_mask & mount_flag != 0
+            && stx.stx_attributes & mount_flag != 0,
+        dev: nix::sys::stat::makedev(u64::from(stx.stx_dev_major), u64::from(stx.stx_dev_minor)),
+        ino: stx.stx_ino,
+    }))
+}
+
+/// `/proc/self/fd/N`: a path naming exactly the file an fd holds, for mount(2).
+pub fn fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn open(path: &std::path::Path) -> OwnedFd {
+        nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn symlinks_and_dotdot_do_not_escape() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), tmp.path().join("link")).unwrap();
+        let root = open(tmp.path());
+        assert_eq!(open_dir(&root, "link").unwrap_err(), Errno::ELOOP);
+        assert_eq!(open_dir(&root, "../").unwrap_err(), Errno::EXDEV);
+        assert_eq!(open_dir(&root, "/etc").unwrap_err(), Errno::EXDEV);
+    }
+
+    #[test]
+    fn ensure_dir_sets_the_exact_mode_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = open(tmp.path());
+        assert!(ensure_dir(&root, "v", 0o755).unwrap());
+        let meta = std::fs::metadata(tmp.path().join("v")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        std::fs::set_permissions(tmp.path().join("v"), PermissionsExt::from_mode(0o2770)).unwrap();
+        assert!(!ensure_dir(&root, "v", 0o755).unwrap());
+        let meta = std::fs::metadata(tmp.path().join("v")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o2770, "mode reset");
+        std::fs::write(tmp.path().join("f"), b"").unwrap();
+        assert_eq!(ensure_dir(&root, "f", 0o755).unwrap_err(), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = open(tmp.path());
+        write_atomic(&root, "r.json", b"one").unwrap();
+        write_atomic(&root, "r.json", b"two").unwrap();
+        assert_eq!(read_file(&root, c"r.json").unwrap(), b"two");
+        let names: Vec<_> = list(&root).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec![c"r.json".to_owned()]);
+        remove_file(&root, "r.json").unwrap();
+        remove_file(&root, "r.json").unwrap();
+        assert!(list(&root).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_tree_deletes_links_not_their_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("keep"), b"precious").unwrap();
+        let tree = tmp.path().join("t");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/file"), b"x").unwrap();
+        symlink(victim.path(), tree.join("a/escape")).unwrap();
+        symlink(victim.path().join("keep"), tree.join("filelink")).unwrap();
+        let root = open(tmp.path());
+        remove_tree(&root, c"t").unwrap();
+        assert!(!tree.exists());
+        assert_eq!(
+            std::fs::read(victim.path().join("keep")).unwrap(),
+            b"precious"
+        );
+        remove_tree(&root, c"t").unwrap();
+    }
+
+    #[test]
+    fn usage_counts_blocks_and_inodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/f"), vec![1u8; 64 * 1024]).unwrap();
+        symlink("/etc", tmp.path().join("l")).unwrap();
+        let u = usage(open(tmp.path())).unwrap();
+        assert_eq!(u.inodes, 4);
+        assert!(u.bytes >= 64 * 1024, "{u:?}");
+    }
+
+    #[test]
+    fn path_state_sees_types_and_mount_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = path_state(tmp.path()).unwrap().unwrap();
+        assert_eq!(dir.file_type, SFlag::S_IFDIR);
+        assert!(!dir.mount_root);
+        assert!(path_state(&tmp.path().join("none")).unwrap().is_none());
+        assert!(
+            path_state(std::path::Path::new("/proc"))
+                .unwrap()
+                .unwrap()
+                .mount_root
+        );
+    }
+}

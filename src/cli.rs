@@ -1,0 +1,173 @@
+//! Command-line interface: `serve` runs the driver, `demo` shows it working.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::driver::DriverConfig;
+use crate::error::{Error, Result};
+use crate::ids::PoolName;
+use crate::validate;
+
+/// The driver name used when none is given.
+pub const DEFAULT_DRIVER_NAME: &str = "hostpath-csi.dev";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hostpath-csi",
+    version,
+    about = "A CSI driver for node-local volumes"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "HOSTPATH_CSI_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CSI Identity, Controller and Node services on a unix socket.
+    Serve(ServeArgs),
+    /// Start a driver on a temporary pool and socket and walk one volume
+    /// through its whole lifecycle, printing each call (needs root: it mounts).
+    Demo,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Socket to serve on, e.g. unix:///csi/csi.sock.
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/hostpath-csi/csi.sock"
+    )]
+    pub endpoint: String,
+    /// This node's id (the Kubernetes node name); defaults to the hostname.
+    #[arg(long, env = "HOSTPATH_CSI_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The CSI driver name (a DNS-like name of at most 63 characters).
+    #[arg(long, env = "HOSTPATH_CSI_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
+    pub driver_name: String,
+    /// A storage pool as NAME=PATH; repeat for several (the first is the default).
+    #[arg(
+        long = "pool",
+        env = "HOSTPATH_CSI_POOLS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub pools: Vec<String>,
+    /// Most volumes this node holds; 0 means no limit.
+    #[arg(long, env = "HOSTPATH_CSI_MAX_VOLUMES", default_value_t = 0)]
+    pub max_volumes: u64,
+}
+
+impl ServeArgs {
+    /// Checks the arguments and turns them into a driver configuration.
+    pub fn config(&self) -> Result<DriverConfig> {
+        let node_id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => nix::unistd::gethostname()
+                .map_err(|e| Error::Internal(format!("gethostname: {e}")))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if node_id.is_empty() || node_id.len() > 192 || node_id.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "node id {node_id:?} is malformed"
+            )));
+        }
+        let pools = self
+            .pools
+            .iter()
+            .map(|spec| parse_pool(spec))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DriverConfig {
+            driver_name: validate::driver_name(&self.driver_name)?.to_owned(),
+            node_id,
+            pools,
+            max_volumes: self.max_volumes,
+        })
+    }
+}
+
+/// `NAME=PATH` → (name, absolute path).
+pub fn parse_pool(spec: &str) -> Result<(PoolName, PathBuf)> {
+    let (name, path) = spec.split_once('=').ok_or_else(|| {
+        Error::InvalidArgument(format!("pool {spec:?} is malformed: expected NAME=PATH"))
+    })?;
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "pool {name}: path {} is not absolute",
+            path.display()
+        )));
+    }
+    Ok((PoolName::parse(name)?, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse() {
+        let (name, path) = parse_pool("fast=/mnt/nvme").unwrap();
+        assert_eq!((name.as_str(), path), ("fast", PathBuf::from("/mnt/nvme")));
+        for bad in ["fast", "fast=relative", "Fast=/x", "=/x"] {
+            assert!(parse_pool(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serve_flags_become_a_config() {
+        let cli = Cli::try_parse_from([
+            "hostpath-csi",
+            "serve",
+            "--pool",
+            "a=/a",
+            "--pool",
+            "b=/b",
+            "--node-id",
+            "n1",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let config = args.config().unwrap();
+        assert_eq!(config.driver_name, DEFAULT_DRIVER_NAME);
+        assert_eq!(config.node_id, "n1");
+        assert_eq!(config.pools.len(), 2);
+        assert!(
+            Cli::try_parse_from(["hostpath-csi", "serve"]).is_err(),
+            "a pool is required"
+        );
+        let bad = Cli::try_parse_from([
+            "hostpath-csi",
+            "serve",
+            "--pool",
+            "a=/a",
+            "--driver-name",
+            "-x",
+        ])
+        .unwrap();
+        let Command::Serve(args) = bad.command else {
+            panic!("not serve")
+        };
+        assert!(args.config().is_err());
+    }
+}

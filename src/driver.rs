@@ -1,0 +1,167 @@
+//! The state one driver process owns: its configuration, pools, volume table
+//! and operation guards, opened and reconciled at start.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::beneath;
+use crate::csi::Topology;
+use crate::error::{Error, Result};
+use crate::guard::OperationGuards;
+use crate::ids::{PoolName, VolumeId};
+use crate::mounts;
+use crate::pool::Pool;
+use crate::record;
+use crate::volumes::VolumeTable;
+
+/// Settings of one driver process (see `hostpath-csi serve --help`).
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    pub driver_name: String,
+    pub node_id: String,
+    /// Pools in the order given; the first is the default.
+    pub pools: Vec<(PoolName, PathBuf)>,
+    /// Most volumes this node holds (0 = no limit).
+    pub max_volumes: u64,
+}
+
+/// The shared core behind the three CSI services.
+#[derive(Debug)]
+pub struct Driver {
+    pub config: DriverConfig,
+    pools: Vec<Pool>,
+    volumes: Mutex<VolumeTable>,
+    pub guards: OperationGuards,
+}
+
+impl Driver {
+    /// Opens every pool, loads their records and finds which volumes are
+    /// still mounted (published mounts survive a restart untouched).
+    pub fn open(config: DriverConfig) -> Result<Driver> {
+        if config.pools.is_empty() {
+            return Err(Error::InvalidArgument(
+                "at least one --pool NAME=PATH is required".into(),
+            ));
+        }
+        let mut pools: Vec<Pool> = Vec::new();
+        for (name, path) in &config.pools {
+            if pools.iter().any(|p| &p.name == name) {
+                return Err(Error::InvalidArgument(format!(
+                    "pool {name} is given twice"
+                )));
+            }
+            pools.push(Pool::open(name.clone(), path)?);
+        }
+        let mut table = VolumeTable::default();
+        for pool in &pools {
+            let loaded = record::load_all(&pool.meta, &pool.shown().to_string())?;
+            for problem in &loaded.unreadable {
+                tracing::error!(pool = %pool.name, %problem, "unreadable volume record left in place");
+            }
+            for rec in loaded.records {
+                if rec.pool != pool.name {
+                    tracing::error!(volume = %rec.id, pool = %pool.name, "record names pool {}; skipped", rec.pool);
+                    continue;
+                }
+                table.insert(rec);
+            }
+            tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = table.len(), "pool open");
+        }
+        let driver = Driver {
+            config,
+            pools,
+            volumes: Mutex::new(table),
+            guards: OperationGuards::default(),
+        };
+        driver.find_published()?;
+        Ok(driver)
+    }
+
+    /// Marks as published every volume the mount table shows bind-mounted
+    /// somewhere: a mount whose root is `…/volumes/<id>` and whose mount point
+    /// is the very directory of that volume.
+    fn find_published(&self) -> Result<()> {
+        let mut table = self.table();
+        for entry in mounts::mount_table()? {
+            let Some(id) = volume_id_of_root(&entry.root) else {
+                continue;
+            };
+            let Some(volume) = table.get_mut(&id) else {
+                continue;
+            };
+            let pool = self.pool(Some(&volume.record.pool))?;
+            let source = volume.record.kind.backend().open_source(pool, &id)?;
+            let same = match (source, beneath::path_state(&entry.mount_point)) {
+                (Some(fd), Ok(Some(state))) => {
+                    beneath::identity(&fd).ok() == Some((state.dev, state.ino))
+                }
+                _ => false,
+            };
+            if same {
+                tracing::info!(volume = %id, target = %entry.mount_point.display(), "found published");
+                volume.published.insert(entry.mount_point, entry.read_only);
+            }
+        }
+        Ok(())
+    }
+
+    /// Locks the volume table (briefly: never held across I/O).
+    pub fn table(&self) -> MutexGuard<'_, VolumeTable> {
+        self.volumes.lock().expect("volume table poisoned")
+    }
+
+    /// The named pool, or the default (first) one for `None`.
+    pub fn pool(&self, name: Option<&PoolName>) -> Result<&Pool> {
+        match name {
+            None => Ok(&self.pools[0]),
+            Some(name) => self.pools.iter().find(|p| &p.name == name).ok_or_else(|| {
+                let known: Vec<_> = self.pools.iter().map(|p| p.name.as_str()).collect();
+                Error::InvalidArgument(format!(
+                    "parameter pool={name} names no pool on node {}: pools are {}",
+                    self.config.node_id,
+                    known.join(", ")
+                ))
+            }),
+        }
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// The topology key of this driver: `topology.<driver-name>/node`.
+    pub fn topology_key(&self) -> String {
+        format!("topology.{}/node", self.config.driver_name)
+    }
+
+    /// This node's topology segment.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            segments: [(self.topology_key(), self.config.node_id.clone())].into(),
+        }
+    }
+
+    /// Whether `topology` names exactly this node.
+    pub fn is_this_node(&self, topology: &Topology) -> bool {
+        topology.segments.len() == 1
+            && topology.segments.get(&self.topology_key()) == Some(&self.config.node_id)
+    }
+}
+
+/// `…/volumes/<id>` → `<id>` when it has the form of a volume id.
+fn volume_id_of_root(root: &std::path::Path) -> Option<VolumeId> {
+    let parent = root.parent()?;
+    if parent.file_name()? != "volumes" {
+        return None;
+    }
+    VolumeId::parse(root.file_name()?.to_str()?).ok()
+}
+
+/// Runs blocking driver work (syscalls, fsync) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("driver task failed: {e}")))?
+}

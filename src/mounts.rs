@@ -1,0 +1,158 @@
+//! Bind mounts of volumes onto targets, unmounts, and the kernel's mount table.
+//!
+//! The kernel is the truth about what is mounted: nothing here caches it.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::statvfs::{FsFlags, fstatvfs};
+
+use crate::beneath::fd_path;
+use crate::error::{Error, Result, SysContext};
+
+/// Bind-mounts the directory `source` onto `target` (an fd opened on the
+/// target path, which is `target_path`), then remounts it with nosuid, nodev,
+/// the source's own noexec/atime flags, `extra` and, if `read_only`, MS_RDONLY.
+/// On failure nothing stays mounted.
+pub fn bind(
+    volume: &str,
+    source: &OwnedFd,
+    target: &OwnedFd,
+    target_path: &Path,
+    read_only: bool,
+    extra: MsFlags,
+) -> Result<()> {
+    let shown = target_path.display();
+    let inherited = inherited_flags(source)
+        .context(|| format!("volume {volume}: statvfs of the volume directory"))?;
+    mount(
+        Some(fd_path(source).as_str()),
+        fd_path(target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context(|| format!("volume {volume}: bind mount onto {shown}"))?;
+    let mut flags = MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | inherited
+        | extra;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let remounted = mount(None::<&str>, target_path, None::<&str>, flags, None::<&str>);
+    if let Err(errno) = remounted {
+        umount2(
+            target_path,
+            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+        )
+        .ok();
+        return Err(Error::sys(
+            format!("volume {volume}: remount {shown} with {flags:?}"),
+            errno,
+        ));
+    }
+    Ok(())
+}
+
+/// Per-mount flags of the filesystem a volume lives on that a bind must keep.
+fn inherited_flags(source: &OwnedFd) -> nix::Result<MsFlags> {
+    let have = fstatvfs(source)?.flags();
+    let pairs = [
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ];
+    Ok(pairs
+        .into_iter()
+        .filter(|(st, _)| have.contains(*st))
+        .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms))
+}
+
+/// Unmounts the top mount at `target` without following a symlink there.
+pub fn unmount(volume: &str, target: &Path) -> Result<()> {
+    umount2(target, MntFlags::UMOUNT_NOFOLLOW)
+        .context(|| format!("volume {volume}: unmount {}", target.display()))
+}
+
+/// One line of /proc/self/mountinfo, reduced to what the driver needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Device number of the mounted filesystem.
+    pub dev: u64,
+    /// The directory of that filesystem that is mounted here.
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub read_only: bool,
+}
+
+/// Reads this process's mount table.
+pub fn mount_table() -> Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::Internal(format!("read /proc/self/mountinfo: {e}")))?;
+    Ok(text.lines().filter_map(parse_line).collect())
+}
+
+fn parse_line(line: &str) -> Option<MountEntry> {
+    let mut fields = line.split(' ');
+    let (_id, _parent) = (fields.next()?, fields.next()?);
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let root = unescape(fields.next()?);
+    let mount_point = unescape(fields.next()?);
+    let options = fields.next()?;
+    Some(MountEntry {
+        dev: nix::sys::stat::makedev(major.parse().ok()?, minor.parse().ok()?),
+        root,
+        mount_point,
+        read_only: options.split(',').any(|o| o == "ro"),
+    })
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space and so on).
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let line =
+            "36 35 98:0 /pool/volumes/vol-1 /var/lib/k\\040x ro,nosuid shared:1 - ext4 /dev/vda rw";
+        let e = parse_line(line).unwrap();
+        assert_eq!(e.dev, nix::sys::stat::makedev(98, 0));
+        assert_eq!(e.root, PathBuf::from("/pool/volumes/vol-1"));
+        assert_eq!(e.mount_point, PathBuf::from("/var/lib/k x"));
+        assert!(e.read_only);
+        assert!(parse_line("garbage").is_none());
+        assert!(!mount_table().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,180 @@
+//! A storage pool: a host directory the driver owns, opened once as an fd.
+//!
+//! Layout beneath the pool root:
+//! `volumes/<id>` (volume data), `meta/<id>.json` (records) and `.trash/`
+//! (deletions in progress, drained by a background thread).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{FsFlags, fstatvfs};
+
+use crate::beneath;
+use crate::error::{Error, Result, SysContext};
+use crate::ids::PoolName;
+
+/// Free and total space of the filesystem holding a pool.
+#[derive(Clone, Copy, Debug)]
+pub struct Space {
+    pub total_bytes: u64,
+    /// Bytes an unprivileged writer could still use.
+    pub free_bytes: u64,
+    pub free_inodes: u64,
+}
+
+/// An open pool. All access to its contents goes through its directory fds.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: PoolName,
+    pub path: PathBuf,
+    root: OwnedFd,
+    /// `volumes/`: one entry per volume.
+    pub volumes: OwnedFd,
+    /// `meta/`: one record per volume.
+    pub meta: OwnedFd,
+    trash: OwnedFd,
+    drain: mpsc::Sender<CString>,
+}
+
+impl Pool {
+    /// Opens the pool at `path` (which must be an existing directory), creates
+    /// its layout if missing, and starts the trash drain, which first empties
+    /// what an earlier run left in `.trash/`.
+    pub fn open(name: PoolName, path: &Path) -> Result<Pool> {
+        if !path.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "pool {name}: path {} is not absolute",
+                path.display()
+            )));
+        }
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(|| format!("pool {name}: open {}", path.display()))?;
+        let sub = |dir: &str| -> Result<OwnedFd> {
+            beneath::ensure_dir(&root, dir, 0o700)
+                .and_then(|_| beneath::open_dir(&root, dir))
+                .context(|| format!("pool {name}: open {}/{dir}", path.display()))
+        };
+        let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
+        let drain = spawn_drain(&name, path, &trash)?;
+        let pool = Pool {
+            name,
+            path: path.to_owned(),
+            root,
+            volumes,
+            meta,
+            trash,
+            drain,
+        };
+        let leftovers = beneath::list(&pool.trash)
+            .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;
+        for (entry, _) in leftovers {
+            pool.drain.send(entry).ok();
+        }
+        Ok(pool)
+    }
+
+    /// The pool path as text, for messages.
+    pub fn shown(&self) -> std::path::Display<'_> {
+        self.path.display()
+    }
+
+    /// Space on the pool's filesystem right now.
+    pub fn space(&self) -> Result<Space> {
+        let st = fstatvfs(&self.root)
+            .context(|| format!("pool {}: statvfs {}", self.name, self.shown()))?;
+        let frsize = st.fragment_size();
+        Ok(Space {
+            total_bytes: st.blocks() * frsize,
+            free_bytes: st.blocks_available() * frsize,
+            free_inodes: st.files_available(),
+        })
+    }
+
+    /// Succeeds when a file can be created in the pool right now.
+    pub fn check_writable(&self) -> Result<()> {
+        let st = fstatvfs(&self.root)
+            .context(|| format!("pool {}: statvfs {}", self.name, self.shown()))?;
+        if st.flags().contains(FsFlags::ST_RDONLY) {
+            return Err(Error::FailedPrecondition(format!(
+                "pool {}: {} is on a read-only filesystem",
+                self.name,
+                self.shown()
+            )));
+        }
+        // An unnamed temp file: proves writability and leaves nothing behind.
+        let how = OpenHow::new()
+            .flags(OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(0o600))
+            .resolve(ResolveFlag::RESOLVE_BENEATH);
+        openat2(&self.meta, ".", how)
+            .map(drop)
+            .context(|| format!("pool {}: create a file in {}/meta", self.name, self.shown()))
+    }
+
+    /// Moves `volumes/<name>` into the trash (missing is fine) and queues its
+    /// removal. After this returns the data is no longer reachable as a volume.
+    pub fn trash_volume(&self, name: &str) -> Result<()> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let trashed = format!("{name}.{nanos}");
+        match renameat(&self.volumes, name, &self.trash, trashed.as_str()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(errno) => {
+                return Err(Error::sys(
+                    format!(
+                        "move {0}/volumes/{name} to {0}/.trash/{trashed}",
+                        self.shown()
+                    ),
+                    errno,
+                ));
+            }
+        }
+        nix::unistd::fsync(&self.volumes)
+            .and_then(|()| nix::unistd::fsync(&self.trash))
+            .context(|| format!("fsync {}/volumes", self.shown()))?;
+        let entry = CString::new(trashed).expect("no NUL in a volume id");
+        self.drain.send(entry).ok();
+        Ok(())
+    }
+
+    /// Names still in `.trash/` (deletions not yet finished).
+    pub fn trash_entries(&self) -> Result<usize> {
+        beneath::list(&self.trash)
+            .map(|entries| entries.len())
+            .context(|| format!("pool {}: list {}/.trash", self.name, self.shown()))
+    }
+}
+
+/// Starts the thread that removes trashed trees one at a time. It ends when
+/// the pool (the sender) is dropped.
+fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Sender<CString>> {
+    let (tx, rx) = mpsc::channel::<CString>();
+    let trash = trash
+        .as_fd()
+        .try_clone_to_owned()
+        .context(|| format!("pool {name}: dup fd of {}/.trash", path.display()))?;
+    let shown = format!("{}/.trash", path.display());
+    std::thread::Builder::new()
+        .name(format!("trash-{name}"))
+        .spawn(move || {
+            for entry in rx {
+                if let Err(errno) = beneath::remove_tree(&trash, &entry) {
+                    tracing::error!(path = %format!("{shown}/{}", entry.to_string_lossy()), %errno,
+                        "could not remove a deleted volume; it stays in the trash until the next start");
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("pool {name}: start trash thread: {e}")))?;
+    Ok(tx)
+}

@@ -1,0 +1,135 @@
+//! One durable record per volume: `<pool>/meta/<volume-id>.json`.
+//!
+//! A record is written before the side effect it describes and removed after
+//! the volume's data is out of sight, each time atomically (temp, fsync,
+//! rename, fsync dir). Work per operation is O(1): no global file is rewritten.
+
+use std::os::fd::AsFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::beneath;
+use crate::error::{Error, Result, SysContext};
+use crate::ids::{PoolName, VolumeId};
+use crate::kind::KindName;
+
+/// What the driver knows about a volume that must survive a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: VolumeId,
+    /// The CreateVolume name the id was minted from.
+    pub name: String,
+    pub pool: PoolName,
+    pub kind: KindName,
+    /// Bytes promised to the volume; 0 when the request gave no capacity.
+    pub capacity_bytes: u64,
+}
+
+const SUFFIX: &str = ".json";
+
+fn file_name(id: &VolumeId) -> String {
+    format!("{id}{SUFFIX}")
+}
+
+/// Writes (or replaces) the record in the pool's `meta` directory.
+pub fn save(meta: impl AsFd, pool_path: &str, record: &VolumeRecord) -> Result<()> {
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| Error::Internal(format!("volume {}: encode record: {e}", record.id)))?;
+    let name = file_name(&record.id);
+    beneath::write_atomic(meta, &name, &bytes)
+        .context(|| format!("volume {}: write record {pool_path}/meta/{name}", record.id))
+}
+
+/// Removes the record; a missing record is fine.
+pub fn remove(meta: impl AsFd, pool_path: &str, id: &VolumeId) -> Result<()> {
+    let name = file_name(id);
+    beneath::remove_file(meta, &name)
+        .context(|| format!("volume {id}: remove record {pool_path}/meta/{name}"))
+}
+
+/// What a scan of a `meta` directory found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<VolumeRecord>,
+    /// Files that could not be read as a record, with the reason. They are
+    /// left in place for an operator to inspect.
+    pub unreadable: Vec<String>,
+}
+
+/// Reads every record in `meta`, removing temp files left by an interrupted write.
+pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
+    let meta = meta.as_fd();
+    let mut loaded = Loaded::default();
+    let entries = beneath::list(meta).context(|| format!("list {pool_path}/meta"))?;
+    for (name, _) in entries {
+        let shown = name.to_string_lossy().into_owned();
+        if shown.starts_with('.') && shown.ends_with(".tmp") {
+            beneath::remove_file(meta, shown.as_str())
+                .context(|| format!("remove {pool_path}/meta/{shown}"))?;
+            continue;
+        }
+        match read_one(meta, &name, &shown) {
+            Ok(record) => loaded.records.push(record),
+            Err(reason) => loaded
+                .unreadable
+                .push(format!("{pool_path}/meta/{shown}: {reason}")),
+        }
+    }
+    Ok(loaded)
+}
+
+fn read_one(
+    meta: impl AsFd,
+    name: &std::ffi::CStr,
+    shown: &str,
+) -> std::result::Result<VolumeRecord, String> {
+    let bytes = beneath::read_file(meta, name).map_err(|e| e.to_string())?;
+    let record: VolumeRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if shown != file_name(&record.id) {
+        return Err(format!("holds the record of volume {}", record.id));
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+
+    fn record(name: &str) -> VolumeRecord {
+        VolumeRecord {
+            id: VolumeId::mint(name),
+            name: name.into(),
+            pool: PoolName::parse("default").unwrap(),
+            kind: KindName::Directory,
+            capacity_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_files_are_reported_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = nix::fcntl::open(tmp.path(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let (a, b) = (record("a"), record("b"));
+        save(&dir, "p", &a).unwrap();
+        save(&dir, "p", &b).unwrap();
+        std::fs::write(tmp.path().join("junk.json"), b"{trunc").unwrap();
+        std::fs::write(tmp.path().join(".x.json.tmp"), b"half").unwrap();
+        std::fs::copy(
+            tmp.path().join(format!("{}.json", a.id)),
+            tmp.path().join("vol-misplaced.json"),
+        )
+        .unwrap();
+
+        let mut loaded = load_all(&dir, "p").unwrap();
+        loaded.records.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(loaded.records, vec![a.clone(), b]);
+        assert_eq!(loaded.unreadable.len(), 2, "{:?}", loaded.unreadable);
+        assert!(!tmp.path().join(".x.json.tmp").exists());
+
+        remove(&dir, "p", &a.id).unwrap();
+        remove(&dir, "p", &a.id).unwrap();
+        assert_eq!(load_all(&dir, "p").unwrap().records.len(), 1);
+    }
+}

@@ -1,0 +1,127 @@
+//! The gRPC server on a unix socket: socket set-up, serving, graceful stop.
+
+use std::future::Future;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::stat::{Mode, umask};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::csi::controller_server::ControllerServer;
+use crate::csi::identity_server::IdentityServer;
+use crate::csi::node_server::NodeServer;
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::service::controller::ControllerService;
+use crate::service::identity::IdentityService;
+use crate::service::node::NodeService;
+
+/// The socket path of an endpoint: `unix:///path`, `unix:/path` or `/path`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "endpoint {endpoint:?} is not a unix socket: expected unix:///absolute/path"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates the listening socket with mode 0600. An old path is replaced only
+/// if it is a socket; anything else there is an error.
+pub fn listen(socket: &Path) -> Result<UnixListener> {
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(|e| {
+            Error::Internal(format!("remove stale socket {}: {e}", socket.display()))
+        })?,
+        Ok(_) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                socket.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Internal(format!("stat {}: {e}", socket.display()))),
+    }
+    // The umask makes bind(2) create the socket 0600: no window with wider access.
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(socket);
+    umask(previous);
+    listener.map_err(|e| Error::Internal(format!("listen on {}: {e}", socket.display())))
+}
+
+/// Serves Identity, Controller and Node on `listener` until `shutdown`
+/// resolves, then lets in-flight calls finish and removes the socket.
+pub async fn serve(
+    driver: Arc<Driver>,
+    listener: UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let served = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(Arc::clone(
+            &driver,
+        ))))
+        .add_service(ControllerServer::new(ControllerService::new(Arc::clone(
+            &driver,
+        ))))
+        .add_service(NodeServer::new(NodeService::new(driver)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    std::fs::remove_file(socket).ok();
+    served.map_err(|e| Error::Internal(format!("gRPC server on {}: {e}", socket.display())))
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            socket_path("unix:///run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        assert_eq!(
+            socket_path("/run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        assert!(socket_path("tcp://1.2.3.4:5").is_err());
+        assert!(socket_path("unix://relative").is_err());
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_only_sockets_are_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("csi.sock");
+        drop(listen(&socket).unwrap());
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(listen(&socket).unwrap());
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(listen(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+}

@@ -1,0 +1,443 @@
+//! CSI Controller: create, delete, list and describe this node's volumes,
+//! and report the capacity each pool can still give.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response};
+
+use super::{RpcResult, abnormal, healthy};
+use crate::csi::controller_server::Controller;
+use crate::csi::controller_service_capability::{Rpc, Type, rpc};
+use crate::csi::validate_volume_capabilities_response::Confirmed;
+use crate::csi::{
+    ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
+    ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerServiceCapability,
+    CreateVolumeRequest, CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
+    GetCapacityRequest, GetCapacityResponse, ListVolumesRequest, ListVolumesResponse,
+    TopologyRequirement, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse,
+    Volume, VolumeCondition, controller_get_volume_response, list_volumes_response,
+};
+use crate::driver::{Driver, blocking};
+use crate::error::{Error, Result};
+use crate::ids::VolumeId;
+use crate::pool::Pool;
+use crate::record::{self, VolumeRecord};
+use crate::validate::{self, CapacityRequest, VolumeParams};
+use crate::volumes;
+
+pub struct ControllerService {
+    driver: Arc<Driver>,
+}
+
+impl ControllerService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        ControllerService { driver }
+    }
+}
+
+/// Controller capabilities this driver offers.
+const CAPABILITIES: [rpc::Type; 7] = [
+    rpc::Type::CreateDeleteVolume,
+    rpc::Type::ListVolumes,
+    rpc::Type::GetCapacity,
+    rpc::Type::GetVolume,
+    rpc::Type::VolumeCondition,
+    rpc::Type::SingleNodeMultiWriter,
+    rpc::Type::ListVolumesPublishedNodes,
+];
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    /// Idempotent by name: the same name with compatible arguments returns the
+    /// same volume; incompatible arguments give ALREADY_EXISTS.
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> RpcResult<CreateVolumeResponse> {
+        let req = request.into_inner();
+        let name = validate::volume_name(&req.name)?.to_owned();
+        let range = validate::capacity(req.capacity_range.as_ref())?;
+        validate::capabilities(&req.volume_capabilities)?;
+        let params = validate::parameters(&req.parameters)?;
+        if req.volume_content_source.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "volume {name}: volume_content_source is not supported: this driver offers no snapshots or clones"
+            ))
+            .into());
+        }
+        self.check_accessibility(&name, req.accessibility_requirements.as_ref())?;
+        let id = VolumeId::mint(&name);
+        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        let driver = Arc::clone(&self.driver);
+        let record = blocking(move || {
+            let _held = held;
+            create(&driver, id, name, range, params)
+        })
+        .await?;
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(self.volume_message(&record)),
+        }))
+    }
+
+    /// Unknown ids succeed; a volume still published is FAILED_PRECONDITION.
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> RpcResult<DeleteVolumeResponse> {
+        let id = VolumeId::parse(&request.into_inner().volume_id)?;
+        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        let driver = Arc::clone(&self.driver);
+        blocking(move || {
+            let _held = held;
+            delete(&driver, &id)
+        })
+        .await?;
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> RpcResult<ValidateVolumeCapabilitiesResponse> {
+        let req = request.into_inner();
+        let id = VolumeId::parse(&req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "volume {id}: volume_capabilities are missing"
+            ))
+            .into());
+        }
+        self.lookup(&id)?;
+        let verdict = req
+            .volume_capabilities
+            .iter()
+            .try_for_each(|cap| validate::capability(cap).map(drop))
+            .and_then(|()| validate::parameters(&req.parameters).map_err(|e| e.to_string()));
+        let response = match verdict {
+            Ok(_) => ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: HashMap::new(),
+                }),
+                message: String::new(),
+            },
+            Err(message) => ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: format!("volume {id}: {message}"),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    /// Pages in id order; `next_token` is the id the next page starts at, so
+    /// volumes deleted between pages never invalidate a token.
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> RpcResult<ListVolumesResponse> {
+        let req = request.into_inner();
+        let max = usize::try_from(req.max_entries).map_err(|_| {
+            Error::InvalidArgument(format!("max_entries {} is negative", req.max_entries))
+        })?;
+        let start = match req.starting_token.as_str() {
+            "" => None,
+            token if VolumeId::is_minted(token) => Some(VolumeId::parse(token)?),
+            token => {
+                return Err(Error::Aborted(format!(
+                    "starting_token {token:?} was not issued by this driver"
+                ))
+                .into());
+            }
+        };
+        let (page, next) = self.driver.table().page(start.as_ref(), max);
+        let driver = Arc::clone(&self.driver);
+        let conditions = blocking(move || {
+            Ok(page
+                .into_iter()
+                .map(|v| (condition(&driver, &v.record), v))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let entries = conditions
+            .into_iter()
+            .map(|(condition, volume)| list_volumes_response::Entry {
+                volume: Some(self.volume_message(&volume.record)),
+                status: Some(list_volumes_response::VolumeStatus {
+                    published_node_ids: self.published_nodes(&volume),
+                    volume_condition: Some(condition),
+                }),
+            })
+            .collect();
+        Ok(Response::new(ListVolumesResponse {
+            entries,
+            next_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    /// The pool's free bytes minus what its volumes were promised; 0 for a
+    /// topology that is not this node or capabilities this driver cannot serve.
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> RpcResult<GetCapacityResponse> {
+        let req = request.into_inner();
+        let params = validate::parameters(&req.parameters)?;
+        let elsewhere = req
+            .accessible_topology
+            .as_ref()
+            .is_some_and(|t| !self.driver.is_this_node(t));
+        let unsupported = req
+            .volume_capabilities
+            .iter()
+            .any(|cap| validate::capability(cap).is_err());
+        let available = if elsewhere || unsupported {
+            0
+        } else {
+            let driver = Arc::clone(&self.driver);
+            blocking(move || available_bytes(&driver, driver.pool(params.pool.as_ref())?)).await?
+        };
+        let available = i64::try_from(available).unwrap_or(i64::MAX);
+        Ok(Response::new(GetCapacityResponse {
+            available_capacity: available,
+            maximum_volume_size: Some(available),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> RpcResult<ControllerGetCapabilitiesResponse> {
+        let capabilities = CAPABILITIES
+            .into_iter()
+            .map(|t| ControllerServiceCapability {
+                r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+            })
+            .collect();
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<ControllerGetVolumeRequest>,
+    ) -> RpcResult<ControllerGetVolumeResponse> {
+        let id = VolumeId::parse(&request.into_inner().volume_id)?;
+        let volume = self.lookup(&id)?;
+        let driver = Arc::clone(&self.driver);
+        let record = volume.record.clone();
+        let condition = blocking(move || Ok(condition(&driver, &record))).await?;
+        Ok(Response::new(ControllerGetVolumeResponse {
+            volume: Some(self.volume_message(&volume.record)),
+            status: Some(controller_get_volume_response::VolumeStatus {
+                published_node_ids: self.published_nodes(&volume),
+                volume_condition: Some(condition),
+            }),
+        }))
+    }
+}
+
+impl ControllerService {
+    fn lookup(&self, id: &VolumeId) -> Result<volumes::Volume> {
+        self.driver.table().get(id).cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "volume {id} does not exist on node {}",
+                self.driver.config.node_id
+            ))
+        })
+    }
+
+    /// Requisite topologies must include this node; preferred ones are only
+    /// preferences, and this node is the only place a volume can go.
+    fn check_accessibility(
+        &self,
+        name: &str,
+        requirement: Option<&TopologyRequirement>,
+    ) -> Result<()> {
+        let Some(requirement) = requirement else {
+            return Ok(());
+        };
+        if requirement.requisite.is_empty()
+            || requirement
+                .requisite
+                .iter()
+                .any(|t| self.driver.is_this_node(t))
+        {
+            return Ok(());
+        }
+        Err(Error::ResourceExhausted(format!(
+            "volume {name}: accessibility_requirements do not include this node ({}={})",
+            self.driver.topology_key(),
+            self.driver.config.node_id
+        )))
+    }
+
+    fn volume_message(&self, record: &VolumeRecord) -> Volume {
+        Volume {
+            capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
+            volume_id: record.id.to_string(),
+            volume_context: HashMap::from([
+                ("kind".to_owned(), record.kind.as_str().to_owned()),
+                ("pool".to_owned(), record.pool.to_string()),
+            ]),
+            content_source: None,
+            accessible_topology: vec![self.driver.topology()],
+        }
+    }
+
+    fn published_nodes(&self, volume: &volumes::Volume) -> Vec<String> {
+        if volume.published.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.driver.config.node_id.clone()]
+        }
+    }
+}
+
+fn create(
+    driver: &Driver,
+    id: VolumeId,
+    name: String,
+    range: CapacityRequest,
+    params: VolumeParams,
+) -> Result<VolumeRecord> {
+    let pool = driver.pool(params.pool.as_ref())?;
+    let existing = driver.table().get(&id).map(|v| v.record.clone());
+    if let Some(existing) = existing {
+        check_same_request(&existing, &name, range, &params, pool)?;
+        // A retry after a crash between record and directory lands here.
+        existing
+            .kind
+            .backend()
+            .create(pool, &id, existing.capacity_bytes)?;
+        return Ok(existing);
+    }
+    let record = VolumeRecord {
+        id: id.clone(),
+        name,
+        pool: pool.name.clone(),
+        kind: params.kind,
+        capacity_bytes: range.chosen(),
+    };
+    reserve(driver, pool, &record)?;
+    let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
+        record
+            .kind
+            .backend()
+            .create(pool, &id, record.capacity_bytes)
+    });
+    if let Err(err) = made {
+        driver.table().remove(&id);
+        record::remove(&pool.meta, &pool.shown().to_string(), &id).ok();
+        return Err(err);
+    }
+    tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, "volume created");
+    Ok(record)
+}
+
+/// Checks the volume limit and the pool's room, and enters the volume in
+/// the table so that concurrent creates see its capacity as promised.
+fn reserve(driver: &Driver, pool: &Pool, record: &VolumeRecord) -> Result<()> {
+    let space = pool.space()?;
+    let mut table = driver.table();
+    let max = driver.config.max_volumes;
+    if max > 0 && table.len() as u64 >= max {
+        return Err(Error::ResourceExhausted(format!(
+            "volume {}: node {} already holds its maximum of {max} volumes",
+            record.name, driver.config.node_id
+        )));
+    }
+    let available = space.free_bytes.saturating_sub(table.promised(&pool.name));
+    if record.capacity_bytes > available {
+        return Err(Error::OutOfRange(format!(
+            "volume {}: {} bytes requested but pool {} ({}) can give {available} bytes",
+            record.name,
+            record.capacity_bytes,
+            pool.name,
+            pool.shown()
+        )));
+    }
+    table.insert(record.clone());
+    Ok(())
+}
+
+fn check_same_request(
+    existing: &VolumeRecord,
+    name: &str,
+    range: CapacityRequest,
+    params: &VolumeParams,
+    pool: &Pool,
+) -> Result<()> {
+    if existing.name != name {
+        return Err(Error::Internal(format!(
+            "volume id {} of name {name:?} is already used by name {:?}",
+            existing.id, existing.name
+        )));
+    }
+    if !range.admits(existing.capacity_bytes)
+        || existing.kind != params.kind
+        || existing.pool != pool.name
+    {
+        return Err(Error::AlreadyExists(format!(
+            "volume {name} already exists as {} (kind {}, pool {}, {} bytes), incompatible with this request (kind {}, pool {}, required {} / limit {} bytes)",
+            existing.id,
+            existing.kind.as_str(),
+            existing.pool,
+            existing.capacity_bytes,
+            params.kind.as_str(),
+            pool.name,
+            range.required,
+            range.limit
+        )));
+    }
+    Ok(())
+}
+
+fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
+    let Some(volume) = driver.table().get(id).cloned() else {
+        return Ok(());
+    };
+    if let Some(target) = volume.published.keys().next() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {id} is still published at {}; unpublish it first",
+            target.display()
+        )));
+    }
+    let pool = driver.pool(Some(&volume.record.pool))?;
+    volume.record.kind.backend().delete(pool, id)?;
+    record::remove(&pool.meta, &pool.shown().to_string(), id)?;
+    driver.table().remove(id);
+    tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");
+    Ok(())
+}
+
+fn available_bytes(driver: &Driver, pool: &Pool) -> Result<u64> {
+    let free = pool.space()?.free_bytes;
+    Ok(free.saturating_sub(driver.table().promised(&pool.name)))
+}
+
+/// Healthy when the volume's backing is there; abnormal, saying what is
+/// missing, when it is not.
+fn condition(driver: &Driver, record: &VolumeRecord) -> VolumeCondition {
+    let source = driver.pool(Some(&record.pool)).and_then(|pool| {
+        record
+            .kind
+            .backend()
+            .open_source(pool, &record.id)
+            .map(|s| (pool, s))
+    });
+    match source {
+        Ok((_, Some(_))) => healthy(),
+        Ok((pool, None)) => abnormal(format!(
+            "volume {}: {}/volumes/{} is missing",
+            record.id,
+            pool.shown(),
+            record.id
+        )),
+        Err(err) => abnormal(err.to_string()),
+    }
+}

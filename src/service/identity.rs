@@ -1,0 +1,71 @@
+//! CSI Identity: who the plugin is, what it offers, and whether it is ready.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response};
+
+use super::RpcResult;
+use crate::csi::identity_server::Identity;
+use crate::csi::plugin_capability::{Service, Type, service};
+use crate::csi::{
+    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
+    GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
+};
+use crate::driver::{Driver, blocking};
+
+pub struct IdentityService {
+    driver: Arc<Driver>,
+}
+
+impl IdentityService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        IdentityService { driver }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn get_plugin_info(
+        &self,
+        _request: Request<GetPluginInfoRequest>,
+    ) -> RpcResult<GetPluginInfoResponse> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: self.driver.config.driver_name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _request: Request<GetPluginCapabilitiesRequest>,
+    ) -> RpcResult<GetPluginCapabilitiesResponse> {
+        let offered = [
+            service::Type::ControllerService,
+            service::Type::VolumeAccessibilityConstraints,
+        ];
+        let capabilities = offered
+            .into_iter()
+            .map(|t| PluginCapability {
+                r#type: Some(Type::Service(Service { r#type: t as i32 })),
+            })
+            .collect();
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    /// Ready when every pool can take a new file right now; otherwise
+    /// FAILED_PRECONDITION naming the pool and the reason.
+    async fn probe(&self, _request: Request<ProbeRequest>) -> RpcResult<ProbeResponse> {
+        let driver = Arc::clone(&self.driver);
+        blocking(move || {
+            driver
+                .pools()
+                .iter()
+                .try_for_each(|pool| pool.check_writable())
+        })
+        .await?;
+        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}

@@ -1,0 +1,331 @@
+//! Pure checks of request fields: names, capacity, access, parameters, paths.
+//!
+//! Nothing here touches the system; every function returns the checked value
+//! or an `InvalidArgument` error that says what was wrong and what is allowed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use nix::mount::MsFlags;
+
+use crate::csi::volume_capability::access_mode::Mode;
+use crate::csi::volume_capability::{AccessType, MountVolume};
+use crate::csi::{CapacityRange, VolumeCapability};
+use crate::error::{Error, Result};
+use crate::ids::PoolName;
+use crate::kind::KindName;
+
+/// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
+pub const PARAMETER_KEYS: [&str; 2] = ["kind", "pool"];
+/// Prefix of the keys external-provisioner adds; accepted and ignored.
+const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+/// Access modes of a single node, the only ones a node-local volume can offer.
+pub const SUPPORTED_MODES: [Mode; 4] = [
+    Mode::SingleNodeWriter,
+    Mode::SingleNodeReaderOnly,
+    Mode::SingleNodeSingleWriter,
+    Mode::SingleNodeMultiWriter,
+];
+
+/// `mount_flags` a request may add, and the bind-remount flag each sets.
+const MOUNT_FLAGS: [(&str, MsFlags); 9] = [
+    ("ro", MsFlags::MS_RDONLY),
+    ("rw", MsFlags::empty()),
+    ("exec", MsFlags::empty()),
+    ("noexec", MsFlags::MS_NOEXEC),
+    ("nosuid", MsFlags::MS_NOSUID),
+    ("nodev", MsFlags::MS_NODEV),
+    ("noatime", MsFlags::MS_NOATIME),
+    ("nodiratime", MsFlags::MS_NODIRATIME),
+    ("relatime", MsFlags::MS_RELATIME),
+];
+
+/// A CreateVolume name: 1 to 256 bytes with no control characters. Names
+/// are only hashed into ids, never used as paths.
+pub fn volume_name(name: &str) -> Result<&str> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("volume name is missing".into()));
+    }
+    if name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "volume name {name:?} is malformed: expected 1 to 256 bytes without control characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// A CSI driver name: at most 63 characters of `[a-zA-Z0-9.-]`, starting and
+/// ending with an alphanumeric.
+pub fn driver_name(name: &str) -> Result<&str> {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok = name.len() <= 63
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "driver name {name:?} is malformed: expected at most 63 characters of [a-zA-Z0-9.-], starting and ending with a letter or digit"
+        )));
+    }
+    Ok(name)
+}
+
+/// The bytes a volume must get: `required` (0 = any) up to `limit` (0 = no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapacityRequest {
+    pub required: u64,
+    pub limit: u64,
+}
+
+impl CapacityRequest {
+    /// The capacity to give a new volume: what is required, else the limit,
+    /// else 0 (no size asked for: tracked, nothing promised).
+    pub fn chosen(self) -> u64 {
+        if self.required > 0 {
+            self.required
+        } else {
+            self.limit
+        }
+    }
+
+    /// Whether an existing volume of `capacity` bytes satisfies this request.
+    pub fn admits(self, capacity: u64) -> bool {
+        capacity >= self.required && (self.limit == 0 || capacity <= self.limit)
+    }
+}
+
+pub fn capacity(range: Option<&CapacityRange>) -> Result<CapacityRequest> {
+    let Some(range) = range else {
+        return Ok(CapacityRequest::default());
+    };
+    let (required, limit) = (range.required_bytes, range.limit_bytes);
+    if required < 0 || limit < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "capacity_range is negative: required_bytes={required}, limit_bytes={limit}"
+        )));
+    }
+    if limit > 0 && required > limit {
+        return Err(Error::InvalidArgument(format!(
+            "capacity_range required_bytes={required} exceeds limit_bytes={limit}"
+        )));
+    }
+    Ok(CapacityRequest {
+        required: required as u64,
+        limit: limit as u64,
+    })
+}
+
+/// Checks one capability against what directory volumes offer; the error
+/// text says what is supported.
+pub fn capability(cap: &VolumeCapability) -> std::result::Result<&MountVolume, String> {
+    let mount = match &cap.access_type {
+        Some(AccessType::Mount(mount)) => mount,
+        Some(AccessType::Block(_)) => {
+            return Err(
+                "block access is not supported: directory volumes offer mount access only".into(),
+            );
+        }
+        None => return Err("volume capability has no access_type (mount or block)".into()),
+    };
+    let mode = cap.access_mode.map(|m| m.mode).unwrap_or_default();
+    if !SUPPORTED_MODES.iter().any(|m| *m as i32 == mode) {
+        let shown = Mode::try_from(mode)
+            .map_or_else(|_| format!("mode {mode}"), |m| m.as_str_name().into());
+        let supported: Vec<_> = SUPPORTED_MODES.iter().map(|m| m.as_str_name()).collect();
+        return Err(format!(
+            "access mode {shown} is not supported: supported modes are {}",
+            supported.join(", ")
+        ));
+    }
+    Ok(mount)
+}
+
+/// Checks a list of capabilities (at least one) as CreateVolume needs.
+pub fn capabilities(caps: &[VolumeCapability]) -> Result<()> {
+    if caps.is_empty() {
+        return Err(Error::InvalidArgument(
+            "volume_capabilities are missing".into(),
+        ));
+    }
+    caps.iter()
+        .try_for_each(|c| capability(c).map(drop))
+        .map_err(Error::InvalidArgument)
+}
+
+/// Whether a capability's access mode allows only reading.
+pub fn is_reader_only(cap: &VolumeCapability) -> bool {
+    cap.access_mode
+        .is_some_and(|m| m.mode == Mode::SingleNodeReaderOnly as i32)
+}
+
+/// StorageClass parameters after checking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeParams {
+    pub kind: KindName,
+    /// The pool asked for; `None` means the node's default pool.
+    pub pool: Option<PoolName>,
+}
+
+pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
+    let mut checked = VolumeParams {
+        kind: KindName::Directory,
+        pool: None,
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "kind" => checked.kind = KindName::parse(value)?,
+            "pool" => checked.pool = Some(PoolName::parse(value)?),
+            k if k.starts_with(SIDECAR_PREFIX) => {}
+            unknown => {
+                return Err(Error::InvalidArgument(format!(
+                    "parameter {unknown:?} is not known: known parameters are {} and {SIDECAR_PREFIX}*",
+                    PARAMETER_KEYS.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Turns `mount_flags` into bind-remount flags; anything outside the
+/// allowlist is refused by name.
+pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
+    flags.iter().try_fold(MsFlags::empty(), |acc, flag| {
+        MOUNT_FLAGS
+            .iter()
+            .find(|(name, _)| name == flag)
+            .map(|(_, bits)| acc | *bits)
+            .ok_or_else(|| {
+                let allowed: Vec<_> = MOUNT_FLAGS.iter().map(|(n, _)| *n).collect();
+                Error::InvalidArgument(format!(
+                    "mount flag {flag:?} is not allowed: allowed flags are {}",
+                    allowed.join(", ")
+                ))
+            })
+    })
+}
+
+/// A target or staging path from kubelet: absolute, normal components only.
+pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
+    if raw.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is missing")));
+    }
+    let normal = raw
+        .split('/')
+        .skip(1)
+        .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !raw.starts_with('/') || !normal || raw.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {raw:?} must be an absolute path without '.' or '..' components"
+        )));
+    }
+    Ok(PathBuf::from(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::volume_capability::{AccessMode, BlockVolume};
+
+    fn cap(mode: Mode, access: AccessType) -> VolumeCapability {
+        VolumeCapability {
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+            access_type: Some(access),
+        }
+    }
+
+    fn mount() -> AccessType {
+        AccessType::Mount(MountVolume::default())
+    }
+
+    #[test]
+    fn capacity_ranges() {
+        let range = |required, limit| CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        };
+        assert_eq!(capacity(None).unwrap().chosen(), 0);
+        assert_eq!(capacity(Some(&range(10, 0))).unwrap().chosen(), 10);
+        assert_eq!(capacity(Some(&range(0, 20))).unwrap().chosen(), 20);
+        assert_eq!(capacity(Some(&range(10, 10))).unwrap().chosen(), 10);
+        for (required, limit) in [(-1, 0), (0, -1), (11, 10)] {
+            assert!(matches!(
+                capacity(Some(&range(required, limit))),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let req = capacity(Some(&range(10, 20))).unwrap();
+        assert!(req.admits(10) && req.admits(20) && !req.admits(9) && !req.admits(21));
+    }
+
+    #[test]
+    fn access_modes_and_types() {
+        for mode in SUPPORTED_MODES {
+            assert!(capability(&cap(mode, mount())).is_ok(), "{mode:?}");
+        }
+        let err = capability(&cap(Mode::MultiNodeMultiWriter, mount())).unwrap_err();
+        assert!(
+            err.contains("MULTI_NODE_MULTI_WRITER") && err.contains("SINGLE_NODE_WRITER"),
+            "{err}"
+        );
+        let err = capability(&cap(
+            Mode::SingleNodeWriter,
+            AccessType::Block(BlockVolume {}),
+        ))
+        .unwrap_err();
+        assert!(err.contains("block"), "{err}");
+        assert!(capabilities(&[]).is_err());
+        assert!(is_reader_only(&cap(Mode::SingleNodeReaderOnly, mount())));
+        assert!(!is_reader_only(&cap(Mode::SingleNodeWriter, mount())));
+    }
+
+    #[test]
+    fn parameters_are_checked_by_name() {
+        let p = |pairs: &[(&str, &str)]| {
+            parameters(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(p(&[]).unwrap().kind, KindName::Directory);
+        let with_pool = p(&[("pool", "fast"), ("csi.storage.k8s.io/pvc/name", "x")]).unwrap();
+        assert_eq!(with_pool.pool.unwrap().as_str(), "fast");
+        let err = p(&[("colour", "red")]).unwrap_err().to_string();
+        assert!(
+            err.contains("colour") && err.contains("kind, pool"),
+            "{err}"
+        );
+        assert!(p(&[("kind", "floppy")]).is_err());
+        assert!(p(&[("pool", "../x")]).is_err());
+    }
+
+    #[test]
+    fn mount_flags_pass_an_allowlist() {
+        assert_eq!(
+            mount_flags(&["noexec".into(), "noatime".into()]).unwrap(),
+            MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME
+        );
+        let err = mount_flags(&["suid".into()]).unwrap_err().to_string();
+        assert!(err.contains("suid") && err.contains("noexec"), "{err}");
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(volume_name("pvc-1").is_ok());
+        assert!(volume_name("").is_err());
+        assert!(volume_name("a\nb").is_err());
+        assert!(driver_name("hostpath-csi.dev").is_ok());
+        for bad in ["", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(driver_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(host_path("target_path", "/var/lib/kubelet/pods/x/mount").is_ok());
+        for bad in ["", "relative", "/a/../b", "/a/./b", "/", "/a//b", "/a/"] {
+            assert!(host_path("target_path", bad).is_err(), "{bad:?}");
+        }
+    }
+}
