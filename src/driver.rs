@@ -12,7 +12,7 @@ use crate::ids::{PoolName, VolumeId};
 use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
-use crate::volumes::VolumeTable;
+use crate::volumes::{Volume, VolumeTable};
 
 /// Settings of one driver process (see `hostpath-csi serve --help`).
 #[derive(Clone, Debug)]
@@ -108,6 +108,16 @@ impl Driver {
     /// Locks the volume table (briefly: never held across I/O).
     pub fn table(&self) -> MutexGuard<'_, VolumeTable> {
         self.volumes.lock().expect("volume table poisoned")
+    }
+
+    /// A copy of the volume's entry, or NOT_FOUND naming it and this node.
+    pub fn volume(&self, id: &VolumeId) -> Result<Volume> {
+        self.table().get(id).cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "volume {id} does not exist on node {}",
+                self.config.node_id
+            ))
+        })
     }
 
     /// The named pool, or the default (first) one for `None`.

@@ -108,7 +108,7 @@ impl Controller for ControllerService {
             ))
             .into());
         }
-        self.lookup(&id)?;
+        self.driver.volume(&id)?;
         let verdict = req
             .volume_capabilities
             .iter()
@@ -227,7 +227,7 @@ impl Controller for ControllerService {
         request: Request<ControllerGetVolumeRequest>,
     ) -> RpcResult<ControllerGetVolumeResponse> {
         let id = VolumeId::parse(&request.into_inner().volume_id)?;
-        let volume = self.lookup(&id)?;
+        let volume = self.driver.volume(&id)?;
         let driver = Arc::clone(&self.driver);
         let record = volume.record.clone();
         let condition = blocking(move || Ok(condition(&driver, &record))).await?;
@@ -242,15 +242,6 @@ impl Controller for ControllerService {
 }
 
 impl ControllerService {
-    fn lookup(&self, id: &VolumeId) -> Result<volumes::Volume> {
-        self.driver.table().get(id).cloned().ok_or_else(|| {
-            Error::NotFound(format!(
-                "volume {id} does not exist on node {}",
-                self.driver.config.node_id
-            ))
-        })
-    }
-
     /// Requisite topologies must include this node; preferred ones are only
     /// preferences, and this node is the only place a volume can go.
     fn check_accessibility(

@@ -137,9 +137,13 @@ impl Node for NodeService {
     ) -> RpcResult<NodeGetVolumeStatsResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let path = validate::host_path("volume_path", &req.volume_path)?;
+        if req.volume_path.is_empty() {
+            return Err(
+                Error::InvalidArgument(format!("volume {id}: volume_path is missing")).into(),
+            );
+        }
         let driver = Arc::clone(&self.driver);
-        let response = blocking(move || volume_stats(&driver, &id, &path)).await?;
+        let response = blocking(move || volume_stats(&driver, &id, &req.volume_path)).await?;
         Ok(Response::new(response))
     }
 
@@ -171,16 +175,7 @@ impl Node for NodeService {
 
 fn publish_volume(driver: &Driver, publish: &Publish) -> Result<()> {
     let Publish { id, target, .. } = publish;
-    let record = driver
-        .table()
-        .get(id)
-        .map(|v| v.record.clone())
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "volume {id} does not exist on node {}",
-                driver.config.node_id
-            ))
-        })?;
+    let record = driver.volume(id)?.record;
     let pool = driver.pool(Some(&record.pool))?;
     let source = record
         .kind
@@ -311,19 +306,18 @@ fn remove_target(id: &VolumeId, target: &Path, file_type: SFlag) -> Result<()> {
     }
 }
 
-fn volume_stats(driver: &Driver, id: &VolumeId, path: &Path) -> Result<NodeGetVolumeStatsResponse> {
+/// Usage of a published volume. A `volume_path` where this volume is not
+/// mounted (missing, relative, or holding something else) is NOT_FOUND.
+fn volume_stats(
+    driver: &Driver,
+    id: &VolumeId,
+    raw_path: &str,
+) -> Result<NodeGetVolumeStatsResponse> {
+    let record = driver.volume(id)?.record;
+    let path = validate::host_path("volume_path", raw_path)
+        .map_err(|_| Error::NotFound(format!("volume {id} is not published at {raw_path:?}")))?;
     let shown = path.display();
-    let record = driver
-        .table()
-        .get(id)
-        .map(|v| v.record.clone())
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "volume {id} does not exist on node {}",
-                driver.config.node_id
-            ))
-        })?;
-    let state = beneath::path_state(path)
+    let state = beneath::path_state(&path)
         .context(|| format!("volume {id}: stat {shown}"))?
         .ok_or_else(|| {
             Error::NotFound(format!("volume {id}: volume_path {shown} does not exist"))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Starts the given hostpath-csi binary on a scratch pool and socket, runs
+# csi-sanity against it, and cleans up (driver, mounts, files) whatever happens.
+# Usage: scripts/sanity.sh path/to/hostpath-csi [extra csi-sanity flags...]
+set -euo pipefail
+driver_bin=$(realpath "$1")
+shift
+
+work=$(mktemp -d /tmp/hostpath-csi-sanity.XXXXXX)
+driver_pid=
+cleanup() {
+  if [ -n "$driver_pid" ]; then
+    kill -TERM "$driver_pid" 2>/dev/null || true
+    wait "$driver_pid" 2>/dev/null || true
+  fi
+  # Unmount anything a failed test left under the scratch directory, deepest first.
+  findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m" || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/pool"
+"$driver_bin" serve \
+  --endpoint "unix://$work/csi.sock" \
+  --node-id sanity-node \
+  --pool "default=$work/pool" \
+  >"$work/driver.log" 2>&1 &
+driver_pid=$!
+
+for _ in $(seq 100); do
+  [ -S "$work/csi.sock" ] && break
+  sleep 0.1
+done
+[ -S "$work/csi.sock" ] || { cat "$work/driver.log"; echo "driver did not start" >&2; exit 1; }
+
+status=0
+csi-sanity \
+  --csi.endpoint "unix://$work/csi.sock" \
+  --csi.mountdir "$work/mnt" \
+  --csi.stagingdir "$work/stage" \
+  --csi.testvolumesize $((64 << 20)) \
+  "$@" || status=$?
+
+if [ "$status" != 0 ]; then
+  echo "== driver log (last 80 lines)"
+  tail -n 80 "$work/driver.log"
+fi
+exit "$status"

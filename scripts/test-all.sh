@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of hostpath-csi on this machine (as root: tests mount):
+# format and lint checks, `cargo test` (unit + integration over a real socket
+# with real mounts), then csi-sanity against a freshly started driver.
+# Installs csi-sanity when missing. Any failure fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CSI_SANITY_MODULE=github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity
+CSI_SANITY_VERSION=v5.4.0
+GOBIN_DIR="$(go env GOPATH)/bin"
+export PATH="$GOBIN_DIR:$HOME/.cargo/bin:$PATH"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test-all: must run as root (the tests make real mounts)" >&2
+  exit 1
+fi
+
+if ! go version -m "$GOBIN_DIR/csi-sanity" 2>/dev/null | grep -q "$CSI_SANITY_VERSION"; then
+  echo "== installing csi-sanity $CSI_SANITY_VERSION"
+  go install "$CSI_SANITY_MODULE@$CSI_SANITY_VERSION"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked
+echo "== csi-sanity"
+cargo build --locked
+scripts/sanity.sh target/debug/hostpath-csi
