@@ -40,14 +40,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let stop = server::termination_signal().map_err(|e| e.to_string())?;
     let listener = server::listen(&socket).map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
-    server::serve(
-        Arc::new(driver),
-        listener,
-        &socket,
-        server::termination_signal(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    server::serve(Arc::new(driver), listener, &socket, stop)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -77,15 +77,24 @@ pub async fn serve(
     served.map_err(|e| Error::Internal(format!("gRPC server on {}: {e}", socket.display())))
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Installs SIGTERM and SIGINT handlers now (so a signal that arrives
+/// before serving starts is not fatal) and returns a future that resolves on
+/// the first of them.
+pub fn termination_signal() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
+    let install = |kind: SignalKind| {
+        signal(kind).map_err(|e| Error::Internal(format!("install signal handler: {e}")))
+    };
+    let (mut term, mut int) = (
+        install(SignalKind::terminate())?,
+        install(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,277 @@
+//! Test harness: a real driver serving on a temporary unix socket, a real
+//! gRPC client, and cleanup of every mount the test made, even on failure.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hostpath_csi::client::CsiClient;
+use hostpath_csi::csi::volume_capability::access_mode::Mode;
+use hostpath_csi::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use hostpath_csi::csi::{
+    CapacityRange, CreateVolumeRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+    VolumeCapability,
+};
+use hostpath_csi::driver::{Driver, DriverConfig};
+use hostpath_csi::ids::PoolName;
+use hostpath_csi::{mounts, server};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const NODE: &str = "test-node";
+pub const DRIVER: &str = "hostpath-csi.dev";
+pub const TOPOLOGY_KEY: &str = "topology.hostpath-csi.dev/node";
+
+/// A scratch directory whose mounts are all detached when it is dropped.
+pub struct Scratch {
+    pub dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("hostpath-csi-test.")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Mounts a tmpfs of `size` (e.g. "16m") at `path`, created if missing.
+    pub fn mount_tmpfs(&self, path: &Path, size: &str) {
+        std::fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+    }
+
+    /// Mount points at or under this scratch directory.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        mounts::mount_table()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|m| m.starts_with(self.path()))
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Deepest first, lazily, so a half-failed test never leaves a mount
+        // behind (and TempDir never deletes through one).
+        let mut left = self.mounts();
+        left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in left {
+            nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).ok();
+        }
+    }
+}
+
+/// A driver serving on `<scratch>/csi.sock` with pool `default` at `<scratch>/pool`.
+pub struct TestDriver {
+    pub csi: CsiClient,
+    pub config: DriverConfig,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<()>>,
+    // Dropped last: its mounts are detached after the server stops.
+    pub scratch: Scratch,
+}
+
+impl TestDriver {
+    pub async fn start() -> Self {
+        Self::start_in(Scratch::new(), |_| {}).await
+    }
+
+    /// Starts a driver in `scratch`, after `tweak` adjusts the default config.
+    pub async fn start_in(scratch: Scratch, tweak: impl FnOnce(&mut DriverConfig)) -> Self {
+        let pool = scratch.path().join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        let mut config = DriverConfig {
+            driver_name: DRIVER.into(),
+            node_id: NODE.into(),
+            pools: vec![(PoolName::parse("default").unwrap(), pool)],
+            max_volumes: 0,
+        };
+        tweak(&mut config);
+        Self::serve(scratch, config).await
+    }
+
+    async fn serve(scratch: Scratch, config: DriverConfig) -> Self {
+        let socket = scratch.path().join("csi.sock");
+        let opened = config.clone();
+        let driver = tokio::task::spawn_blocking(move || Driver::open(opened))
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = server::listen(&socket).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = socket.clone();
+        let serving = tokio::spawn(async move {
+            server::serve(Arc::new(driver), listener, &served, async {
+                stopped.await.ok();
+            })
+            .await
+            .unwrap();
+        });
+        let csi = CsiClient::connect(socket).await.unwrap();
+        TestDriver {
+            csi,
+            config,
+            stop: Some(stop),
+            serving: Some(serving),
+            scratch,
+        }
+    }
+
+    /// Stops the server (as a crash or upgrade would) and starts a new one on
+    /// the same pools; mounts are left as they are.
+    pub async fn restart(mut self) -> Self {
+        self.shutdown().await;
+        let config = self.config.clone();
+        let scratch = std::mem::replace(&mut self.scratch, Scratch::new());
+        Self::serve(scratch, config).await
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+        if let Some(serving) = self.serving.take() {
+            serving.await.unwrap();
+        }
+    }
+
+    pub fn pool(&self) -> PathBuf {
+        self.config.pools[0].1.clone()
+    }
+
+    /// `<pool>/volumes/<id>`.
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        self.pool().join("volumes").join(id)
+    }
+
+    /// A target path for publishing (its parent exists, as kubelet ensures).
+    pub fn target(&self, name: &str) -> String {
+        let parent = self.scratch.path().join("pods").join(name);
+        std::fs::create_dir_all(&parent).unwrap();
+        parent.join("mount").to_string_lossy().into_owned()
+    }
+
+    /// Creates a volume with the default request; returns its id.
+    pub async fn create(&mut self, name: &str, bytes: i64) -> String {
+        let response = self
+            .csi
+            .controller
+            .create_volume(create_request(name, bytes))
+            .await
+            .unwrap()
+            .into_inner();
+        response.volume.unwrap().volume_id
+    }
+
+    pub async fn publish(
+        &mut self,
+        id: &str,
+        target: &str,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
+        self.csi
+            .node
+            .node_publish_volume(publish_request(id, target, readonly))
+            .await
+            .map(drop)
+    }
+
+    pub async fn unpublish(&mut self, id: &str, target: &str) -> Result<(), tonic::Status> {
+        self.csi
+            .node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: target.into(),
+            })
+            .await
+            .map(drop)
+    }
+}
+
+pub fn mount_capability(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    }
+}
+
+pub fn create_request(name: &str, bytes: i64) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+        parameters: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+pub fn publish_request(id: &str, target: &str, readonly: bool) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    let status = result.expect_err("call should have failed");
+    assert_eq!(status.code(), code, "message: {}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "message {:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
+/// The mount options of `target` as the kernel shows them, if it is mounted.
+pub fn mount_options(target: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (Path::new(fields[4]) == target).then(|| fields[5].to_owned())
+    })
+}
+
+/// Waits (bounded) until `<pool>/.trash` is empty.
+pub fn wait_trash_empty(pool: &Path) {
+    for _ in 0..200 {
+        if std::fs::read_dir(pool.join(".trash"))
+            .unwrap()
+            .next()
+            .is_none()
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("trash of {} never drained", pool.display());
+}

@@ -1,0 +1,81 @@
+//! The real binary: socket handling at start and a clean stop on SIGTERM/SIGINT.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn start(dir: &Path) -> Child {
+    std::fs::create_dir_all(dir.join("pool")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_hostpath-csi"))
+        .arg("serve")
+        .arg("--endpoint")
+        .arg(format!("unix://{}", dir.join("csi.sock").display()))
+        .arg("--node-id=n1")
+        .arg(format!("--pool=default={}", dir.join("pool").display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until_serving(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        // Connectable, not merely present: a stale socket file may be there first.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "driver exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("socket {} never appeared", path.display());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().ok();
+    panic!("driver did not stop");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("csi.sock");
+        let mut child = start(dir.path());
+        wait_until_serving(&socket, &mut child);
+        let mode = socket.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "socket mode");
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        assert!(wait_exit(&mut child).success(), "{signal} exit status");
+        assert!(!socket.exists(), "socket left after {signal}");
+    }
+}
+
+#[test]
+fn a_stale_socket_is_replaced_but_a_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("csi.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut child = start(dir.path());
+    wait_until_serving(&socket, &mut child);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut child).success());
+
+    std::fs::write(&socket, b"not a socket").unwrap();
+    let mut child = start(dir.path());
+    assert!(
+        !wait_exit(&mut child).success(),
+        "started over a regular file"
+    );
+    assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
+}
