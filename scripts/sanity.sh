@@ -14,7 +14,7 @@ cleanup() {
     wait "$driver_pid" 2>/dev/null || true
   fi
   # Unmount anything a failed test left under the scratch directory, deepest first.
-  findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m" || true; done
+  { findmnt -rn -o TARGET | grep "^$work/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT

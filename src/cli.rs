@@ -161,8 +161,7 @@ mod tests {
             "serve",
             "--pool",
             "a=/a",
-            "--driver-name",
-            "-x",
+            "--driver-name=-x",
         ])
         .unwrap();
         let Command::Serve(args) = bad.command else {

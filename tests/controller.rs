@@ -4,16 +4,21 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, mount_capability};
+use common::{
+    NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, mount_capability,
+};
 use hostpath_csi::csi::controller_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
 use hostpath_csi::csi::{
-    CapacityRange, ControllerGetCapabilitiesRequest, ControllerGetVolumeRequest, DeleteVolumeRequest,
-    GetCapacityRequest, ListVolumesRequest, Topology, TopologyRequirement,
+    CapacityRange, ControllerGetCapabilitiesRequest, ControllerGetVolumeRequest,
+    DeleteVolumeRequest, GetCapacityRequest, ListVolumesRequest, Topology, TopologyRequirement,
     ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
 };
 use tonic::Code;
+
+/// A change that makes a valid CreateVolume request invalid.
+type Mutation = Box<dyn Fn(&mut hostpath_csi::csi::CreateVolumeRequest)>;
 
 fn delete(id: &str) -> DeleteVolumeRequest {
     DeleteVolumeRequest {
@@ -31,7 +36,13 @@ fn topology(node: &str) -> Topology {
 #[tokio::test]
 async fn create_makes_one_directory_and_repeats_return_the_same_volume() {
     let mut d = TestDriver::start().await;
-    let first = d.csi.controller.create_volume(create_request("pvc-a", 1 << 20)).await.unwrap().into_inner();
+    let first = d
+        .csi
+        .controller
+        .create_volume(create_request("pvc-a", 1 << 20))
+        .await
+        .unwrap()
+        .into_inner();
     let volume = first.volume.unwrap();
     assert!(volume.volume_id.starts_with("vol-"));
     assert_eq!(volume.capacity_bytes, 1 << 20);
@@ -39,12 +50,30 @@ async fn create_makes_one_directory_and_repeats_return_the_same_volume() {
     let dir = d.volume_dir(&volume.volume_id);
     let meta = std::fs::metadata(&dir).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "DirectoryOrCreate mode");
-    assert!(d.pool().join("meta").join(format!("{}.json", volume.volume_id)).exists());
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o755,
+        "DirectoryOrCreate mode"
+    );
+    assert!(
+        d.pool()
+            .join("meta")
+            .join(format!("{}.json", volume.volume_id))
+            .exists()
+    );
 
-    let again = d.csi.controller.create_volume(create_request("pvc-a", 1 << 20)).await.unwrap().into_inner();
+    let again = d
+        .csi
+        .controller
+        .create_volume(create_request("pvc-a", 1 << 20))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.volume.unwrap(), volume);
-    assert_eq!(std::fs::read_dir(d.pool().join("volumes")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.pool().join("volumes")).unwrap().count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -53,24 +82,34 @@ async fn create_with_incompatible_arguments_is_already_exists() {
     let fast = scratch.path().join("fast");
     std::fs::create_dir(&fast).unwrap();
     let mut d = TestDriver::start_in(scratch, |c| {
-        c.pools.push((hostpath_csi::ids::PoolName::parse("fast").unwrap(), fast.clone()));
+        c.pools.push((
+            hostpath_csi::ids::PoolName::parse("fast").unwrap(),
+            fast.clone(),
+        ));
     })
     .await;
     d.create("pvc-b", 1 << 20).await;
     assert_code(
-        d.csi.controller.create_volume(create_request("pvc-b", 2 << 20)).await,
+        d.csi
+            .controller
+            .create_volume(create_request("pvc-b", 2 << 20))
+            .await,
         Code::AlreadyExists,
         "pvc-b",
     );
     let mut in_other_pool = create_request("pvc-b", 1 << 20);
-    in_other_pool.parameters.insert("pool".into(), "fast".into());
+    in_other_pool
+        .parameters
+        .insert("pool".into(), "fast".into());
     assert_code(
         d.csi.controller.create_volume(in_other_pool).await,
         Code::AlreadyExists,
         "pool default",
     );
     let mut unknown_pool = create_request("pvc-c", 1 << 20);
-    unknown_pool.parameters.insert("pool".into(), "other".into());
+    unknown_pool
+        .parameters
+        .insert("pool".into(), "other".into());
     assert_code(
         d.csi.controller.create_volume(unknown_pool).await,
         Code::InvalidArgument,
@@ -78,26 +117,50 @@ async fn create_with_incompatible_arguments_is_already_exists() {
     );
     let mut in_fast = create_request("pvc-d", 1 << 20);
     in_fast.parameters.insert("pool".into(), "fast".into());
-    let id = d.csi.controller.create_volume(in_fast).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let id = d
+        .csi
+        .controller
+        .create_volume(in_fast)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
     assert!(fast.join("volumes").join(&id).is_dir());
 }
 
 #[tokio::test]
 async fn create_rejects_bad_requests_with_invalid_argument() {
     let mut d = TestDriver::start().await;
-    let cases: Vec<(Box<dyn Fn(&mut hostpath_csi::csi::CreateVolumeRequest)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|r| r.name.clear()), "name is missing"),
-        (Box::new(|r| r.volume_capabilities.clear()), "volume_capabilities"),
         (
-            Box::new(|r| r.capacity_range = Some(CapacityRange { required_bytes: -1, limit_bytes: 0 })),
+            Box::new(|r| r.volume_capabilities.clear()),
+            "volume_capabilities",
+        ),
+        (
+            Box::new(|r| {
+                r.capacity_range = Some(CapacityRange {
+                    required_bytes: -1,
+                    limit_bytes: 0,
+                })
+            }),
             "negative",
         ),
         (
-            Box::new(|r| r.capacity_range = Some(CapacityRange { required_bytes: 10, limit_bytes: 5 })),
+            Box::new(|r| {
+                r.capacity_range = Some(CapacityRange {
+                    required_bytes: 10,
+                    limit_bytes: 5,
+                })
+            }),
             "exceeds",
         ),
         (
-            Box::new(|r| r.volume_capabilities = vec![mount_capability(Mode::MultiNodeMultiWriter)]),
+            Box::new(|r| {
+                r.volume_capabilities = vec![mount_capability(Mode::MultiNodeMultiWriter)]
+            }),
             "SINGLE_NODE_WRITER",
         ),
         (
@@ -126,14 +189,22 @@ async fn create_rejects_bad_requests_with_invalid_argument() {
     for (mutate, needle) in cases {
         let mut request = create_request("pvc-bad", 1 << 20);
         mutate(&mut request);
-        assert_code(d.csi.controller.create_volume(request).await, Code::InvalidArgument, needle);
+        assert_code(
+            d.csi.controller.create_volume(request).await,
+            Code::InvalidArgument,
+            needle,
+        );
     }
     let mut ok = create_request("pvc-sidecar-keys", 1 << 20);
-    ok.parameters.insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
+    ok.parameters
+        .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
     ok.parameters.insert("kind".into(), "directory".into());
     ok.parameters.insert("pool".into(), "default".into());
     d.csi.controller.create_volume(ok).await.unwrap();
-    assert_eq!(std::fs::read_dir(d.pool().join("volumes")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.pool().join("volumes")).unwrap().count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -143,18 +214,30 @@ async fn create_beyond_the_pool_is_out_of_range_and_counts_promises() {
     scratch.mount_tmpfs(&small, "16m");
     let mut d = TestDriver::start_in(scratch, |c| c.pools[0].1 = small.clone()).await;
     assert_code(
-        d.csi.controller.create_volume(create_request("too-big", 1 << 30)).await,
+        d.csi
+            .controller
+            .create_volume(create_request("too-big", 1 << 30))
+            .await,
         Code::OutOfRange,
         "pool default",
     );
     d.create("half", 10 << 20).await;
     // 10 MiB are promised, so another 10 MiB no longer fit in 16 MiB.
     assert_code(
-        d.csi.controller.create_volume(create_request("second", 10 << 20)).await,
+        d.csi
+            .controller
+            .create_volume(create_request("second", 10 << 20))
+            .await,
         Code::OutOfRange,
         "can give",
     );
-    let capacity = d.csi.controller.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
+    let capacity = d
+        .csi
+        .controller
+        .get_capacity(GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(capacity.available_capacity < 6 << 20, "{capacity:?}");
     assert!(capacity.available_capacity > 5 << 20, "{capacity:?}");
 }
@@ -164,7 +247,10 @@ async fn max_volumes_and_topology_limit_creation() {
     let mut d = TestDriver::start_in(Scratch::new(), |c| c.max_volumes = 1).await;
     d.create("one", 0).await;
     assert_code(
-        d.csi.controller.create_volume(create_request("two", 0)).await,
+        d.csi
+            .controller
+            .create_volume(create_request("two", 0))
+            .await,
         Code::ResourceExhausted,
         "maximum of 1",
     );
@@ -176,7 +262,11 @@ async fn max_volumes_and_topology_limit_creation() {
         requisite: vec![topology("other-node")],
         preferred: vec![topology("other-node")],
     });
-    assert_code(d.csi.controller.create_volume(elsewhere).await, Code::ResourceExhausted, NODE);
+    assert_code(
+        d.csi.controller.create_volume(elsewhere).await,
+        Code::ResourceExhausted,
+        NODE,
+    );
     let mut here = create_request("here", 0);
     here.accessibility_requirements = Some(TopologyRequirement {
         requisite: vec![topology("other-node"), topology(NODE)],
@@ -192,14 +282,29 @@ async fn delete_removes_everything_and_tolerates_unknown_ids() {
     std::fs::write(d.volume_dir(&id).join("data"), b"x").unwrap();
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
-    d.csi.controller.delete_volume(delete("vol-never-made")).await.unwrap();
-    assert_code(d.csi.controller.delete_volume(delete("")).await, Code::InvalidArgument, "missing");
-    assert_code(d.csi.controller.delete_volume(delete("../etc")).await, Code::InvalidArgument, "malformed");
+    d.csi
+        .controller
+        .delete_volume(delete("vol-never-made"))
+        .await
+        .unwrap();
+    assert_code(
+        d.csi.controller.delete_volume(delete("")).await,
+        Code::InvalidArgument,
+        "missing",
+    );
+    assert_code(
+        d.csi.controller.delete_volume(delete("../etc")).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
     assert!(!d.volume_dir(&id).exists());
     assert!(!d.pool().join("meta").join(format!("{id}.json")).exists());
     common::wait_trash_empty(&d.pool());
     assert_code(
-        d.csi.controller.controller_get_volume(ControllerGetVolumeRequest { volume_id: id }).await,
+        d.csi
+            .controller
+            .controller_get_volume(ControllerGetVolumeRequest { volume_id: id })
+            .await,
         Code::NotFound,
         "does not exist",
     );
@@ -211,7 +316,11 @@ async fn delete_of_a_published_volume_is_failed_precondition() {
     let id = d.create("pvc-pub", 0).await;
     let target = d.target("pod-1");
     d.publish(&id, &target, false).await.unwrap();
-    assert_code(d.csi.controller.delete_volume(delete(&id)).await, Code::FailedPrecondition, &target);
+    assert_code(
+        d.csi.controller.delete_volume(delete(&id)).await,
+        Code::FailedPrecondition,
+        &target,
+    );
     assert!(d.volume_dir(&id).exists());
     d.unpublish(&id, &target).await.unwrap();
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
@@ -238,7 +347,10 @@ async fn delete_never_follows_links_nor_crosses_mounts() {
     assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep");
     let mounted = d.scratch.mounts();
     assert_eq!(mounted.len(), 1, "{mounted:?}");
-    assert_eq!(std::fs::read(mounted[0].join("other-fs")).unwrap(), b"keep too");
+    assert_eq!(
+        std::fs::read(mounted[0].join("other-fs")).unwrap(),
+        b"keep too"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +365,10 @@ async fn validate_volume_capabilities_confirms_only_what_is_supported() {
     let ok = d
         .csi
         .controller
-        .validate_volume_capabilities(request(&id, vec![mount_capability(Mode::SingleNodeMultiWriter)]))
+        .validate_volume_capabilities(request(
+            &id,
+            vec![mount_capability(Mode::SingleNodeMultiWriter)],
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -261,21 +376,34 @@ async fn validate_volume_capabilities_confirms_only_what_is_supported() {
     let no = d
         .csi
         .controller
-        .validate_volume_capabilities(request(&id, vec![mount_capability(Mode::MultiNodeReaderOnly)]))
+        .validate_volume_capabilities(request(
+            &id,
+            vec![mount_capability(Mode::MultiNodeReaderOnly)],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(no.confirmed.is_none());
-    assert!(no.message.contains("MULTI_NODE_READER_ONLY"), "{}", no.message);
+    assert!(
+        no.message.contains("MULTI_NODE_READER_ONLY"),
+        "{}",
+        no.message
+    );
     assert_code(
-        d.csi.controller.validate_volume_capabilities(request(&id, vec![])).await,
+        d.csi
+            .controller
+            .validate_volume_capabilities(request(&id, vec![]))
+            .await,
         Code::InvalidArgument,
         "volume_capabilities",
     );
     assert_code(
         d.csi
             .controller
-            .validate_volume_capabilities(request("vol-none", vec![mount_capability(Mode::SingleNodeWriter)]))
+            .validate_volume_capabilities(request(
+                "vol-none",
+                vec![mount_capability(Mode::SingleNodeWriter)],
+            ))
             .await,
         Code::NotFound,
         "vol-none",
@@ -298,7 +426,10 @@ async fn list_volumes_pages_through_everything_once() {
         let page = d
             .csi
             .controller
-            .list_volumes(ListVolumesRequest { max_entries: 2, starting_token: token.clone() })
+            .list_volumes(ListVolumesRequest {
+                max_entries: 2,
+                starting_token: token.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -307,7 +438,11 @@ async fn list_volumes_pages_through_everything_once() {
         for entry in page.entries {
             let id = entry.volume.unwrap().volume_id;
             let status = entry.status.unwrap();
-            let expected: Vec<String> = if id == made[0] { vec![NODE.into()] } else { vec![] };
+            let expected: Vec<String> = if id == made[0] {
+                vec![NODE.into()]
+            } else {
+                vec![]
+            };
             assert_eq!(status.published_node_ids, expected, "{id}");
             assert!(!status.volume_condition.unwrap().abnormal);
             seen.push(id);
@@ -326,7 +461,10 @@ async fn list_volumes_pages_through_everything_once() {
     assert_code(
         d.csi
             .controller
-            .list_volumes(ListVolumesRequest { max_entries: 0, starting_token: "invalid-token".into() })
+            .list_volumes(ListVolumesRequest {
+                max_entries: 0,
+                starting_token: "invalid-token".into(),
+            })
             .await,
         Code::Aborted,
         "invalid-token",
@@ -334,7 +472,10 @@ async fn list_volumes_pages_through_everything_once() {
     assert_code(
         d.csi
             .controller
-            .list_volumes(ListVolumesRequest { max_entries: -1, starting_token: String::new() })
+            .list_volumes(ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new(),
+            })
             .await,
         Code::InvalidArgument,
         "negative",
@@ -348,7 +489,14 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         accessible_topology: topology,
         ..Default::default()
     };
-    let before = d.csi.controller.get_capacity(get(None)).await.unwrap().into_inner().available_capacity;
+    let before = d
+        .csi
+        .controller
+        .get_capacity(get(None))
+        .await
+        .unwrap()
+        .into_inner()
+        .available_capacity;
     d.create("pvc-cap", 1 << 30).await;
     let after = d
         .csi
@@ -359,21 +507,42 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         .into_inner();
     // Other writers share the disk, so allow some drift.
     let drop = before - after.available_capacity;
-    assert!((1 << 30) - (64 << 20) < drop && drop < (1 << 30) + (64 << 20), "{drop}");
+    assert!(
+        (1 << 30) - (64 << 20) < drop && drop < (1 << 30) + (64 << 20),
+        "{drop}"
+    );
     assert_eq!(after.maximum_volume_size, Some(after.available_capacity));
-    let elsewhere = d.csi.controller.get_capacity(get(Some(topology("other")))).await.unwrap().into_inner();
+    let elsewhere = d
+        .csi
+        .controller
+        .get_capacity(get(Some(topology("other"))))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(elsewhere.available_capacity, 0);
     let mut bad = get(None);
     bad.parameters.insert("pool".into(), "nope".into());
-    assert_code(d.csi.controller.get_capacity(bad).await, Code::InvalidArgument, "nope");
+    assert_code(
+        d.csi.controller.get_capacity(bad).await,
+        Code::InvalidArgument,
+        "nope",
+    );
 }
 
 #[tokio::test]
 async fn controller_get_volume_reports_condition_and_publication() {
     let mut d = TestDriver::start().await;
     let id = d.create("pvc-get", 0).await;
-    let get = |id: &str| ControllerGetVolumeRequest { volume_id: id.into() };
-    let healthy = d.csi.controller.controller_get_volume(get(&id)).await.unwrap().into_inner();
+    let get = |id: &str| ControllerGetVolumeRequest {
+        volume_id: id.into(),
+    };
+    let healthy = d
+        .csi
+        .controller
+        .controller_get_volume(get(&id))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(healthy.volume.unwrap().volume_id, id);
     let status = healthy.status.unwrap();
     assert!(!status.volume_condition.unwrap().abnormal);
@@ -381,17 +550,44 @@ async fn controller_get_volume_reports_condition_and_publication() {
 
     let target = d.target("pod-get");
     d.publish(&id, &target, false).await.unwrap();
-    let published = d.csi.controller.controller_get_volume(get(&id)).await.unwrap().into_inner();
-    assert_eq!(published.status.unwrap().published_node_ids, vec![NODE.to_owned()]);
+    let published = d
+        .csi
+        .controller
+        .controller_get_volume(get(&id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        published.status.unwrap().published_node_ids,
+        vec![NODE.to_owned()]
+    );
     d.unpublish(&id, &target).await.unwrap();
 
     std::fs::remove_dir(d.volume_dir(&id)).unwrap();
-    let gone = d.csi.controller.controller_get_volume(get(&id)).await.unwrap().into_inner();
+    let gone = d
+        .csi
+        .controller
+        .controller_get_volume(get(&id))
+        .await
+        .unwrap()
+        .into_inner();
     let condition = gone.status.unwrap().volume_condition.unwrap();
     assert!(condition.abnormal);
-    assert!(condition.message.contains("is missing"), "{}", condition.message);
-    assert_code(d.csi.controller.controller_get_volume(get("vol-x")).await, Code::NotFound, "vol-x");
-    assert_code(d.csi.controller.controller_get_volume(get("")).await, Code::InvalidArgument, "missing");
+    assert!(
+        condition.message.contains("is missing"),
+        "{}",
+        condition.message
+    );
+    assert_code(
+        d.csi.controller.controller_get_volume(get("vol-x")).await,
+        Code::NotFound,
+        "vol-x",
+    );
+    assert_code(
+        d.csi.controller.controller_get_volume(get("")).await,
+        Code::InvalidArgument,
+        "missing",
+    );
 }
 
 #[tokio::test]
@@ -436,7 +632,9 @@ async fn concurrent_creates_of_one_name_converge_on_one_volume() {
     for _ in 0..8 {
         let mut controller = d.csi.controller.clone();
         calls.push(tokio::spawn(async move {
-            controller.create_volume(create_request("pvc-race", 1 << 20)).await
+            controller
+                .create_volume(create_request("pvc-race", 1 << 20))
+                .await
         }));
     }
     let mut ids = Vec::new();
@@ -449,6 +647,9 @@ async fn concurrent_creates_of_one_name_converge_on_one_volume() {
     assert!(!ids.is_empty());
     ids.dedup();
     assert_eq!(ids.len(), 1);
-    assert_eq!(std::fs::read_dir(d.pool().join("volumes")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.pool().join("volumes")).unwrap().count(),
+        1
+    );
     assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 1);
 }

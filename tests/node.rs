@@ -9,7 +9,9 @@ use hostpath_csi::csi::node_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::AccessType;
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_usage::Unit;
-use hostpath_csi::csi::{NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest};
+use hostpath_csi::csi::{
+    NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+};
 use tonic::Code;
 
 #[tokio::test]
@@ -20,12 +22,22 @@ async fn publish_bind_mounts_the_volume_nosuid_nodev_and_repeats_are_ok() {
     d.publish(&id, &target, false).await.unwrap();
     d.publish(&id, &target, false).await.unwrap();
     std::fs::write(Path::new(&target).join("hello"), b"from the pod").unwrap();
-    assert_eq!(std::fs::read(d.volume_dir(&id).join("hello")).unwrap(), b"from the pod");
+    assert_eq!(
+        std::fs::read(d.volume_dir(&id).join("hello")).unwrap(),
+        b"from the pod"
+    );
     let options = mount_options(Path::new(&target)).expect("target is mounted");
     for flag in ["rw", "nosuid", "nodev"] {
-        assert!(options.split(',').any(|o| o == flag), "{flag} missing in {options}");
+        assert!(
+            options.split(',').any(|o| o == flag),
+            "{flag} missing in {options}"
+        );
     }
-    assert_eq!(d.scratch.mounts().len(), 1, "a repeat must not stack mounts");
+    assert_eq!(
+        d.scratch.mounts().len(),
+        1,
+        "a repeat must not stack mounts"
+    );
     d.unpublish(&id, &target).await.unwrap();
 }
 
@@ -38,16 +50,34 @@ async fn read_only_publish_refuses_writes_and_a_different_mode_is_already_exists
     let err = std::fs::write(Path::new(&target).join("x"), b"no").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let options = mount_options(Path::new(&target)).unwrap();
-    assert!(options.starts_with("ro,") && options.contains("nosuid") && options.contains("nodev"), "{options}");
+    assert!(
+        options.starts_with("ro,") && options.contains("nosuid") && options.contains("nodev"),
+        "{options}"
+    );
     d.publish(&id, &target, true).await.unwrap();
-    assert_code(d.publish(&id, &target, false).await, Code::AlreadyExists, "readonly=true");
+    assert_code(
+        d.publish(&id, &target, false).await,
+        Code::AlreadyExists,
+        "readonly=true",
+    );
 
     // A READER_ONLY access mode also means read-only.
     let reader_target = d.target("pod-reader");
     let mut request = publish_request(&id, &reader_target, false);
-    request.volume_capability.as_mut().unwrap().access_mode.as_mut().unwrap().mode = Mode::SingleNodeReaderOnly as i32;
+    request
+        .volume_capability
+        .as_mut()
+        .unwrap()
+        .access_mode
+        .as_mut()
+        .unwrap()
+        .mode = Mode::SingleNodeReaderOnly as i32;
     d.csi.node.node_publish_volume(request).await.unwrap();
-    assert!(mount_options(Path::new(&reader_target)).unwrap().starts_with("ro,"));
+    assert!(
+        mount_options(Path::new(&reader_target))
+            .unwrap()
+            .starts_with("ro,")
+    );
     d.unpublish(&id, &target).await.unwrap();
     d.unpublish(&id, &reader_target).await.unwrap();
 }
@@ -59,7 +89,9 @@ async fn publish_applies_allowed_mount_flags_and_refuses_others() {
     let target = d.target("pod-flags");
     let with_flags = |flags: &[&str]| {
         let mut request = publish_request(&id, &target, false);
-        if let Some(AccessType::Mount(m)) = &mut request.volume_capability.as_mut().unwrap().access_type {
+        if let Some(AccessType::Mount(m)) =
+            &mut request.volume_capability.as_mut().unwrap().access_type
+        {
             m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
         }
         request
@@ -69,10 +101,20 @@ async fn publish_applies_allowed_mount_flags_and_refuses_others() {
         Code::InvalidArgument,
         "allowed flags are",
     );
-    assert!(!Path::new(&target).exists(), "a refused publish leaves no target");
-    d.csi.node.node_publish_volume(with_flags(&["noexec", "noatime"])).await.unwrap();
+    assert!(
+        !Path::new(&target).exists(),
+        "a refused publish leaves no target"
+    );
+    d.csi
+        .node
+        .node_publish_volume(with_flags(&["noexec", "noatime"]))
+        .await
+        .unwrap();
     let options = mount_options(Path::new(&target)).unwrap();
-    assert!(options.contains("noexec") && options.contains("noatime"), "{options}");
+    assert!(
+        options.contains("noexec") && options.contains("noatime"),
+        "{options}"
+    );
     d.unpublish(&id, &target).await.unwrap();
 }
 
@@ -81,27 +123,57 @@ async fn publish_errors_name_what_is_wrong() {
     let mut d = TestDriver::start().await;
     let id = d.create("pvc-err", 0).await;
     let target = d.target("pod-err");
-    assert_code(d.publish("vol-unknown", &target, false).await, Code::NotFound, "vol-unknown");
-    assert_code(d.publish(&id, "relative/path", false).await, Code::InvalidArgument, "absolute");
-    assert_code(d.publish(&id, "", false).await, Code::InvalidArgument, "target_path is missing");
+    assert_code(
+        d.publish("vol-unknown", &target, false).await,
+        Code::NotFound,
+        "vol-unknown",
+    );
+    assert_code(
+        d.publish(&id, "relative/path", false).await,
+        Code::InvalidArgument,
+        "absolute",
+    );
+    assert_code(
+        d.publish(&id, "", false).await,
+        Code::InvalidArgument,
+        "target_path is missing",
+    );
     let mut no_cap = publish_request(&id, &target, false);
     no_cap.volume_capability = None;
-    assert_code(d.csi.node.node_publish_volume(no_cap).await, Code::InvalidArgument, "volume_capability");
+    assert_code(
+        d.csi.node.node_publish_volume(no_cap).await,
+        Code::InvalidArgument,
+        "volume_capability",
+    );
     let mut ephemeral = publish_request(&id, &target, false);
-    ephemeral.volume_context.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
-    assert_code(d.csi.node.node_publish_volume(ephemeral).await, Code::InvalidArgument, "ephemeral");
+    ephemeral
+        .volume_context
+        .insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+    assert_code(
+        d.csi.node.node_publish_volume(ephemeral).await,
+        Code::InvalidArgument,
+        "ephemeral",
+    );
 
     // Another volume already mounted on the target.
     let other = d.create("pvc-err-2", 0).await;
     d.publish(&other, &target, false).await.unwrap();
-    assert_code(d.publish(&id, &target, false).await, Code::AlreadyExists, "another mount");
+    assert_code(
+        d.publish(&id, &target, false).await,
+        Code::AlreadyExists,
+        "another mount",
+    );
     d.unpublish(&other, &target).await.unwrap();
 
     // A symlink planted at the target is not followed.
     let elsewhere = d.scratch.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
-    assert_code(d.publish(&id, &target, false).await, Code::AlreadyExists, "not a directory");
+    assert_code(
+        d.publish(&id, &target, false).await,
+        Code::AlreadyExists,
+        "not a directory",
+    );
     assert!(d.scratch.mounts().is_empty());
 }
 
@@ -115,17 +187,34 @@ async fn unpublish_unmounts_removes_the_target_and_is_idempotent() {
     d.unpublish(&id, &target).await.unwrap();
     assert!(!Path::new(&target).exists());
     assert!(d.scratch.mounts().is_empty());
-    assert_eq!(std::fs::read(d.volume_dir(&id).join("kept")).unwrap(), b"data");
+    assert_eq!(
+        std::fs::read(d.volume_dir(&id).join("kept")).unwrap(),
+        b"data"
+    );
     d.unpublish(&id, &target).await.unwrap();
     d.unpublish("vol-unknown", &target).await.unwrap();
-    assert_code(d.unpublish("", &target).await, Code::InvalidArgument, "volume id is missing");
-    assert_code(d.unpublish(&id, "").await, Code::InvalidArgument, "target_path");
+    assert_code(
+        d.unpublish("", &target).await,
+        Code::InvalidArgument,
+        "volume id is missing",
+    );
+    assert_code(
+        d.unpublish(&id, "").await,
+        Code::InvalidArgument,
+        "target_path",
+    );
 
     // Stacked mounts (e.g. after an uncertain retry) are all taken down.
     d.publish(&id, &target, false).await.unwrap();
     let source = d.volume_dir(&id);
-    nix::mount::mount(Some(&source), Path::new(&target), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-        .unwrap();
+    nix::mount::mount(
+        Some(&source),
+        Path::new(&target),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
     d.unpublish(&id, &target).await.unwrap();
     assert!(d.scratch.mounts().is_empty());
     assert!(!Path::new(&target).exists());
@@ -144,31 +233,79 @@ async fn volume_stats_measure_this_volume_only() {
         volume_path: path.into(),
         staging_target_path: String::new(),
     };
-    let response = d.csi.node.node_get_volume_stats(stats(&id, &target)).await.unwrap().into_inner();
-    let bytes = response.usage.iter().find(|u| u.unit == Unit::Bytes as i32).unwrap();
-    let inodes = response.usage.iter().find(|u| u.unit == Unit::Inodes as i32).unwrap();
+    let response = d
+        .csi
+        .node
+        .node_get_volume_stats(stats(&id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = response
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Bytes as i32)
+        .unwrap();
+    let inodes = response
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Inodes as i32)
+        .unwrap();
     assert_eq!(bytes.total, 64 << 20);
     assert!(bytes.used >= 4 << 20 && bytes.used < 5 << 20, "{bytes:?}");
     assert_eq!(bytes.available, bytes.total - bytes.used);
     assert_eq!(inodes.used, 3, "root, sub and blob");
     assert!(!response.volume_condition.unwrap().abnormal);
 
-    assert_code(d.csi.node.node_get_volume_stats(stats("vol-none", &target)).await, Code::NotFound, "vol-none");
+    assert_code(
+        d.csi
+            .node
+            .node_get_volume_stats(stats("vol-none", &target))
+            .await,
+        Code::NotFound,
+        "vol-none",
+    );
     let other = d.target("pod-not-published");
     std::fs::create_dir(&other).unwrap();
-    assert_code(d.csi.node.node_get_volume_stats(stats(&id, &other)).await, Code::NotFound, "not published");
-    assert_code(d.csi.node.node_get_volume_stats(stats(&id, "")).await, Code::InvalidArgument, "volume_path");
+    assert_code(
+        d.csi.node.node_get_volume_stats(stats(&id, &other)).await,
+        Code::NotFound,
+        "not published",
+    );
+    assert_code(
+        d.csi.node.node_get_volume_stats(stats(&id, "")).await,
+        Code::InvalidArgument,
+        "volume_path",
+    );
     d.unpublish(&id, &target).await.unwrap();
 }
 
 #[tokio::test]
 async fn node_info_and_capabilities() {
     let mut d = TestDriver::start_in(common::Scratch::new(), |c| c.max_volumes = 250).await;
-    let info = d.csi.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    let info = d
+        .csi
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.node_id, NODE);
     assert_eq!(info.max_volumes_per_node, 250);
-    assert_eq!(info.accessible_topology.unwrap().segments.get(TOPOLOGY_KEY).map(String::as_str), Some(NODE));
-    let caps = d.csi.node.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        info.accessible_topology
+            .unwrap()
+            .segments
+            .get(TOPOLOGY_KEY)
+            .map(String::as_str),
+        Some(NODE)
+    );
+    let caps = d
+        .csi
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let mut got: Vec<i32> = caps
         .capabilities
         .into_iter()

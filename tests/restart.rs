@@ -1,0 +1,146 @@
+//! What survives a driver restart: volumes, published mounts, half-done work.
+
+mod common;
+
+use std::path::Path;
+
+use common::{NODE, TestDriver, assert_code, create_request, mount_options};
+use hostpath_csi::csi::{ControllerGetVolumeRequest, DeleteVolumeRequest, ListVolumesRequest};
+use tonic::Code;
+
+fn delete(id: &str) -> DeleteVolumeRequest {
+    DeleteVolumeRequest {
+        volume_id: id.into(),
+        secrets: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn volumes_and_published_mounts_survive_a_restart() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-keep", 1 << 20).await;
+    let idle = d.create("pvc-idle", 0).await;
+    let target = d.target("pod-keep");
+    d.publish(&id, &target, true).await.unwrap();
+    std::fs::write(d.volume_dir(&id).join("data"), b"survives").unwrap();
+
+    let mut d = d.restart().await;
+    assert!(
+        mount_options(Path::new(&target))
+            .unwrap()
+            .starts_with("ro,"),
+        "mount left alone"
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&target).join("data")).unwrap(),
+        b"survives"
+    );
+    let listed = d
+        .csi
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 2);
+    let got = d
+        .csi
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.status.unwrap().published_node_ids,
+        vec![NODE.to_owned()]
+    );
+    assert_eq!(got.volume.unwrap().capacity_bytes, 1 << 20);
+    assert_code(
+        d.csi.controller.delete_volume(delete(&id)).await,
+        Code::FailedPrecondition,
+        &target,
+    );
+    // The same publish again is recognised as done; the other mode is not.
+    d.publish(&id, &target, true).await.unwrap();
+    assert_code(
+        d.publish(&id, &target, false).await,
+        Code::AlreadyExists,
+        "readonly",
+    );
+    assert_eq!(d.create("pvc-keep", 1 << 20).await, id);
+
+    d.unpublish(&id, &target).await.unwrap();
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+    d.csi.controller.delete_volume(delete(&idle)).await.unwrap();
+    assert!(d.scratch.mounts().is_empty());
+}
+
+#[tokio::test]
+async fn a_create_retried_after_a_crash_returns_the_same_volume_with_one_directory() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-crash", 1 << 20).await;
+    // As if the driver died after writing the record but before mkdir.
+    std::fs::remove_dir(d.volume_dir(&id)).unwrap();
+    let mut d = d.restart().await;
+    assert_eq!(d.create("pvc-crash", 1 << 20).await, id);
+    assert!(d.volume_dir(&id).is_dir());
+    assert_eq!(
+        std::fs::read_dir(d.pool().join("volumes")).unwrap().count(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_delete_interrupted_after_the_rename_finishes_on_retry_and_at_start() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-half-deleted", 0).await;
+    std::fs::write(d.volume_dir(&id).join("data"), b"x").unwrap();
+    // As if the driver died after moving the directory to the trash but
+    // before removing the record and emptying the trash.
+    let trashed = d.pool().join(".trash").join(format!("{id}.1"));
+    std::fs::rename(d.volume_dir(&id), &trashed).unwrap();
+    let mut d = d.restart().await;
+    common::wait_trash_empty(&d.pool());
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+    assert!(!d.pool().join("meta").join(format!("{id}.json")).exists());
+}
+
+#[tokio::test]
+async fn a_corrupt_record_does_not_stop_the_others_being_served() {
+    let mut d = TestDriver::start().await;
+    let good = d.create("pvc-good", 0).await;
+    let bad = d.create("pvc-bad", 0).await;
+    let record = d.pool().join("meta").join(format!("{bad}.json"));
+    std::fs::write(&record, b"{\"id\":\"vol-").unwrap();
+    std::fs::write(d.pool().join("meta").join(".vol-x.json.tmp"), b"half").unwrap();
+    let mut d = d.restart().await;
+    let listed = d
+        .csi
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = listed
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect();
+    assert_eq!(ids, vec![good.clone()]);
+    assert!(record.exists(), "a corrupt record is left for the operator");
+    assert!(!d.pool().join("meta").join(".vol-x.json.tmp").exists());
+    let target = d.target("pod-good");
+    d.publish(&good, &target, false).await.unwrap();
+    d.unpublish(&good, &target).await.unwrap();
+    assert_code(
+        d.csi
+            .controller
+            .create_volume(create_request("pvc-good", 5))
+            .await,
+        Code::AlreadyExists,
+        "pvc-good",
+    );
+}
