@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
@@ -17,6 +18,9 @@ use nix::sys::statvfs::{FsFlags, fstatvfs};
 use crate::beneath;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
+
+/// Name of the file a writability probe writes where O_TMPFILE is missing.
+const PROBE_FILE: &str = ".probe";
 
 /// Free and total space of the filesystem holding a pool.
 #[derive(Clone, Copy, Debug)]
@@ -110,14 +114,20 @@ impl Pool {
                 self.shown()
             )));
         }
-        // An unnamed temp file: proves writability and leaves nothing behind.
+        // An unnamed temp file proves writability and leaves nothing behind;
+        // filesystems without O_TMPFILE get a named file, removed at once.
         let how = OpenHow::new()
             .flags(OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
             .mode(Mode::from_bits_truncate(0o600))
             .resolve(ResolveFlag::RESOLVE_BENEATH);
-        openat2(&self.meta, ".", how)
-            .map(drop)
-            .context(|| format!("pool {}: create a file in {}/meta", self.name, self.shown()))
+        let written = match openat2(&self.meta, ".", how) {
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR) => {
+                beneath::write_atomic(&self.meta, PROBE_FILE, b"")
+                    .and_then(|()| beneath::remove_file(&self.meta, PROBE_FILE))
+            }
+            other => other.map(drop),
+        };
+        written.context(|| format!("pool {}: create a file in {}/meta", self.name, self.shown()))
     }
 
     /// Moves `volumes/<name>` into the trash (missing is fine) and queues its
@@ -129,7 +139,7 @@ impl Pool {
         let trashed = format!("{name}.{nanos}");
         match renameat(&self.volumes, name, &self.trash, trashed.as_str()) {
             Ok(()) => {}
-            Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(Errno::ENOENT) => return Ok(()),
             Err(errno) => {
                 return Err(Error::sys(
                     format!(
