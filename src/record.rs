@@ -63,9 +63,13 @@ pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
     let entries = beneath::list(meta).context(|| format!("list {pool_path}/meta"))?;
     for (name, _) in entries {
         let shown = name.to_string_lossy().into_owned();
-        if shown.starts_with('.') && shown.ends_with(".tmp") {
-            beneath::remove_file(meta, shown.as_str())
-                .context(|| format!("remove {pool_path}/meta/{shown}"))?;
+        // Hidden names are never records: temp files of an interrupted write
+        // (removed here) or the writability probe's file.
+        if shown.starts_with('.') {
+            if shown.ends_with(".tmp") {
+                beneath::remove_file(meta, shown.as_str())
+                    .context(|| format!("remove {pool_path}/meta/{shown}"))?;
+            }
             continue;
         }
         match read_one(meta, &name, &shown) {
