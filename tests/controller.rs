@@ -373,6 +373,17 @@ async fn validate_volume_capabilities_confirms_only_what_is_supported() {
         .unwrap()
         .into_inner();
     assert!(ok.confirmed.is_some(), "{ok:?}");
+    let again = d
+        .csi
+        .controller
+        .validate_volume_capabilities(request(
+            &id,
+            vec![mount_capability(Mode::SingleNodeMultiWriter)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, ok);
     let no = d
         .csi
         .controller

@@ -25,6 +25,13 @@ async fn plugin_info_names_the_driver_and_version() {
 #[tokio::test]
 async fn capabilities_are_controller_and_topology() {
     let mut d = TestDriver::start().await;
+    let first = d
+        .csi
+        .identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let caps = d
         .csi
         .identity
@@ -33,6 +40,7 @@ async fn capabilities_are_controller_and_topology() {
         .unwrap()
         .into_inner()
         .capabilities;
+    assert_eq!(caps, first.capabilities, "a repeat answers the same");
     let mut services: Vec<i32> = caps
         .iter()
         .filter_map(|c| match &c.r#type {
@@ -95,4 +103,34 @@ async fn probe_is_ready_only_while_every_pool_is_writable() {
         tonic::Code::FailedPrecondition,
         "pool fast",
     );
+}
+
+#[tokio::test]
+async fn capabilities_not_offered_answer_unimplemented() {
+    use hostpath_csi::csi::{
+        ControllerExpandVolumeRequest, ControllerPublishVolumeRequest, CreateSnapshotRequest,
+        NodeStageVolumeRequest,
+    };
+    use tonic::Code;
+    let mut d = TestDriver::start().await;
+    let c = &mut d.csi.controller;
+    let codes = [
+        c.controller_publish_volume(ControllerPublishVolumeRequest::default())
+            .await
+            .map(drop),
+        c.create_snapshot(CreateSnapshotRequest::default())
+            .await
+            .map(drop),
+        c.controller_expand_volume(ControllerExpandVolumeRequest::default())
+            .await
+            .map(drop),
+        d.csi
+            .node
+            .node_stage_volume(NodeStageVolumeRequest::default())
+            .await
+            .map(drop),
+    ];
+    for result in codes {
+        assert_eq!(result.unwrap_err().code(), Code::Unimplemented);
+    }
 }

@@ -255,6 +255,14 @@ async fn volume_stats_measure_this_volume_only() {
     assert_eq!(bytes.available, bytes.total - bytes.used);
     assert_eq!(inodes.used, 3, "root, sub and blob");
     assert!(!response.volume_condition.unwrap().abnormal);
+    let again = d
+        .csi
+        .node
+        .node_get_volume_stats(stats(&id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.usage, response.usage, "nothing changed, same answer");
 
     assert_code(
         d.csi
