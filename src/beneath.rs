@@ -105,27 +105,84 @@ pub fn list(dir: impl AsFd) -> nix::Result<Vec<(CString, Option<Type>)>> {
     Ok(entries)
 }
 
-/// Removes `name` beneath `parent` and everything under it. Symlinks are
-/// removed, never followed; a mount found inside stops the removal with EXDEV.
-/// Missing is fine.
-pub fn remove_tree(parent: impl AsFd, name: &CStr) -> nix::Result<()> {
-    let parent = parent.as_fd();
-    let is_dir = match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
-        Err(Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
+/// The deepest directory level a walk holds open at once (one fd per level).
+pub const MAX_DEPTH: usize = 64;
+
+/// Removes entry `name` of directory `top` and everything under it; missing
+/// is fine. Symlinks are removed, never followed. A mount found inside is
+/// never entered: the rest is removed, and the call ends with EBUSY so that
+/// the caller knows something stays. Subtrees deeper than [`MAX_DEPTH`] are
+/// first moved up into `top` and removed in turn, so a hostile tree of any
+/// depth costs a bounded number of fds and stack.
+pub fn remove_tree(top: impl AsFd, name: &CStr) -> nix::Result<()> {
+    let top = top.as_fd();
+    let mut walk = Removal {
+        top,
+        pending: vec![name.to_owned()],
+        held_by_mount: false,
     };
-    if is_dir {
-        let dir = open_dir(parent, name)?;
+    while let Some(entry) = walk.pending.pop() {
+        walk.remove(top, &entry, 0)?;
+    }
+    if walk.held_by_mount {
+        Err(Errno::EBUSY)
+    } else {
+        Ok(())
+    }
+}
+
+struct Removal<'a> {
+    top: BorrowedFd<'a>,
+    /// Entries of `top` still to remove (the first one, then spilled subtrees).
+    pending: Vec<CString>,
+    held_by_mount: bool,
+}
+
+impl Removal<'_> {
+    fn remove(&mut self, parent: BorrowedFd<'_>, name: &CStr, depth: usize) -> nix::Result<()> {
+        let is_dir = match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !is_dir {
+            return unlink_missing_ok(parent, name, UnlinkatFlags::NoRemoveDir);
+        }
+        if depth == MAX_DEPTH {
+            return self.spill(parent, name);
+        }
+        let dir = match open_dir(parent, name) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EXDEV) => {
+                self.held_by_mount = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         for (child, kind) in list(&dir)? {
             match kind {
-                Some(Type::Directory) | None => remove_tree(&dir, &child)?,
+                Some(Type::Directory) | None => self.remove(dir.as_fd(), &child, depth + 1)?,
                 Some(_) => unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir)?,
             }
         }
-        unlink_missing_ok(parent, name, UnlinkatFlags::RemoveDir)
-    } else {
-        unlink_missing_ok(parent, name, UnlinkatFlags::NoRemoveDir)
+        match unlink_missing_ok(parent, name, UnlinkatFlags::RemoveDir) {
+            Err(Errno::ENOTEMPTY | Errno::EBUSY) if self.held_by_mount => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Moves a deep subtree up into `top` to be removed from there.
+    fn spill(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<()> {
+        static SPILLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SPILLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let moved = CString::new(format!("deep-{nanos}-{n}")).expect("no NUL");
+        renameat(parent, name, self.top, moved.as_c_str())?;
+        self.pending.push(moved);
+        Ok(())
     }
 }
 
@@ -146,18 +203,19 @@ pub struct Usage {
 }
 
 /// Adds up the blocks and inodes under `dir`, never following a symlink nor
-/// crossing into another mount.
+/// crossing into another mount. Directories deeper than [`MAX_DEPTH`] are
+/// counted themselves but not entered, which bounds the fds a walk holds.
 pub fn usage(dir: impl AsFd) -> nix::Result<Usage> {
     let root = fstat(dir.as_fd())?;
     let mut total = Usage {
         bytes: allocated(&root),
         inodes: 1,
     };
-    add_usage(dir.as_fd(), &mut total)?;
+    add_usage(dir.as_fd(), &mut total, 1)?;
     Ok(total)
 }
 
-fn add_usage(dir: BorrowedFd<'_>, total: &mut Usage) -> nix::Result<()> {
+fn add_usage(dir: BorrowedFd<'_>, total: &mut Usage, depth: usize) -> nix::Result<()> {
     for (name, _) in list(dir)? {
         let st = match fstatat(
             dir,
@@ -170,9 +228,10 @@ fn add_usage(dir: BorrowedFd<'_>, total: &mut Usage) -> nix::Result<()> {
         };
         total.bytes += allocated(&st);
         total.inodes += 1;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if is_dir && depth < MAX_DEPTH {
             match open_dir(dir, name.as_c_str()) {
-                Ok(child) => add_usage(child.as_fd(), total)?,
+                Ok(child) => add_usage(child.as_fd(), total, depth + 1)?,
                 // A mount point or an entry removed meanwhile: not part of this tree.
                 Err(Errno::EXDEV | Errno::ENOENT) => {}
                 Err(e) => return Err(e),
@@ -306,6 +365,32 @@ mod tests {
             b"precious"
         );
         remove_tree(&root, c"t").unwrap();
+    }
+
+    /// Makes `dir/d/d/…` `levels` deep through fds (the path is too long for one call).
+    fn deep_tree(dir: &std::path::Path, levels: usize) {
+        let mut fd = open(dir);
+        for _ in 0..levels {
+            mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+            fd = open_dir(&fd, "d").unwrap();
+        }
+        std::fs::write(format!("/proc/self/fd/{}/leaf", fd.as_raw_fd()), b"x").unwrap();
+    }
+
+    #[test]
+    fn trees_of_any_depth_are_removed_and_measured_with_bounded_fds() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("t")).unwrap();
+        deep_tree(&tmp.path().join("t"), 5000);
+        let root = open(tmp.path());
+        let t = open_dir(&root, "t").unwrap();
+        let u = usage(&t).unwrap();
+        assert_eq!(u.inodes, MAX_DEPTH as u64 + 1, "counted to the depth limit");
+        remove_tree(&root, c"t").unwrap();
+        assert!(
+            list(&root).unwrap().is_empty(),
+            "spilled subtrees removed too"
+        );
     }
 
     #[test]

@@ -179,9 +179,13 @@ fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Se
         .name(format!("trash-{name}"))
         .spawn(move || {
             for entry in rx {
-                if let Err(errno) = beneath::remove_tree(&trash, &entry) {
-                    tracing::error!(path = %format!("{shown}/{}", entry.to_string_lossy()), %errno,
-                        "could not remove a deleted volume; it stays in the trash until the next start");
+                let path = format!("{shown}/{}", entry.to_string_lossy());
+                match beneath::remove_tree(&trash, &entry) {
+                    Ok(()) => {}
+                    Err(nix::errno::Errno::EBUSY) => tracing::error!(%path,
+                        "a deleted volume holds a mount; the mount and its parents stay in the trash"),
+                    Err(errno) => tracing::error!(%path, %errno,
+                        "could not remove a deleted volume; it stays in the trash until the next start"),
                 }
             }
         })
