@@ -1,6 +1,7 @@
 //! The state one driver process owns: its configuration, pools, volume table
 //! and operation guards, opened and reconciled at start.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -31,6 +32,9 @@ pub struct Driver {
     pub config: DriverConfig,
     pools: Vec<Pool>,
     volumes: Mutex<VolumeTable>,
+    /// Volumes whose record could not be read at start, with the problem:
+    /// they are neither served nor overwritten until an operator repairs them.
+    unreadable: HashMap<VolumeId, String>,
     pub guards: OperationGuards,
 }
 
@@ -53,10 +57,14 @@ impl Driver {
             pools.push(Pool::open(name.clone(), path)?);
         }
         let mut table = VolumeTable::default();
+        let mut unreadable = HashMap::new();
         for pool in &pools {
             let loaded = record::load_all(&pool.meta, &pool.shown().to_string())?;
-            for problem in &loaded.unreadable {
-                tracing::error!(pool = %pool.name, %problem, "unreadable volume record left in place");
+            for bad in loaded.unreadable {
+                tracing::error!(pool = %pool.name, problem = %bad.problem, "unreadable volume record left in place");
+                if let Some(id) = bad.id {
+                    unreadable.insert(id, bad.problem);
+                }
             }
             for rec in loaded.records {
                 if rec.pool != pool.name {
@@ -71,6 +79,7 @@ impl Driver {
             config,
             pools,
             volumes: Mutex::new(table),
+            unreadable,
             guards: OperationGuards::default(),
         };
         driver.find_published()?;
@@ -78,8 +87,8 @@ impl Driver {
     }
 
     /// Marks as published every volume the mount table shows bind-mounted
-    /// somewhere: a mount whose root is `…/volumes/<id>` and whose mount point
-    /// is the very directory of that volume.
+    /// somewhere: a mount of the volume directory's device whose root is
+    /// `…/volumes/<id>`.
     fn find_published(&self) -> Result<()> {
         let mut table = self.table();
         for entry in mounts::mount_table()? {
@@ -90,16 +99,12 @@ impl Driver {
                 continue;
             };
             let pool = self.pool(Some(&volume.record.pool))?;
-            let source = volume.record.kind.backend().open_source(pool, &id)?;
-            let same = match (source, beneath::path_state(&entry.mount_point)) {
-                (Some(fd), Ok(Some(state))) => {
-                    beneath::identity(&fd).ok() == Some((state.dev, state.ino))
-                }
-                _ => false,
+            let Some(source) = volume.record.kind.backend().open_source(pool, &id)? else {
+                continue;
             };
-            if same {
+            if beneath::identity(&source).is_ok_and(|(dev, _)| dev == entry.dev) {
                 tracing::info!(volume = %id, target = %entry.mount_point.display(), "found published");
-                volume.published.insert(entry.mount_point, entry.read_only);
+                volume.published.insert(entry.mount_point);
             }
         }
         Ok(())
@@ -118,6 +123,17 @@ impl Driver {
                 self.config.node_id
             ))
         })
+    }
+
+    /// FAILED_PRECONDITION when the volume's record could not be read at
+    /// start: creating or deleting it could lose what the record describes.
+    pub fn check_readable(&self, id: &VolumeId) -> Result<()> {
+        match self.unreadable.get(id) {
+            None => Ok(()),
+            Some(problem) => Err(Error::FailedPrecondition(format!(
+                "volume {id} has an unreadable record ({problem}); an operator must repair or remove it"
+            ))),
+        }
     }
 
     /// The named pool, or the default (first) one for `None`.

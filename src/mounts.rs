@@ -12,9 +12,8 @@ use crate::beneath::fd_path;
 use crate::error::{Error, Result, SysContext};
 
 /// Bind-mounts the directory `source` onto `target` (an fd opened on the
-/// target path, which is `target_path`), then remounts it with nosuid, nodev,
-/// the source's own noexec/atime flags, `extra` and, if `read_only`, MS_RDONLY.
-/// On failure nothing stays mounted.
+/// target path, which is `target_path`), then [`restrict`]s it. If the
+/// restriction fails the bind is taken down again.
 pub fn bind(
     volume: &str,
     source: &OwnedFd,
@@ -24,8 +23,6 @@ pub fn bind(
     extra: MsFlags,
 ) -> Result<()> {
     let shown = target_path.display();
-    let inherited = inherited_flags(source)
-        .context(|| format!("volume {volume}: statvfs of the volume directory"))?;
     mount(
         Some(fd_path(source).as_str()),
         fd_path(target).as_str(),
@@ -34,6 +31,30 @@ pub fn bind(
         None::<&str>,
     )
     .context(|| format!("volume {volume}: bind mount onto {shown}"))?;
+    if let Err(err) = restrict(volume, source, target_path, read_only, extra) {
+        if let Err(errno) = umount2(
+            target_path,
+            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+        ) {
+            tracing::error!(volume, target = %shown, %errno, "could not take down a bind mount whose remount failed");
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Remounts the bind mount at `target_path` with nosuid, nodev, the source's
+/// own noexec/atime flags, `extra` and, if `read_only`, MS_RDONLY (the first
+/// MS_BIND ignores all of these). Also finishes a bind left half-done.
+pub fn restrict(
+    volume: &str,
+    source: &OwnedFd,
+    target_path: &Path,
+    read_only: bool,
+    extra: MsFlags,
+) -> Result<()> {
+    let inherited = inherited_flags(source)
+        .context(|| format!("volume {volume}: statvfs of the volume directory"))?;
     let mut flags = MsFlags::MS_REMOUNT
         | MsFlags::MS_BIND
         | MsFlags::MS_NOSUID
@@ -43,19 +64,12 @@ pub fn bind(
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    let remounted = mount(None::<&str>, target_path, None::<&str>, flags, None::<&str>);
-    if let Err(errno) = remounted {
-        umount2(
-            target_path,
-            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+    mount(None::<&str>, target_path, None::<&str>, flags, None::<&str>).context(|| {
+        format!(
+            "volume {volume}: remount {} with {flags:?}",
+            target_path.display()
         )
-        .ok();
-        return Err(Error::sys(
-            format!("volume {volume}: remount {shown} with {flags:?}"),
-            errno,
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// Per-mount flags of the filesystem a volume lives on that a bind must keep.
@@ -89,6 +103,23 @@ pub struct MountEntry {
     pub root: PathBuf,
     pub mount_point: PathBuf,
     pub read_only: bool,
+}
+
+/// Mounts of volume `id` (whose directory is on device `dev`): binds of the
+/// volume directory itself (`exact`) and of anything inside it (subPath).
+pub fn mounts_of(dev: u64, id: &str) -> Result<Vec<(MountEntry, bool)>> {
+    Ok(mount_table()?
+        .into_iter()
+        .filter(|m| m.dev == dev)
+        .filter_map(|m| {
+            let parts: Vec<_> = m.root.iter().collect();
+            let at = parts
+                .windows(2)
+                .position(|w| w[0] == "volumes" && w[1] == id)?;
+            let exact = at + 2 == parts.len();
+            Some((m, exact))
+        })
+        .collect())
 }
 
 /// Reads this process's mount table.
@@ -153,6 +184,7 @@ mod tests {
         assert_eq!(e.mount_point, PathBuf::from("/var/lib/k x"));
         assert!(e.read_only);
         assert!(parse_line("garbage").is_none());
+        assert!(mounts_of(0, "vol-none").unwrap().is_empty());
         assert!(!mount_table().unwrap().is_empty());
     }
 }

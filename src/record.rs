@@ -51,9 +51,18 @@ pub fn remove(meta: impl AsFd, pool_path: &str, id: &VolumeId) -> Result<()> {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub records: Vec<VolumeRecord>,
-    /// Files that could not be read as a record, with the reason. They are
-    /// left in place for an operator to inspect.
-    pub unreadable: Vec<String>,
+    /// Files that could not be read as a record. They are left in place for
+    /// an operator to inspect.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A record file that could not be read.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The volume it belongs to, when its file name says.
+    pub id: Option<VolumeId>,
+    /// The file and what is wrong with it.
+    pub problem: String,
 }
 
 /// Reads every record in `meta`, removing temp files left by an interrupted write.
@@ -74,9 +83,12 @@ pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
         }
         match read_one(meta, &name, &shown) {
             Ok(record) => loaded.records.push(record),
-            Err(reason) => loaded
-                .unreadable
-                .push(format!("{pool_path}/meta/{shown}: {reason}")),
+            Err(reason) => loaded.unreadable.push(Unreadable {
+                id: shown
+                    .strip_suffix(SUFFIX)
+                    .and_then(|id| VolumeId::parse(id).ok()),
+                problem: format!("{pool_path}/meta/{shown}: {reason}"),
+            }),
         }
     }
     Ok(loaded)
@@ -118,7 +130,8 @@ mod tests {
         let (a, b) = (record("a"), record("b"));
         save(&dir, "p", &a).unwrap();
         save(&dir, "p", &b).unwrap();
-        std::fs::write(tmp.path().join("junk.json"), b"{trunc").unwrap();
+        std::fs::write(tmp.path().join("vol-junk.json"), b"{trunc").unwrap();
+        std::fs::write(tmp.path().join("Not An Id.json"), b"{}").unwrap();
         std::fs::write(tmp.path().join(".x.json.tmp"), b"half").unwrap();
         std::fs::copy(
             tmp.path().join(format!("{}.json", a.id)),
@@ -129,7 +142,11 @@ mod tests {
         let mut loaded = load_all(&dir, "p").unwrap();
         loaded.records.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(loaded.records, vec![a.clone(), b]);
-        assert_eq!(loaded.unreadable.len(), 2, "{:?}", loaded.unreadable);
+        assert_eq!(loaded.unreadable.len(), 3, "{:?}", loaded.unreadable);
+        let mut ids: Vec<_> = loaded.unreadable.iter().map(|u| u.id.clone()).collect();
+        ids.sort();
+        let named = |id| Some(VolumeId::parse(id).unwrap());
+        assert_eq!(ids, vec![None, named("vol-junk"), named("vol-misplaced")]);
         assert!(!tmp.path().join(".x.json.tmp").exists());
 
         remove(&dir, "p", &a.id).unwrap();

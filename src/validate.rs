@@ -81,16 +81,6 @@ pub struct CapacityRequest {
 }
 
 impl CapacityRequest {
-    /// The capacity to give a new volume: what is required, else the limit,
-    /// else 0 (no size asked for: tracked, nothing promised).
-    pub fn chosen(self) -> u64 {
-        if self.required > 0 {
-            self.required
-        } else {
-            self.limit
-        }
-    }
-
     /// Whether an existing volume of `capacity` bytes satisfies this request.
     pub fn admits(self, capacity: u64) -> bool {
         capacity >= self.required && (self.limit == 0 || capacity <= self.limit)
@@ -130,6 +120,7 @@ pub fn capability(cap: &VolumeCapability) -> std::result::Result<&MountVolume, S
         }
         None => return Err("volume capability has no access_type (mount or block)".into()),
     };
+    mount_flags(&mount.mount_flags).map_err(|e| e.to_string())?;
     let mode = cap.access_mode.map(|m| m.mode).unwrap_or_default();
     if !SUPPORTED_MODES.iter().any(|m| *m as i32 == mode) {
         let shown = Mode::try_from(mode)
@@ -247,10 +238,14 @@ mod tests {
             required_bytes: required,
             limit_bytes: limit,
         };
-        assert_eq!(capacity(None).unwrap().chosen(), 0);
-        assert_eq!(capacity(Some(&range(10, 0))).unwrap().chosen(), 10);
-        assert_eq!(capacity(Some(&range(0, 20))).unwrap().chosen(), 20);
-        assert_eq!(capacity(Some(&range(10, 10))).unwrap().chosen(), 10);
+        assert_eq!(capacity(None).unwrap(), CapacityRequest::default());
+        assert_eq!(
+            capacity(Some(&range(10, 20))).unwrap(),
+            CapacityRequest {
+                required: 10,
+                limit: 20
+            }
+        );
         for (required, limit) in [(-1, 0), (0, -1), (11, 10)] {
             assert!(matches!(
                 capacity(Some(&range(required, limit))),

@@ -3,7 +3,7 @@
 //! It answers lookups, pagination and capacity promised per pool in O(1) or
 //! O(log n); the records on disk stay the durable truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::PathBuf;
 
@@ -14,8 +14,8 @@ use crate::record::VolumeRecord;
 #[derive(Clone, Debug)]
 pub struct Volume {
     pub record: VolumeRecord,
-    /// Target paths this volume is bind-mounted on, with their read-only flag.
-    pub published: BTreeMap<PathBuf, bool>,
+    /// Target paths this volume is bind-mounted on.
+    pub published: BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -46,7 +46,7 @@ impl VolumeTable {
         *self.promised.entry(record.pool.clone()).or_default() += record.capacity_bytes;
         let volume = Volume {
             record,
-            published: BTreeMap::new(),
+            published: BTreeSet::new(),
         };
         if let Some(old) = self.by_id.insert(volume.record.id.clone(), volume) {
             self.release(&old.record);

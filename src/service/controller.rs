@@ -19,12 +19,13 @@ use crate::csi::{
     Volume, VolumeCondition, controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, blocking};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::pool::Pool;
 use crate::record::{self, VolumeRecord};
 use crate::validate::{self, CapacityRequest, VolumeParams};
 use crate::volumes;
+use crate::{beneath, mounts};
 
 pub struct ControllerService {
     driver: Arc<Driver>,
@@ -66,13 +67,24 @@ impl Controller for ControllerService {
             ))
             .into());
         }
-        self.check_accessibility(&name, req.accessibility_requirements.as_ref())?;
-        let id = VolumeId::mint(&name);
-        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        if !req.mutable_parameters.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "volume {name}: mutable_parameters are not supported: this driver offers no volume modification"
+            ))
+            .into());
+        }
+        let request = NewVolume {
+            id: VolumeId::mint(&name),
+            name,
+            range,
+            params,
+            requirement: req.accessibility_requirements,
+        };
+        let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);
         let record = blocking(move || {
             let _held = held;
-            create(&driver, id, name, range, params)
+            create(&driver, request)
         })
         .await?;
         Ok(Response::new(CreateVolumeResponse {
@@ -108,12 +120,12 @@ impl Controller for ControllerService {
             ))
             .into());
         }
-        self.driver.volume(&id)?;
+        let record = self.driver.volume(&id)?.record;
         let verdict = req
             .volume_capabilities
             .iter()
             .try_for_each(|cap| validate::capability(cap).map(drop))
-            .and_then(|()| validate::parameters(&req.parameters).map_err(|e| e.to_string()));
+            .and_then(|()| self.same_parameters(&record, &req.parameters));
         let response = match verdict {
             Ok(_) => ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(Confirmed {
@@ -242,29 +254,27 @@ impl Controller for ControllerService {
 }
 
 impl ControllerService {
-    /// Requisite topologies must include this node; preferred ones are only
-    /// preferences, and this node is the only place a volume can go.
-    fn check_accessibility(
+    /// Whether `parameters` describe the volume as it was created.
+    fn same_parameters(
         &self,
-        name: &str,
-        requirement: Option<&TopologyRequirement>,
-    ) -> Result<()> {
-        let Some(requirement) = requirement else {
-            return Ok(());
-        };
-        if requirement.requisite.is_empty()
-            || requirement
-                .requisite
-                .iter()
-                .any(|t| self.driver.is_this_node(t))
-        {
-            return Ok(());
+        record: &VolumeRecord,
+        parameters: &HashMap<String, String>,
+    ) -> std::result::Result<(), String> {
+        let params = validate::parameters(parameters).map_err(|e| e.to_string())?;
+        let pool = self
+            .driver
+            .pool(params.pool.as_ref())
+            .map_err(|e| e.to_string())?;
+        if params.kind != record.kind || pool.name != record.pool {
+            return Err(format!(
+                "parameters ask for kind {} in pool {}, but the volume is kind {} in pool {}",
+                params.kind.as_str(),
+                pool.name,
+                record.kind.as_str(),
+                record.pool
+            ));
         }
-        Err(Error::ResourceExhausted(format!(
-            "volume {name}: accessibility_requirements do not include this node ({}={})",
-            self.driver.topology_key(),
-            self.driver.config.node_id
-        )))
+        Ok(())
     }
 
     fn volume_message(&self, record: &VolumeRecord) -> Volume {
@@ -289,81 +299,111 @@ impl ControllerService {
     }
 }
 
-fn create(
-    driver: &Driver,
+/// A checked CreateVolume request.
+struct NewVolume {
     id: VolumeId,
     name: String,
     range: CapacityRequest,
     params: VolumeParams,
-) -> Result<VolumeRecord> {
-    let pool = driver.pool(params.pool.as_ref())?;
-    let existing = driver.table().get(&id).map(|v| v.record.clone());
+    requirement: Option<TopologyRequirement>,
+}
+
+fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
+    let pool = driver.pool(request.params.pool.as_ref())?;
+    let id = &request.id;
+    driver.check_readable(id)?;
+    let existing = driver.table().get(id).map(|v| v.record.clone());
     if let Some(existing) = existing {
-        check_same_request(&existing, &name, range, &params, pool)?;
+        check_same_request(&existing, &request, pool)?;
         // A retry after a crash between record and directory lands here.
         existing
             .kind
             .backend()
-            .create(pool, &id, existing.capacity_bytes)?;
+            .create(pool, id, existing.capacity_bytes)?;
         return Ok(existing);
     }
-    let record = VolumeRecord {
-        id: id.clone(),
-        name,
-        pool: pool.name.clone(),
-        kind: params.kind,
-        capacity_bytes: range.chosen(),
-    };
-    reserve(driver, pool, &record)?;
+    check_accessibility(driver, &request)?;
+    let record = reserve(driver, pool, &request)?;
     let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
         record
             .kind
             .backend()
-            .create(pool, &id, record.capacity_bytes)
+            .create(pool, id, record.capacity_bytes)
     });
     if let Err(err) = made {
-        driver.table().remove(&id);
-        record::remove(&pool.meta, &pool.shown().to_string(), &id).ok();
+        driver.table().remove(id);
+        record::remove(&pool.meta, &pool.shown().to_string(), id).ok();
         return Err(err);
     }
     tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, "volume created");
     Ok(record)
 }
 
-/// Checks the volume limit and the pool's room, and enters the volume in
-/// the table so that concurrent creates see its capacity as promised.
-fn reserve(driver: &Driver, pool: &Pool, record: &VolumeRecord) -> Result<()> {
+/// Requisite topologies must include this node; preferred ones are only
+/// preferences, and this node is the only place a volume can go.
+fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
+    let Some(requirement) = &request.requirement else {
+        return Ok(());
+    };
+    let requisite = &requirement.requisite;
+    if requisite.is_empty() || requisite.iter().any(|t| driver.is_this_node(t)) {
+        return Ok(());
+    }
+    Err(Error::ResourceExhausted(format!(
+        "volume {}: accessibility_requirements do not include this node ({}={})",
+        request.name,
+        driver.topology_key(),
+        driver.config.node_id
+    )))
+}
+
+/// Checks the volume limit and the pool's room, chooses the capacity (what
+/// is required; else as much of the limit as the pool can give; else 0), and
+/// enters the volume in the table so that concurrent creates see it promised.
+fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRecord> {
     let space = pool.space()?;
     let mut table = driver.table();
     let max = driver.config.max_volumes;
     if max > 0 && table.len() as u64 >= max {
         return Err(Error::ResourceExhausted(format!(
             "volume {}: node {} already holds its maximum of {max} volumes",
-            record.name, driver.config.node_id
+            request.name, driver.config.node_id
         )));
     }
     let available = space.free_bytes.saturating_sub(table.promised(&pool.name));
-    if record.capacity_bytes > available {
+    let CapacityRequest { required, limit } = request.range;
+    if required > available {
         return Err(Error::OutOfRange(format!(
-            "volume {}: {} bytes requested but pool {} ({}) can give {available} bytes",
-            record.name,
-            record.capacity_bytes,
+            "volume {}: {required} bytes requested but pool {} ({}) can give {available} bytes",
+            request.name,
             pool.name,
             pool.shown()
         )));
     }
+    let capacity_bytes = match (required, limit) {
+        (0, 0) => 0,
+        (0, limit) => limit.min(available),
+        (required, _) => required,
+    };
+    let record = VolumeRecord {
+        id: request.id.clone(),
+        name: request.name.clone(),
+        pool: pool.name.clone(),
+        kind: request.params.kind,
+        capacity_bytes,
+    };
     table.insert(record.clone());
-    Ok(())
+    Ok(record)
 }
 
-fn check_same_request(
-    existing: &VolumeRecord,
-    name: &str,
-    range: CapacityRequest,
-    params: &VolumeParams,
-    pool: &Pool,
-) -> Result<()> {
-    if existing.name != name {
+fn check_same_request(existing: &VolumeRecord, request: &NewVolume, pool: &Pool) -> Result<()> {
+    let NewVolume {
+        name,
+        range,
+        params,
+        ..
+    } = request;
+    if &existing.name != name {
         return Err(Error::Internal(format!(
             "volume id {} of name {name:?} is already used by name {:?}",
             existing.id, existing.name
@@ -388,18 +428,27 @@ fn check_same_request(
     Ok(())
 }
 
+/// Refuses while any mount of the volume exists (a published target, a
+/// subPath bind, a mount the driver lost track of): the kernel's mount table,
+/// not the driver's memory, decides.
 fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
+    driver.check_readable(id)?;
     let Some(volume) = driver.table().get(id).cloned() else {
         return Ok(());
     };
-    if let Some(target) = volume.published.keys().next() {
-        return Err(Error::FailedPrecondition(format!(
-            "volume {id} is still published at {}; unpublish it first",
-            target.display()
-        )));
-    }
     let pool = driver.pool(Some(&volume.record.pool))?;
-    volume.record.kind.backend().delete(pool, id)?;
+    let backend = volume.record.kind.backend();
+    if let Some(source) = backend.open_source(pool, id)? {
+        let (dev, _) = beneath::identity(&source)
+            .context(|| format!("volume {id}: stat {}/volumes/{id}", pool.shown()))?;
+        if let Some((mount, _)) = mounts::mounts_of(dev, id.as_str())?.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still mounted at {}; unpublish it first",
+                mount.mount_point.display()
+            )));
+        }
+    }
+    backend.delete(pool, id)?;
     record::remove(&pool.meta, &pool.shown().to_string(), id)?;
     driver.table().remove(id);
     tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");

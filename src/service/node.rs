@@ -191,7 +191,7 @@ fn publish_volume(driver: &Driver, publish: &Publish) -> Result<()> {
     let created =
         match beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
             Some(state) if state.mount_root => {
-                return confirm_existing(id, &source, target, state, publish.read_only)
+                return confirm_existing(publish, &source, state)
                     .map(|()| mark_published(driver, publish));
             }
             Some(state) if state.file_type != SFlag::S_IFDIR => {
@@ -228,14 +228,15 @@ fn publish_volume(driver: &Driver, publish: &Publish) -> Result<()> {
 }
 
 /// A target that is already a mount: fine if it is this volume with the
-/// same read-only setting, ALREADY_EXISTS otherwise.
-fn confirm_existing(
-    id: &VolumeId,
-    source: &OwnedFd,
-    target: &Path,
-    state: beneath::PathState,
-    read_only: bool,
-) -> Result<()> {
+/// same read-only setting, ALREADY_EXISTS otherwise. A bind that a crash left
+/// without its nosuid/nodev remount is finished here with the flags asked for.
+fn confirm_existing(publish: &Publish, source: &OwnedFd, state: beneath::PathState) -> Result<()> {
+    let Publish {
+        id,
+        target,
+        read_only,
+        ..
+    } = publish;
     let shown = target.display();
     let source_identity =
         beneath::identity(source).context(|| format!("volume {id}: stat volume directory"))?;
@@ -244,11 +245,15 @@ fn confirm_existing(
             "volume {id}: target {shown} already holds another mount"
         )));
     }
-    let mounted_read_only = statvfs(target)
+    let flags = statvfs(target.as_path())
         .context(|| format!("volume {id}: statvfs {shown}"))?
-        .flags()
-        .contains(FsFlags::ST_RDONLY);
-    if mounted_read_only != read_only {
+        .flags();
+    if !flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV) {
+        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
+        return mounts::restrict(id.as_str(), source, target, *read_only, publish.extra_flags);
+    }
+    let mounted_read_only = flags.contains(FsFlags::ST_RDONLY);
+    if mounted_read_only != *read_only {
         return Err(Error::AlreadyExists(format!(
             "volume {id}: already published at {shown} with readonly={mounted_read_only}, asked for readonly={read_only}"
         )));
@@ -258,9 +263,7 @@ fn confirm_existing(
 
 fn mark_published(driver: &Driver, publish: &Publish) {
     if let Some(volume) = driver.table().get_mut(&publish.id) {
-        volume
-            .published
-            .insert(publish.target.clone(), publish.read_only);
+        volume.published.insert(publish.target.clone());
     }
 }
 
