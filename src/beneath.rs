@@ -29,21 +29,19 @@ pub fn open_dir<P: ?Sized + nix::NixPath>(parent: impl AsFd, name: &P) -> nix::R
     openat2(parent, name, how)
 }
 
-/// Creates directory `name` with exactly `mode` (umask ignored) if it is missing.
-/// Returns true when this call created it; an existing non-directory is ENOTDIR.
-pub fn ensure_dir(parent: impl AsFd, name: &str, mode: u32) -> nix::Result<bool> {
+/// Creates directory `name` with exactly `mode` (umask ignored) if it is
+/// missing, and opens it. The flag is true when this call created it; an
+/// existing non-directory is ENOTDIR.
+pub fn ensure_dir(parent: impl AsFd, name: &str, mode: u32) -> nix::Result<(OwnedFd, bool)> {
     let parent = parent.as_fd();
     match mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
         Ok(()) => {
             let dir = open_dir(parent, name)?;
             fchmod(&dir, Mode::from_bits_truncate(mode))?;
             fsync(parent)?;
-            Ok(true)
+            Ok((dir, true))
         }
-        Err(Errno::EEXIST) => {
-            open_dir(parent, name)?;
-            Ok(false)
-        }
+        Err(Errno::EEXIST) => Ok((open_dir(parent, name)?, false)),
         Err(e) => Err(e),
     }
 }
@@ -322,11 +320,11 @@ mod tests {
     fn ensure_dir_sets_the_exact_mode_once() {
         let tmp = tempfile::tempdir().unwrap();
         let root = open(tmp.path());
-        assert!(ensure_dir(&root, "v", 0o755).unwrap());
+        assert!(ensure_dir(&root, "v", 0o755).unwrap().1);
         let meta = std::fs::metadata(tmp.path().join("v")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
         std::fs::set_permissions(tmp.path().join("v"), PermissionsExt::from_mode(0o2770)).unwrap();
-        assert!(!ensure_dir(&root, "v", 0o755).unwrap());
+        assert!(!ensure_dir(&root, "v", 0o755).unwrap().1);
         let meta = std::fs::metadata(tmp.path().join("v")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o2770, "mode reset");
         std::fs::write(tmp.path().join("f"), b"").unwrap();

@@ -42,6 +42,7 @@ impl Driver {
     /// Opens every pool, loads their records and finds which volumes are
     /// still mounted (published mounts survive a restart untouched).
     pub fn open(config: DriverConfig) -> Result<Driver> {
+        check_kernel()?;
         if config.pools.is_empty() {
             return Err(Error::InvalidArgument(
                 "at least one --pool NAME=PATH is required".into(),
@@ -66,6 +67,7 @@ impl Driver {
                     unreadable.insert(id, bad.problem);
                 }
             }
+            let count = loaded.records.len();
             for rec in loaded.records {
                 if rec.pool != pool.name {
                     tracing::error!(volume = %rec.id, pool = %pool.name, "record names pool {}; skipped", rec.pool);
@@ -73,7 +75,7 @@ impl Driver {
                 }
                 table.insert(rec);
             }
-            tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = table.len(), "pool open");
+            tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = count, "pool open");
         }
         let driver = Driver {
             config,
@@ -172,6 +174,19 @@ impl Driver {
         topology.segments.len() == 1
             && topology.segments.get(&self.topology_key()) == Some(&self.config.node_id)
     }
+}
+
+/// Refuses to run on a kernel that cannot say whether a path is a mount
+/// root (STATX_ATTR_MOUNT_ROOT, Linux 5.8): publish and unpublish rely on it.
+fn check_kernel() -> Result<()> {
+    let root = beneath::path_state(std::path::Path::new("/"))
+        .map_err(|errno| Error::sys("statx /", errno))?;
+    if root.is_some_and(|r| r.mount_root) {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(
+        "this kernel does not report mount roots through statx (STATX_ATTR_MOUNT_ROOT, Linux 5.8 or later is needed)".into(),
+    ))
 }
 
 /// `…/volumes/<id>` → `<id>` when it has the form of a volume id.

@@ -22,8 +22,9 @@ pub struct Held {
 }
 
 impl OperationGuards {
-    /// Claims `key` (e.g. `volume vol-…` or `name pvc-…`), or ABORTED naming
-    /// it when another operation holds it.
+    /// Claims `key` (`volume <id>`; a create claims the id its name mints,
+    /// so one key covers both), or ABORTED naming it when another operation
+    /// holds it.
     pub fn claim(&self, key: String) -> Result<Held> {
         let mut busy = self.busy.lock().expect("guard set poisoned");
         if !busy.insert(key.clone()) {

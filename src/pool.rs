@@ -22,10 +22,9 @@ use crate::ids::PoolName;
 /// Name of the file a writability probe writes where O_TMPFILE is missing.
 const PROBE_FILE: &str = ".probe";
 
-/// Free and total space of the filesystem holding a pool.
+/// Free space of the filesystem holding a pool.
 #[derive(Clone, Copy, Debug)]
 pub struct Space {
-    pub total_bytes: u64,
     /// Bytes an unprivileged writer could still use.
     pub free_bytes: u64,
     pub free_inodes: u64,
@@ -64,7 +63,7 @@ impl Pool {
         .context(|| format!("pool {name}: open {}", path.display()))?;
         let sub = |dir: &str| -> Result<OwnedFd> {
             beneath::ensure_dir(&root, dir, 0o700)
-                .and_then(|_| beneath::open_dir(&root, dir))
+                .map(|(fd, _)| fd)
                 .context(|| format!("pool {name}: open {}/{dir}", path.display()))
         };
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
@@ -97,7 +96,6 @@ impl Pool {
             .context(|| format!("pool {}: statvfs {}", self.name, self.shown()))?;
         let frsize = st.fragment_size();
         Ok(Space {
-            total_bytes: st.blocks() * frsize,
             free_bytes: st.blocks_available() * frsize,
             free_inodes: st.files_available(),
         })
@@ -156,13 +154,6 @@ impl Pool {
         let entry = CString::new(trashed).expect("no NUL in a volume id");
         self.drain.send(entry).ok();
         Ok(())
-    }
-
-    /// Names still in `.trash/` (deletions not yet finished).
-    pub fn trash_entries(&self) -> Result<usize> {
-        beneath::list(&self.trash)
-            .map(|entries| entries.len())
-            .context(|| format!("pool {}: list {}/.trash", self.name, self.shown()))
     }
 }
 

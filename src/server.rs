@@ -48,7 +48,8 @@ pub fn listen(socket: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::Internal(format!("stat {}: {e}", socket.display()))),
     }
-    // The umask makes bind(2) create the socket 0600: no window with wider access.
+    // The umask makes bind(2) create the socket 0600: no window with wider
+    // access. It is process-wide, so this runs at start, before any volume work.
     let previous = umask(Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(socket);
     umask(previous);

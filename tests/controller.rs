@@ -182,6 +182,20 @@ async fn create_rejects_bad_requests_with_invalid_argument() {
             "supported kinds are directory",
         ),
         (
+            Box::new(|r| {
+                r.mutable_parameters.insert("iops".into(), "100".into());
+            }),
+            "mutable_parameters",
+        ),
+        (
+            Box::new(|r| {
+                if let Some(AccessType::Mount(m)) = &mut r.volume_capabilities[0].access_type {
+                    m.mount_flags.push("suid".into());
+                }
+            }),
+            "allowed flags are",
+        ),
+        (
             Box::new(|r| r.volume_content_source = Some(VolumeContentSource { r#type: None })),
             "volume_content_source",
         ),
@@ -683,4 +697,100 @@ async fn concurrent_creates_of_one_name_converge_on_one_volume() {
         1
     );
     assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn delete_is_refused_while_any_mount_of_the_volume_exists() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-subpath", 0).await;
+    // A bind of a directory inside the volume (as kubelet makes for subPath),
+    // which the driver itself never recorded.
+    let inside = d.volume_dir(&id).join("sub");
+    std::fs::create_dir(&inside).unwrap();
+    let elsewhere = d.scratch.path().join("subpath-mount");
+    std::fs::create_dir(&elsewhere).unwrap();
+    nix::mount::mount(
+        Some(&inside),
+        &elsewhere,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    assert_code(
+        d.csi.controller.delete_volume(delete(&id)).await,
+        Code::FailedPrecondition,
+        &elsewhere.display().to_string(),
+    );
+    assert!(inside.exists());
+    nix::mount::umount2(&elsewhere, nix::mount::MntFlags::empty()).unwrap();
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_limit_alone_gets_what_the_pool_can_give() {
+    let scratch = Scratch::new();
+    let small = scratch.path().join("small");
+    scratch.mount_tmpfs(&small, "16m");
+    let mut d = TestDriver::start_in(scratch, |c| c.pools[0].1 = small.clone()).await;
+    let mut request = create_request("pvc-limit", 0);
+    request.capacity_range = Some(CapacityRange {
+        required_bytes: 0,
+        limit_bytes: 1 << 30,
+    });
+    let volume = d
+        .csi
+        .controller
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(
+        volume.capacity_bytes > 15 << 20 && volume.capacity_bytes <= 16 << 20,
+        "{}",
+        volume.capacity_bytes
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_must_match_topology_and_validation_compares_parameters() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-topo", 0).await;
+    let mut elsewhere = create_request("pvc-topo", 0);
+    elsewhere.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![topology("other-node")],
+        preferred: vec![],
+    });
+    assert_code(
+        d.csi.controller.create_volume(elsewhere).await,
+        Code::AlreadyExists,
+        "reachable",
+    );
+
+    let mut request = ValidateVolumeCapabilitiesRequest {
+        volume_id: id,
+        volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+        ..Default::default()
+    };
+    request.parameters.insert("kind".into(), "directory".into());
+    let same = d
+        .csi
+        .controller
+        .validate_volume_capabilities(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same.confirmed.is_some(), "{same:?}");
+    request.parameters.insert("pool".into(), "nope".into());
+    let other = d
+        .csi
+        .controller
+        .validate_volume_capabilities(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.confirmed.is_none());
+    assert!(other.message.contains("nope"), "{}", other.message);
 }

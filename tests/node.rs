@@ -334,3 +334,33 @@ async fn node_info_and_capabilities() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn a_bind_left_half_done_by_a_crash_is_finished_by_the_retry() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-half", 0).await;
+    for (name, readonly) in [("pod-half-rw", false), ("pod-half-ro", true)] {
+        let target = d.target(name);
+        // As if the driver died between the bind and its nosuid/nodev remount.
+        std::fs::create_dir(&target).unwrap();
+        nix::mount::mount(
+            Some(&d.volume_dir(&id)),
+            Path::new(&target),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let before = mount_options(Path::new(&target)).unwrap();
+        assert!(!before.contains("nosuid"), "{before}");
+        d.publish(&id, &target, readonly).await.unwrap();
+        let after = mount_options(Path::new(&target)).unwrap();
+        assert!(
+            after.contains("nosuid") && after.contains("nodev"),
+            "{after}"
+        );
+        assert_eq!(after.starts_with("ro,"), readonly, "{after}");
+        d.unpublish(&id, &target).await.unwrap();
+    }
+    assert!(d.scratch.mounts().is_empty());
+}

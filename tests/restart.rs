@@ -132,6 +132,22 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     assert_eq!(ids, vec![good.clone()]);
     assert!(record.exists(), "a corrupt record is left for the operator");
     assert!(!d.pool().join("meta").join(".vol-x.json.tmp").exists());
+    // The unreadable volume is neither overwritten nor deleted.
+    assert_code(
+        d.csi
+            .controller
+            .create_volume(create_request("pvc-bad", 0))
+            .await,
+        Code::FailedPrecondition,
+        "unreadable record",
+    );
+    assert_code(
+        d.csi.controller.delete_volume(delete(&bad)).await,
+        Code::FailedPrecondition,
+        "unreadable record",
+    );
+    assert_eq!(std::fs::read(&record).unwrap(), b"{\"id\":\"vol-");
+    assert!(d.volume_dir(&bad).is_dir());
     let target = d.target("pod-good");
     d.publish(&good, &target, false).await.unwrap();
     d.unpublish(&good, &target).await.unwrap();

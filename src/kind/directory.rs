@@ -47,10 +47,8 @@ impl VolumeKind for Directory {
         }
     }
 
-    fn usage(&self, pool: &Pool, id: &VolumeId) -> Result<Usage> {
-        let dir = beneath::open_dir(&pool.volumes, id.as_str())
-            .context(|| format!("volume {id}: open {}/volumes/{id}", pool.shown()))?;
-        beneath::usage(&dir)
+    fn usage(&self, pool: &Pool, id: &VolumeId, source: &OwnedFd) -> Result<Usage> {
+        beneath::usage(source)
             .context(|| format!("volume {id}: measure {}/volumes/{id}", pool.shown()))
     }
 }

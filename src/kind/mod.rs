@@ -65,6 +65,7 @@ pub trait VolumeKind: Send + Sync {
     /// Opens what a publish bind-mounts; `None` when the backing is gone.
     fn open_source(&self, pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>>;
 
-    /// Bytes and inodes the volume uses.
-    fn usage(&self, pool: &Pool, id: &VolumeId) -> Result<Usage>;
+    /// Bytes and inodes the volume uses, measured through `source` (what
+    /// [`VolumeKind::open_source`] returned).
+    fn usage(&self, pool: &Pool, id: &VolumeId, source: &OwnedFd) -> Result<Usage>;
 }

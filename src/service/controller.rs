@@ -314,7 +314,7 @@ fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
     driver.check_readable(id)?;
     let existing = driver.table().get(id).map(|v| v.record.clone());
     if let Some(existing) = existing {
-        check_same_request(&existing, &request, pool)?;
+        check_same_request(&existing, &request, pool, reachable(driver, &request))?;
         // A retry after a crash between record and directory lands here.
         existing
             .kind
@@ -341,12 +341,14 @@ fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
 
 /// Requisite topologies must include this node; preferred ones are only
 /// preferences, and this node is the only place a volume can go.
+fn reachable(driver: &Driver, request: &NewVolume) -> bool {
+    request.requirement.as_ref().is_none_or(|r| {
+        r.requisite.is_empty() || r.requisite.iter().any(|t| driver.is_this_node(t))
+    })
+}
+
 fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
-    let Some(requirement) = &request.requirement else {
-        return Ok(());
-    };
-    let requisite = &requirement.requisite;
-    if requisite.is_empty() || requisite.iter().any(|t| driver.is_this_node(t)) {
+    if reachable(driver, request) {
         return Ok(());
     }
     Err(Error::ResourceExhausted(format!(
@@ -396,7 +398,15 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
     Ok(record)
 }
 
-fn check_same_request(existing: &VolumeRecord, request: &NewVolume, pool: &Pool) -> Result<()> {
+/// An existing volume answers a repeated request only if it satisfies it:
+/// same name, kind and pool, capacity in range, and reachable from the
+/// request's requisite topology.
+fn check_same_request(
+    existing: &VolumeRecord,
+    request: &NewVolume,
+    pool: &Pool,
+    reachable: bool,
+) -> Result<()> {
     let NewVolume {
         name,
         range,
@@ -409,12 +419,13 @@ fn check_same_request(existing: &VolumeRecord, request: &NewVolume, pool: &Pool)
             existing.id, existing.name
         )));
     }
-    if !range.admits(existing.capacity_bytes)
+    if !reachable
+        || !range.admits(existing.capacity_bytes)
         || existing.kind != params.kind
         || existing.pool != pool.name
     {
         return Err(Error::AlreadyExists(format!(
-            "volume {name} already exists as {} (kind {}, pool {}, {} bytes), incompatible with this request (kind {}, pool {}, required {} / limit {} bytes)",
+            "volume {name} already exists as {} (kind {}, pool {}, {} bytes), incompatible with this request (kind {}, pool {}, required {} / limit {} bytes, reachable from its topology: {reachable})",
             existing.id,
             existing.kind.as_str(),
             existing.pool,

@@ -343,7 +343,7 @@ fn volume_stats(
             "volume {id} is not published at {shown}"
         )));
     }
-    let used = backend.usage(pool, id)?;
+    let used = backend.usage(pool, id, &source)?;
     let space = pool.space()?;
     let (bytes_total, bytes_available) = match record.capacity_bytes {
         0 => (used.bytes + space.free_bytes, space.free_bytes),
