@@ -794,3 +794,26 @@ async fn a_repeat_must_match_topology_and_validation_compares_parameters() {
     assert!(other.confirmed.is_none());
     assert!(other.message.contains("nope"), "{}", other.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deletes_converge_on_nothing_left() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-delete-race", 1 << 20).await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut controller = d.csi.controller.clone();
+        let id = id.clone();
+        calls.push(tokio::spawn(async move {
+            controller.delete_volume(delete(&id)).await
+        }));
+    }
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), Code::Aborted, "{}", status.message());
+        }
+    }
+    // Whatever raced, a retry (as the provisioner makes) finishes the job.
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+    assert!(!d.volume_dir(&id).exists());
+    assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 0);
+}

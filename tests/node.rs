@@ -364,3 +364,43 @@ async fn a_bind_left_half_done_by_a_crash_is_finished_by_the_retry() {
     }
     assert!(d.scratch.mounts().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_and_unpublishes_leave_one_consistent_state() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-race", 0).await;
+    let target = d.target("pod-race");
+    for round in 0..2 {
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let mut node = d.csi.node.clone();
+            let (id, target) = (id.clone(), target.clone());
+            calls.push(tokio::spawn(async move {
+                if round == 0 {
+                    node.node_publish_volume(publish_request(&id, &target, false))
+                        .await
+                        .map(drop)
+                } else {
+                    node.node_unpublish_volume(hostpath_csi::csi::NodeUnpublishVolumeRequest {
+                        volume_id: id,
+                        target_path: target,
+                    })
+                    .await
+                    .map(drop)
+                }
+            }));
+        }
+        let mut succeeded = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(()) => succeeded += 1,
+                Err(status) => assert_eq!(status.code(), Code::Aborted, "{}", status.message()),
+            }
+        }
+        assert!(succeeded >= 1);
+        let expected_mounts = if round == 0 { 1 } else { 0 };
+        assert_eq!(d.scratch.mounts().len(), expected_mounts, "round {round}");
+    }
+    assert!(!Path::new(&target).exists());
+    d.unpublish(&id, &target).await.unwrap();
+}
