@@ -5,7 +5,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, mount_capability,
+    NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, create_request_with,
+    mount_capability,
 };
 use hostpath_csi::csi::controller_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
@@ -97,26 +98,19 @@ async fn create_with_incompatible_arguments_is_already_exists() {
         Code::AlreadyExists,
         "pvc-b",
     );
-    let mut in_other_pool = create_request("pvc-b", 1 << 20);
-    in_other_pool
-        .parameters
-        .insert("pool".into(), "fast".into());
+    let in_other_pool = create_request_with("pvc-b", 1 << 20, &[("pool", "fast")]);
     assert_code(
         d.csi.controller.create_volume(in_other_pool).await,
         Code::AlreadyExists,
         "pool default",
     );
-    let mut unknown_pool = create_request("pvc-c", 1 << 20);
-    unknown_pool
-        .parameters
-        .insert("pool".into(), "other".into());
+    let unknown_pool = create_request_with("pvc-c", 1 << 20, &[("pool", "other")]);
     assert_code(
         d.csi.controller.create_volume(unknown_pool).await,
         Code::InvalidArgument,
         "pools are default, fast",
     );
-    let mut in_fast = create_request("pvc-d", 1 << 20);
-    in_fast.parameters.insert("pool".into(), "fast".into());
+    let in_fast = create_request_with("pvc-d", 1 << 20, &[("pool", "fast")]);
     let id = d
         .csi
         .controller
@@ -209,11 +203,15 @@ async fn create_rejects_bad_requests_with_invalid_argument() {
             needle,
         );
     }
-    let mut ok = create_request("pvc-sidecar-keys", 1 << 20);
-    ok.parameters
-        .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
-    ok.parameters.insert("kind".into(), "directory".into());
-    ok.parameters.insert("pool".into(), "default".into());
+    let ok = create_request_with(
+        "pvc-sidecar-keys",
+        1 << 20,
+        &[
+            ("csi.storage.k8s.io/pvc/name", "data"),
+            ("kind", "directory"),
+            ("pool", "default"),
+        ],
+    );
     d.csi.controller.create_volume(ok).await.unwrap();
     assert_eq!(
         std::fs::read_dir(d.pool().join("volumes")).unwrap().count(),

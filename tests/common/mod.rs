@@ -226,6 +226,16 @@ pub fn create_request(name: &str, bytes: i64) -> CreateVolumeRequest {
     }
 }
 
+/// `create_request` with StorageClass parameters.
+pub fn create_request_with(name: &str, bytes: i64, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    let mut request = create_request(name, bytes);
+    request.parameters = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    request
+}
+
 pub fn publish_request(id: &str, target: &str, readonly: bool) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
         volume_id: id.into(),
