@@ -60,7 +60,11 @@ pub async fn run() -> Result<(), String> {
         })
         .await
     });
-    let walked = walk(&socket, &scratch.path().join("target")).await;
+    let target = scratch.path().join("target");
+    let walked = walk(&socket, &target).await;
+    // If a step failed after publishing, take the mount down before the
+    // scratch directory is removed.
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).ok();
     stop.send(()).ok();
     serving
         .await
