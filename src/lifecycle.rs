@@ -1,0 +1,178 @@
+//! Creating and deleting volumes in this node's pools: the work behind
+//! CreateVolume and DeleteVolume, shared with ephemeral inline volumes.
+
+use crate::csi::TopologyRequirement;
+use crate::driver::Driver;
+use crate::error::{Error, Result, SysContext};
+use crate::ids::VolumeId;
+use crate::pool::Pool;
+use crate::record::{self, VolumeRecord};
+use crate::validate::{CapacityRequest, VolumeParams};
+use crate::{beneath, mounts};
+
+/// A checked CreateVolume request.
+pub struct NewVolume {
+    pub id: VolumeId,
+    pub name: String,
+    pub range: CapacityRequest,
+    pub params: VolumeParams,
+    pub requirement: Option<TopologyRequirement>,
+}
+
+pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
+    let pool = driver.pool(request.params.pool.as_ref())?;
+    let id = &request.id;
+    driver.check_readable(id)?;
+    let existing = driver.table().get(id).map(|v| v.record.clone());
+    if let Some(existing) = existing {
+        check_same_request(&existing, &request, pool, reachable(driver, &request))?;
+        // A retry after a crash between record and directory lands here.
+        existing
+            .kind
+            .backend()
+            .create(pool, id, existing.capacity_bytes)?;
+        return Ok(existing);
+    }
+    check_accessibility(driver, &request)?;
+    let record = reserve(driver, pool, &request)?;
+    let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
+        record
+            .kind
+            .backend()
+            .create(pool, id, record.capacity_bytes)
+    });
+    if let Err(err) = made {
+        driver.table().remove(id);
+        record::remove(&pool.meta, &pool.shown().to_string(), id).ok();
+        return Err(err);
+    }
+    tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, "volume created");
+    Ok(record)
+}
+
+/// Requisite topologies must include this node; preferred ones are only
+/// preferences, and this node is the only place a volume can go.
+fn reachable(driver: &Driver, request: &NewVolume) -> bool {
+    request.requirement.as_ref().is_none_or(|r| {
+        r.requisite.is_empty() || r.requisite.iter().any(|t| driver.is_this_node(t))
+    })
+}
+
+fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
+    if reachable(driver, request) {
+        return Ok(());
+    }
+    Err(Error::ResourceExhausted(format!(
+        "volume {}: accessibility_requirements do not include this node ({}={})",
+        request.name,
+        driver.topology_key(),
+        driver.config.node_id
+    )))
+}
+
+/// Checks the volume limit and the pool's room, chooses the capacity (what
+/// is required; else as much of the limit as the pool can give; else 0), and
+/// enters the volume in the table so that concurrent creates see it promised.
+fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRecord> {
+    let space = pool.space()?;
+    let mut table = driver.table();
+    let max = driver.config.max_volumes;
+    if max > 0 && table.len() as u64 >= max {
+        return Err(Error::ResourceExhausted(format!(
+            "volume {}: node {} already holds its maximum of {max} volumes",
+            request.name, driver.config.node_id
+        )));
+    }
+    let available = space.free_bytes.saturating_sub(table.promised(&pool.name));
+    let CapacityRequest { required, limit } = request.range;
+    if required > available {
+        return Err(Error::OutOfRange(format!(
+            "volume {}: {required} bytes requested but pool {} ({}) can give {available} bytes",
+            request.name,
+            pool.name,
+            pool.shown()
+        )));
+    }
+    let capacity_bytes = match (required, limit) {
+        (0, 0) => 0,
+        (0, limit) => limit.min(available),
+        (required, _) => required,
+    };
+    let record = VolumeRecord {
+        id: request.id.clone(),
+        name: request.name.clone(),
+        pool: pool.name.clone(),
+        kind: request.params.kind,
+        capacity_bytes,
+    };
+    table.insert(record.clone());
+    Ok(record)
+}
+
+/// An existing volume answers a repeated request only if it satisfies it:
+/// same name, kind and pool, capacity in range, and reachable from the
+/// request's requisite topology.
+fn check_same_request(
+    existing: &VolumeRecord,
+    request: &NewVolume,
+    pool: &Pool,
+    reachable: bool,
+) -> Result<()> {
+    let NewVolume {
+        name,
+        range,
+        params,
+        ..
+    } = request;
+    if &existing.name != name {
+        return Err(Error::Internal(format!(
+            "volume id {} of name {name:?} is already used by name {:?}",
+            existing.id, existing.name
+        )));
+    }
+    if !reachable
+        || !range.admits(existing.capacity_bytes)
+        || existing.kind != params.kind
+        || existing.pool != pool.name
+    {
+        return Err(Error::AlreadyExists(format!(
+            "volume {name} already exists as {} (kind {}, pool {}, {} bytes), incompatible with this request (kind {}, pool {}, required {} / limit {} bytes, reachable from its topology: {reachable})",
+            existing.id,
+            existing.kind.as_str(),
+            existing.pool,
+            existing.capacity_bytes,
+            params.kind.as_str(),
+            pool.name,
+            range.required,
+            range.limit
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses while any mount of the volume exists (a published target, a
+/// subPath bind, a mount the driver lost track of): the kernel's mount table,
+/// not the driver's memory, decides.
+pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
+    driver.check_readable(id)?;
+    let Some(volume) = driver.table().get(id).cloned() else {
+        return Ok(());
+    };
+    let pool = driver.pool(Some(&volume.record.pool))?;
+    let backend = volume.record.kind.backend();
+    if let Some(source) = backend.open_source(pool, id)? {
+        let (dev, _) = beneath::identity(&source)
+            .context(|| format!("volume {id}: stat {}/volumes/{id}", pool.shown()))?;
+        if let Some((mount, _)) = mounts::mounts_of(dev, id.as_str())?.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still mounted at {}; unpublish it first",
+                mount.mount_point.display()
+            )));
+        }
+    }
+    backend.delete(pool, id)?;
+    record::remove(&pool.meta, &pool.shown().to_string(), id)?;
+    driver.table().remove(id);
+    tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");
+    Ok(())
+}
