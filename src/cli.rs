@@ -73,6 +73,14 @@ pub struct ServeArgs {
     /// Most volumes this node holds; 0 means no limit.
     #[arg(long, env = "HOSTPATH_CSI_MAX_VOLUMES", default_value_t = 0)]
     pub max_volumes: u64,
+    /// A host directory beneath which static hostPath volumes may be
+    /// published; repeat for several. None by default.
+    #[arg(
+        long = "allow-host-path",
+        env = "HOSTPATH_CSI_ALLOW_HOST_PATHS",
+        value_delimiter = ','
+    )]
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -100,8 +108,23 @@ impl ServeArgs {
             node_id,
             pools,
             max_volumes: self.max_volumes,
+            allowed_host_paths: self
+                .allowed_host_paths
+                .iter()
+                .map(|p| allowed_prefix(p))
+                .collect::<Result<_>>()?,
         })
     }
+}
+
+/// An `--allow-host-path` prefix: absolute, normal components, not `/`.
+fn allowed_prefix(path: &std::path::Path) -> Result<PathBuf> {
+    if path == std::path::Path::new("/") {
+        return Err(Error::InvalidArgument(
+            "--allow-host-path / would allow the whole host".into(),
+        ));
+    }
+    validate::host_path("--allow-host-path", &path.to_string_lossy())
 }
 
 /// `NAME=PATH` → (name, absolute path).

@@ -24,6 +24,8 @@ pub struct DriverConfig {
     pub pools: Vec<(PoolName, PathBuf)>,
     /// Most volumes this node holds (0 = no limit).
     pub max_volumes: u64,
+    /// Host directories beneath which static hostPath volumes may be published.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 /// The shared core behind the three CSI services.

@@ -122,21 +122,21 @@ pub fn open(
             .context(|| format!("volume {volume}: stat {raw_path}"))?
             .st_mode,
     ) & SFlag::S_IFMT;
-    if let Some(required) = kind.required() {
-        if required != file_type {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {volume}: host path {raw_path} is a {}, but type {kind:?} needs a {}",
-                type_name(file_type),
-                type_name(required)
-            )));
-        }
+    if let Some(required) = kind.required().filter(|r| *r != file_type) {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {volume}: host path {raw_path} is a {}, but type {kind:?} needs a {}",
+            type_name(file_type),
+            type_name(required)
+        )));
     }
     Ok(HostSource { fd, file_type })
 }
 
+/// Opens `relative` beneath `root` as O_PATH; a symlink anywhere, the last
+/// component included, is ELOOP.
 fn open_beneath(root: &OwnedFd, relative: &Path) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -172,7 +172,7 @@ fn create_dirs(volume: &str, root: &OwnedFd, prefix: &Path, relative: &Path) -> 
             }
         };
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
         let next = match openat2(&dir, part, how) {
             Ok(next) => next,

@@ -14,6 +14,7 @@ pub mod kind;
 pub mod lifecycle;
 pub mod mounts;
 pub mod pool;
+pub mod publish;
 pub mod record;
 pub mod server;
 pub mod service;

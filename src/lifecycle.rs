@@ -17,6 +17,8 @@ pub struct NewVolume {
     pub range: CapacityRequest,
     pub params: VolumeParams,
     pub requirement: Option<TopologyRequirement>,
+    /// Made by a publish of a CSI ephemeral inline volume.
+    pub ephemeral: bool,
 }
 
 pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
@@ -104,6 +106,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         pool: pool.name.clone(),
         kind: request.params.kind,
         capacity_bytes,
+        ephemeral: request.ephemeral,
     };
     table.insert(record.clone());
     Ok(record)
@@ -124,6 +127,17 @@ fn check_same_request(
         params,
         ..
     } = request;
+    if existing.ephemeral != request.ephemeral {
+        return Err(Error::AlreadyExists(format!(
+            "volume {} already exists {} an ephemeral inline volume",
+            existing.id,
+            if existing.ephemeral {
+                "as"
+            } else {
+                "and is not"
+            }
+        )));
+    }
     if &existing.name != name {
         return Err(Error::Internal(format!(
             "volume id {} of name {name:?} is already used by name {:?}",

@@ -11,16 +11,26 @@ use nix::sys::statvfs::{FsFlags, fstatvfs};
 use crate::beneath::fd_path;
 use crate::error::{Error, Result, SysContext};
 
-/// Bind-mounts the directory `source` onto `target` (an fd opened on the
-/// target path, which is `target_path`), then [`restrict`]s it. If the
-/// restriction fails the bind is taken down again.
+/// How a bind mount is restricted after it is made.
+#[derive(Clone, Copy, Debug)]
+pub struct BindPolicy {
+    pub read_only: bool,
+    /// Flags from the request's allowlisted `mount_flags`.
+    pub extra: MsFlags,
+    /// Keep device nodes usable (no `nodev`): only for static hostPath
+    /// volumes whose admin chose type CharDevice or BlockDevice.
+    pub devices: bool,
+}
+
+/// Bind-mounts `source` (a directory or a file) onto `target` (an fd opened
+/// on the target path, which is `target_path`), then [`restrict`]s it. If
+/// the restriction fails the bind is taken down again.
 pub fn bind(
     volume: &str,
     source: &OwnedFd,
     target: &OwnedFd,
     target_path: &Path,
-    read_only: bool,
-    extra: MsFlags,
+    policy: BindPolicy,
 ) -> Result<()> {
     let shown = target_path.display();
     mount(
@@ -31,7 +41,7 @@ pub fn bind(
         None::<&str>,
     )
     .context(|| format!("volume {volume}: bind mount onto {shown}"))?;
-    if let Err(err) = restrict(volume, source, target_path, read_only, extra) {
+    if let Err(err) = restrict(volume, source, target_path, policy) {
         if let Err(errno) = umount2(
             target_path,
             MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
@@ -43,25 +53,24 @@ pub fn bind(
     Ok(())
 }
 
-/// Remounts the bind mount at `target_path` with nosuid, nodev, the source's
-/// own noexec/atime flags, `extra` and, if `read_only`, MS_RDONLY (the first
-/// MS_BIND ignores all of these). Also finishes a bind left half-done.
+/// Remounts the bind mount at `target_path` with nosuid, nodev (unless the
+/// policy keeps devices), the source's own noexec/atime flags, the extra
+/// flags and, if read-only, MS_RDONLY (the first MS_BIND ignores all of
+/// these). Also finishes a bind left half-done.
 pub fn restrict(
     volume: &str,
     source: &OwnedFd,
     target_path: &Path,
-    read_only: bool,
-    extra: MsFlags,
+    policy: BindPolicy,
 ) -> Result<()> {
     let inherited = inherited_flags(source)
-        .context(|| format!("volume {volume}: statvfs of the volume directory"))?;
-    let mut flags = MsFlags::MS_REMOUNT
-        | MsFlags::MS_BIND
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | inherited
-        | extra;
-    if read_only {
+        .context(|| format!("volume {volume}: statvfs of the volume source"))?;
+    let mut flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | inherited | policy.extra;
+    if !policy.devices {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if policy.read_only {
         flags |= MsFlags::MS_RDONLY;
     }
     mount(None::<&str>, target_path, None::<&str>, flags, None::<&str>).context(|| {

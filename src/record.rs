@@ -23,6 +23,9 @@ pub struct VolumeRecord {
     pub kind: KindName,
     /// Bytes promised to the volume; 0 when the request gave no capacity.
     pub capacity_bytes: u64,
+    /// A CSI ephemeral inline volume: made at publish, deleted at unpublish.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 const SUFFIX: &str = ".json";
@@ -120,6 +123,7 @@ mod tests {
             pool: PoolName::parse("default").unwrap(),
             kind: KindName::Directory,
             capacity_bytes: 1 << 20,
+            ephemeral: false,
         }
     }
 

@@ -181,6 +181,64 @@ pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
     Ok(checked)
 }
 
+/// Attribute keys of a CSI ephemeral inline volume (besides `csi.storage.k8s.io/*`).
+pub const EPHEMERAL_KEYS: [&str; 3] = ["kind", "pool", "size"];
+
+/// The attributes of an inline ephemeral volume: its kind and pool (as
+/// StorageClass parameters) and its `size` (a quantity such as `64Mi`;
+/// missing means no size promised).
+pub fn ephemeral_attributes(context: &HashMap<String, String>) -> Result<(VolumeParams, u64)> {
+    let mut params = HashMap::new();
+    let mut size = 0;
+    for (key, value) in context {
+        match key.as_str() {
+            "kind" | "pool" => {
+                params.insert(key.clone(), value.clone());
+            }
+            "size" => size = quantity("size", value)?,
+            k if k.starts_with(SIDECAR_PREFIX) => {}
+            unknown => {
+                return Err(Error::InvalidArgument(format!(
+                    "ephemeral volume attribute {unknown:?} is not known: known attributes are {}",
+                    EPHEMERAL_KEYS.join(", ")
+                )));
+            }
+        }
+    }
+    Ok((parameters(&params)?, size))
+}
+
+/// A Kubernetes quantity of bytes in whole units: `1048576`, `512Ki`,
+/// `64Mi`, `1Gi`, `2Ti`, or decimal `500M`, `1G`.
+pub fn quantity(field: &str, raw: &str) -> Result<u64> {
+    const UNITS: [(&str, u64); 10] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+    ];
+    let (digits, unit) = UNITS
+        .iter()
+        .find_map(|(suffix, unit)| raw.strip_suffix(suffix).map(|d| (d, *unit)))
+        .unwrap_or((raw, 1));
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| !digits.starts_with('+'))
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{field} {raw:?} is not a quantity of bytes: expected whole numbers such as 1073741824, 512Mi or 1Gi"
+            ))
+        })
+}
+
 /// Turns `mount_flags` into bind-remount flags; anything outside the
 /// allowlist is refused by name.
 pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
@@ -307,6 +365,31 @@ mod tests {
         );
         let err = mount_flags(&["suid".into()]).unwrap_err().to_string();
         assert!(err.contains("suid") && err.contains("noexec"), "{err}");
+    }
+
+    #[test]
+    fn quantities_and_ephemeral_attributes() {
+        assert_eq!(quantity("size", "64Mi").unwrap(), 64 << 20);
+        assert_eq!(quantity("size", "1G").unwrap(), 1_000_000_000);
+        assert_eq!(quantity("size", "4096").unwrap(), 4096);
+        for bad in ["", "1.5Gi", "-1", "+1", "Mi", "1Xi", "99999999999Pi"] {
+            assert!(quantity("size", bad).is_err(), "{bad:?}");
+        }
+        let context = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (params, size) = ephemeral_attributes(&context(&[
+            ("size", "1Mi"),
+            ("pool", "fast"),
+            ("csi.storage.k8s.io/pod.name", "web-0"),
+        ]))
+        .unwrap();
+        assert_eq!((params.pool.unwrap().as_str(), size), ("fast", 1 << 20));
+        let err = ephemeral_attributes(&context(&[("colour", "red")])).unwrap_err();
+        assert!(err.to_string().contains("kind, pool, size"), "{err}");
     }
 
     #[test]

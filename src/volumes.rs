@@ -94,6 +94,7 @@ mod tests {
             pool: PoolName::parse(pool).unwrap(),
             kind: KindName::Directory,
             capacity_bytes: capacity,
+            ephemeral: false,
         }
     }
 

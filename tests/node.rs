@@ -151,8 +151,8 @@ async fn publish_errors_name_what_is_wrong() {
         .insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
     assert_code(
         d.csi.node.node_publish_volume(ephemeral).await,
-        Code::InvalidArgument,
-        "ephemeral",
+        Code::AlreadyExists,
+        "is not an ephemeral inline volume",
     );
 
     // Another volume already mounted on the target.

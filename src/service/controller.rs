@@ -79,6 +79,7 @@ impl Controller for ControllerService {
             range,
             params,
             requirement: req.accessibility_requirements,
+            ephemeral: false,
         };
         let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);

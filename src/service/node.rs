@@ -1,14 +1,9 @@
 //! CSI Node: bind-mount volumes onto the targets kubelet asks for, take them
 //! down again, and report usage and health.
 
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
-use nix::sys::stat::{Mode, SFlag};
-use nix::sys::statvfs::{FsFlags, statvfs};
 use tonic::{Request, Response};
 
 use super::{RpcResult, abnormal, healthy};
@@ -25,7 +20,8 @@ use crate::csi::{
 use crate::driver::{Driver, blocking};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
-use crate::mounts;
+use crate::mounts::BindPolicy;
+use crate::publish::{self, Publish};
 use crate::validate;
 
 /// Node capabilities this driver offers.
@@ -35,12 +31,6 @@ const CAPABILITIES: [rpc::Type; 3] = [
     rpc::Type::SingleNodeMultiWriter,
 ];
 
-/// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
-const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
-
-/// How often unpublish unmounts a target with stacked mounts before giving up.
-const MAX_STACKED_MOUNTS: usize = 16;
-
 pub struct NodeService {
     driver: Arc<Driver>,
 }
@@ -49,14 +39,6 @@ impl NodeService {
     pub fn new(driver: Arc<Driver>) -> Self {
         NodeService { driver }
     }
-}
-
-/// A checked NodePublishVolume request.
-struct Publish {
-    id: VolumeId,
-    target: PathBuf,
-    read_only: bool,
-    extra_flags: MsFlags,
 }
 
 #[tonic::async_trait]
@@ -76,31 +58,24 @@ impl Node for NodeService {
         })?;
         let mount = validate::capability(cap)
             .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
-        if req
-            .volume_context
-            .get(EPHEMERAL_KEY)
-            .is_some_and(|v| v == "true")
-        {
-            return Err(Error::InvalidArgument(format!(
-                "volume {id}: CSI ephemeral inline volumes are not supported yet"
-            ))
-            .into());
-        }
-        let extra_flags = validate::mount_flags(&mount.mount_flags)?;
-        let read_only = req.readonly
-            || validate::is_reader_only(cap)
-            || extra_flags.contains(MsFlags::MS_RDONLY);
-        let publish = Publish {
+        let extra = validate::mount_flags(&mount.mount_flags)?;
+        let read_only =
+            req.readonly || validate::is_reader_only(cap) || extra.contains(MsFlags::MS_RDONLY);
+        let request = Publish {
             id,
             target,
-            read_only,
-            extra_flags: extra_flags - MsFlags::MS_RDONLY,
+            policy: BindPolicy {
+                read_only,
+                extra: extra - MsFlags::MS_RDONLY,
+                devices: false,
+            },
+            context: req.volume_context,
         };
-        let held = self.driver.guards.claim(format!("volume {}", publish.id))?;
+        let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);
         blocking(move || {
             let _held = held;
-            publish_volume(&driver, &publish)
+            publish::publish(&driver, &request)
         })
         .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
@@ -120,11 +95,7 @@ impl Node for NodeService {
         let driver = Arc::clone(&self.driver);
         blocking(move || {
             let _held = held;
-            unpublish_volume(&id, &target)?;
-            if let Some(volume) = driver.table().get_mut(&id) {
-                volume.published.remove(&target);
-            }
-            Ok(())
+            publish::unpublish(&driver, &id, &target)
         })
         .await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
@@ -170,142 +141,6 @@ impl Node for NodeService {
             max_volumes_per_node: i64::try_from(config.max_volumes).unwrap_or(i64::MAX),
             accessible_topology: Some(self.driver.topology()),
         }))
-    }
-}
-
-fn publish_volume(driver: &Driver, publish: &Publish) -> Result<()> {
-    let Publish { id, target, .. } = publish;
-    let record = driver.volume(id)?.record;
-    let pool = driver.pool(Some(&record.pool))?;
-    let source = record
-        .kind
-        .backend()
-        .open_source(pool, id)?
-        .ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "volume {id}: {}/volumes/{id} is missing",
-                pool.shown()
-            ))
-        })?;
-    let shown = target.display();
-    let created =
-        match beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
-            Some(state) if state.mount_root => {
-                return confirm_existing(publish, &source, state)
-                    .map(|()| mark_published(driver, publish));
-            }
-            Some(state) if state.file_type != SFlag::S_IFDIR => {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {id}: target {shown} exists and is not a directory"
-                )));
-            }
-            Some(_) => false,
-            None => {
-                nix::unistd::mkdir(target.as_path(), Mode::from_bits_truncate(0o750))
-                    .context(|| format!("volume {id}: create target {shown}"))?;
-                true
-            }
-        };
-    let mounted = open_target(id, target).and_then(|target_fd| {
-        mounts::bind(
-            id.as_str(),
-            &source,
-            &target_fd,
-            target,
-            publish.read_only,
-            publish.extra_flags,
-        )
-    });
-    if let Err(err) = mounted {
-        if created {
-            std::fs::remove_dir(target).ok();
-        }
-        return Err(err);
-    }
-    tracing::info!(volume = %id, target = %shown, read_only = publish.read_only, "volume published");
-    mark_published(driver, publish);
-    Ok(())
-}
-
-/// A target that is already a mount: fine if it is this volume with the
-/// same read-only setting, ALREADY_EXISTS otherwise. A bind that a crash left
-/// without its nosuid/nodev remount is finished here with the flags asked for.
-fn confirm_existing(publish: &Publish, source: &OwnedFd, state: beneath::PathState) -> Result<()> {
-    let Publish {
-        id,
-        target,
-        read_only,
-        ..
-    } = publish;
-    let shown = target.display();
-    let source_identity =
-        beneath::identity(source).context(|| format!("volume {id}: stat volume directory"))?;
-    if source_identity != (state.dev, state.ino) {
-        return Err(Error::AlreadyExists(format!(
-            "volume {id}: target {shown} already holds another mount"
-        )));
-    }
-    let flags = statvfs(target.as_path())
-        .context(|| format!("volume {id}: statvfs {shown}"))?
-        .flags();
-    if !flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV) {
-        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
-        return mounts::restrict(id.as_str(), source, target, *read_only, publish.extra_flags);
-    }
-    let mounted_read_only = flags.contains(FsFlags::ST_RDONLY);
-    if mounted_read_only != *read_only {
-        return Err(Error::AlreadyExists(format!(
-            "volume {id}: already published at {shown} with readonly={mounted_read_only}, asked for readonly={read_only}"
-        )));
-    }
-    Ok(())
-}
-
-fn mark_published(driver: &Driver, publish: &Publish) {
-    if let Some(volume) = driver.table().get_mut(&publish.id) {
-        volume.published.insert(publish.target.clone());
-    }
-}
-
-/// Opens the target itself (not a symlink in its place) for mounting onto.
-fn open_target(id: &VolumeId, target: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(
-        target,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| format!("volume {id}: open target {}", target.display()))
-}
-
-fn unpublish_volume(id: &VolumeId, target: &Path) -> Result<()> {
-    let shown = target.display();
-    for _ in 0..MAX_STACKED_MOUNTS {
-        match beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
-            None => return Ok(()),
-            Some(state) if state.mount_root => mounts::unmount(id.as_str(), target)?,
-            Some(state) => return remove_target(id, target, state.file_type),
-        }
-    }
-    Err(Error::Internal(format!(
-        "volume {id}: target {shown} is still mounted after {MAX_STACKED_MOUNTS} unmounts"
-    )))
-}
-
-/// Removes the (unmounted) target this driver created at publish.
-fn remove_target(id: &VolumeId, target: &Path, file_type: SFlag) -> Result<()> {
-    let shown = target.display();
-    let removed = match file_type {
-        SFlag::S_IFDIR => std::fs::remove_dir(target),
-        SFlag::S_IFREG => std::fs::remove_file(target),
-        _ => {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id}: target {shown} is neither a directory nor a file; left in place"
-            )));
-        }
-    };
-    match removed {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other.context(|| format!("volume {id}: remove target {shown}")),
     }
 }
 

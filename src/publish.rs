@@ -1,0 +1,270 @@
+//! Publishing on a target: find what to mount (a pool volume, a new
+//! ephemeral volume, or an admin's static host path), make the target, bind,
+//! and take it all down again at unpublish.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag, fstat};
+use nix::sys::statvfs::{FsFlags, statvfs};
+
+use crate::beneath;
+use crate::driver::Driver;
+use crate::error::{Error, Result, SysContext};
+use crate::host_path::{self, HostPathType};
+use crate::ids::VolumeId;
+use crate::lifecycle::{self, NewVolume};
+use crate::mounts::{self, BindPolicy};
+use crate::validate;
+
+/// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
+pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+
+/// How often unpublish unmounts a target with stacked mounts before giving up.
+const MAX_STACKED_MOUNTS: usize = 16;
+
+/// A checked NodePublishVolume request.
+pub struct Publish {
+    pub id: VolumeId,
+    pub target: PathBuf,
+    pub policy: BindPolicy,
+    pub context: HashMap<String, String>,
+}
+
+/// What a publish mounts: an fd on a directory or a file.
+struct Source {
+    fd: OwnedFd,
+    is_dir: bool,
+}
+
+/// Mounts the volume on the target, creating the target (a directory for a
+/// directory, a file for anything else). A repeat is OK; a target holding
+/// another mount or the same one read-only differently is ALREADY_EXISTS.
+pub fn publish(driver: &Driver, request: &Publish) -> Result<()> {
+    let mut request_policy = request.policy;
+    let source = resolve(driver, request, &mut request_policy)?;
+    let Publish { id, target, .. } = request;
+    let shown = target.display();
+    let state = beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))?;
+    let created = match state {
+        Some(state) if state.mount_root => {
+            confirm_existing(id, target, &source.fd, state, request_policy)?;
+            mark_published(driver, request);
+            return Ok(());
+        }
+        Some(state) if (state.file_type == SFlag::S_IFDIR) != source.is_dir => {
+            return Err(Error::AlreadyExists(format!(
+                "volume {id}: target {shown} exists and is not a {}",
+                if source.is_dir { "directory" } else { "file" }
+            )));
+        }
+        Some(_) => false,
+        None => {
+            make_target(id, target, source.is_dir)?;
+            true
+        }
+    };
+    let mounted = open_target(id, target, source.is_dir).and_then(|target_fd| {
+        mounts::bind(id.as_str(), &source.fd, &target_fd, target, request_policy)
+    });
+    if let Err(err) = mounted {
+        if created {
+            remove_target(
+                id,
+                target,
+                if source.is_dir {
+                    SFlag::S_IFDIR
+                } else {
+                    SFlag::S_IFREG
+                },
+            )
+            .ok();
+        }
+        return Err(err);
+    }
+    tracing::info!(volume = %id, target = %shown, read_only = request_policy.read_only, "volume published");
+    mark_published(driver, request);
+    Ok(())
+}
+
+/// Finds the source: a volume of this node's pools (made now for an
+/// ephemeral request), else the static host path the context names.
+fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Result<Source> {
+    let id = &request.id;
+    let ephemeral = request
+        .context
+        .get(EPHEMERAL_KEY)
+        .is_some_and(|v| v == "true");
+    if ephemeral {
+        let (params, size) = validate::ephemeral_attributes(&request.context)?;
+        lifecycle::create(
+            driver,
+            NewVolume {
+                id: id.clone(),
+                name: id.to_string(),
+                range: validate::CapacityRequest {
+                    required: size,
+                    limit: 0,
+                },
+                params,
+                requirement: None,
+                ephemeral: true,
+            },
+        )?;
+    }
+    if let Ok(volume) = driver.volume(id) {
+        let pool = driver.pool(Some(&volume.record.pool))?;
+        let fd = volume
+            .record
+            .kind
+            .backend()
+            .open_source(pool, id)?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "volume {id}: {}/volumes/{id} is missing",
+                    pool.shown()
+                ))
+            })?;
+        return Ok(Source { fd, is_dir: true });
+    }
+    let Some(path) = request.context.get(host_path::PATH_KEY) else {
+        return Err(Error::NotFound(format!(
+            "volume {id} does not exist on node {} and names no host path",
+            driver.config.node_id
+        )));
+    };
+    let kind = HostPathType::parse(
+        request
+            .context
+            .get(host_path::TYPE_KEY)
+            .map_or("", String::as_str),
+    )?;
+    let host = host_path::open(id.as_str(), &driver.config.allowed_host_paths, path, kind)?;
+    policy.devices = matches!(kind, HostPathType::CharDevice | HostPathType::BlockDevice);
+    Ok(Source {
+        is_dir: host.file_type == SFlag::S_IFDIR,
+        fd: host.fd,
+    })
+}
+
+/// A target that is already a mount: fine if it is this source with the
+/// same read-only setting, ALREADY_EXISTS otherwise. A bind that a crash left
+/// without its remount is finished here with the flags asked for.
+fn confirm_existing(
+    id: &VolumeId,
+    target: &Path,
+    source: &OwnedFd,
+    state: beneath::PathState,
+    policy: BindPolicy,
+) -> Result<()> {
+    let shown = target.display();
+    let source_stat = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
+    if (source_stat.st_dev, source_stat.st_ino) != (state.dev, state.ino) {
+        return Err(Error::AlreadyExists(format!(
+            "volume {id}: target {shown} already holds another mount"
+        )));
+    }
+    let flags = statvfs(target)
+        .context(|| format!("volume {id}: statvfs {shown}"))?
+        .flags();
+    let finished =
+        flags.contains(FsFlags::ST_NOSUID) && (policy.devices || flags.contains(FsFlags::ST_NODEV));
+    if !finished {
+        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
+        return mounts::restrict(id.as_str(), source, target, policy);
+    }
+    let mounted_read_only = flags.contains(FsFlags::ST_RDONLY);
+    if mounted_read_only != policy.read_only {
+        return Err(Error::AlreadyExists(format!(
+            "volume {id}: already published at {shown} with readonly={mounted_read_only}, asked for readonly={}",
+            policy.read_only
+        )));
+    }
+    Ok(())
+}
+
+fn mark_published(driver: &Driver, request: &Publish) {
+    if let Some(volume) = driver.table().get_mut(&request.id) {
+        volume.published.insert(request.target.clone());
+    }
+}
+
+/// Creates the target: a directory (mode 0750) or an empty file (0640).
+fn make_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<()> {
+    let shown = target.display();
+    let made = if is_dir {
+        nix::unistd::mkdir(target, Mode::from_bits_truncate(0o750))
+    } else {
+        nix::fcntl::open(
+            target,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o640),
+        )
+        .map(drop)
+    };
+    made.context(|| format!("volume {id}: create target {shown}"))
+}
+
+/// Opens the target itself (not a symlink in its place) for mounting onto.
+fn open_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<OwnedFd> {
+    let mut flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if is_dir {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    nix::fcntl::open(target, flags, Mode::empty())
+        .context(|| format!("volume {id}: open target {}", target.display()))
+}
+
+/// Unmounts every mount stacked on the target and removes it; a missing
+/// target is fine. An ephemeral volume is deleted with its last target.
+pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Path) -> Result<()> {
+    take_down(id, target)?;
+    let ephemeral = {
+        let mut table = driver.table();
+        match table.get_mut(id) {
+            Some(volume) => {
+                volume.published.remove(target);
+                volume.record.ephemeral && volume.published.is_empty()
+            }
+            None => false,
+        }
+    };
+    if ephemeral {
+        lifecycle::delete(driver, id)?;
+    }
+    Ok(())
+}
+
+fn take_down(id: &VolumeId, target: &Path) -> Result<()> {
+    let shown = target.display();
+    for _ in 0..MAX_STACKED_MOUNTS {
+        match beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
+            None => return Ok(()),
+            Some(state) if state.mount_root => mounts::unmount(id.as_str(), target)?,
+            Some(state) => return remove_target(id, target, state.file_type),
+        }
+    }
+    Err(Error::Internal(format!(
+        "volume {id}: target {shown} is still mounted after {MAX_STACKED_MOUNTS} unmounts"
+    )))
+}
+
+/// Removes an (unmounted) target this driver created at publish.
+fn remove_target(id: &VolumeId, target: &Path, file_type: SFlag) -> Result<()> {
+    let shown = target.display();
+    let removed = match file_type {
+        SFlag::S_IFDIR => std::fs::remove_dir(target),
+        SFlag::S_IFREG => std::fs::remove_file(target),
+        _ => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id}: target {shown} is neither a directory nor a file; left in place"
+            )));
+        }
+    };
+    match removed {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.context(|| format!("volume {id}: remove target {shown}")),
+    }
+}
