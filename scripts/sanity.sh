@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Starts the given hostpath-csi binary on a scratch pool and socket, runs
-# csi-sanity against it, and cleans up (driver, mounts, files) whatever happens.
-# Usage: scripts/sanity.sh path/to/hostpath-csi [extra csi-sanity flags...]
+# csi-sanity against it with StorageClass parameter kind=KIND, and cleans up
+# (driver, mounts, files) whatever happens.
+# Usage: scripts/sanity.sh path/to/hostpath-csi KIND [extra csi-sanity flags...]
 set -euo pipefail
 driver_bin=$(realpath "$1")
-shift
+kind=$2
+shift 2
 
 work=$(mktemp -d /tmp/hostpath-csi-sanity.XXXXXX)
 driver_pid=
@@ -20,6 +22,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/pool"
+printf 'kind: %s\n' "$kind" >"$work/parameters.yaml"
 "$driver_bin" serve \
   --endpoint "unix://$work/csi.sock" \
   --node-id sanity-node \
@@ -39,6 +42,7 @@ csi-sanity \
   --csi.mountdir "$work/mnt" \
   --csi.stagingdir "$work/stage" \
   --csi.testvolumesize $((64 << 20)) \
+  --csi.testvolumeparameters "$work/parameters.yaml" \
   "$@" || status=$?
 
 if [ "$status" != 0 ]; then

@@ -29,17 +29,20 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "== cargo test"
 cargo test --locked 2>&1 | tee "$log"
-echo "== csi-sanity"
 cargo build --locked
-scripts/sanity.sh target/debug/hostpath-csi 2>&1 | tee -a "$log"
+for kind in directory memory; do
+  echo "== csi-sanity, kind=$kind"
+  scripts/sanity.sh target/debug/hostpath-csi "$kind" 2>&1 | tee -a "$log"
+done
 
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 sum() { grep -oE "[0-9]+ $1" <<<"$2" | awk '{n += $1} END {print n + 0}'; }
 cargo_lines=$(grep '^test result:' <<<"$plain")
-sanity_line=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain" | tail -n 1)
-passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_line") ))
-failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_line") ))
-skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_line") ))
-echo "csi-sanity: $sanity_line"
+sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
+passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") ))
+failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") ))
+skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
+echo "csi-sanity runs:"
+sed 's/^/  /' <<<"$sanity_lines"
 echo "total: $passed passed, $failed failed, $skipped skipped"

@@ -29,6 +29,23 @@ pub fn open_dir<P: ?Sized + nix::NixPath>(parent: impl AsFd, name: &P) -> nix::R
     openat2(parent, name, how)
 }
 
+/// Opens the directory entry `name` of `parent` even when a filesystem is
+/// mounted on it (a memory volume's tmpfs). `name` is one component, so
+/// that is the only mount crossed; symlinks are still refused.
+pub fn open_mount_root(parent: impl AsFd, name: &str) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    if name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    openat2(parent, name, how)
+}
+
 /// Creates directory `name` with exactly `mode` (umask ignored) if it is
 /// missing, and opens it. The flag is true when this call created it; an
 /// existing non-directory is ENOTDIR.

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Most volumes this node holds; 0 means no limit.
     #[arg(long, env = "HOSTPATH_CSI_MAX_VOLUMES", default_value_t = 0)]
     pub max_volumes: u64,
+    /// RAM that memory volumes may take in all, as a quantity (e.g. 4Gi);
+    /// default a quarter of the node's memory.
+    #[arg(long, env = "HOSTPATH_CSI_MEMORY_BUDGET")]
+    pub memory_budget: Option<String>,
     /// A host directory beneath which static hostPath volumes may be
     /// published; repeat for several. None by default.
     #[arg(
@@ -108,6 +112,10 @@ impl ServeArgs {
             node_id,
             pools,
             max_volumes: self.max_volumes,
+            memory_budget: match &self.memory_budget {
+                Some(raw) => validate::quantity("--memory-budget", raw)?,
+                None => default_memory_budget()?,
+            },
             allowed_host_paths: self
                 .allowed_host_paths
                 .iter()
@@ -115,6 +123,27 @@ impl ServeArgs {
                 .collect::<Result<_>>()?,
         })
     }
+}
+
+/// The share of the node's RAM memory volumes get by default.
+pub const DEFAULT_MEMORY_SHARE: u64 = 4;
+
+/// A quarter of MemTotal from /proc/meminfo.
+fn default_memory_budget() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| Error::Internal(format!("read /proc/meminfo: {e}")))?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .ok_or_else(|| Error::Internal("/proc/meminfo has no MemTotal".into()))?;
+    Ok(kib * 1024 / DEFAULT_MEMORY_SHARE)
 }
 
 /// An `--allow-host-path` prefix: absolute, normal components, not `/`.
@@ -175,6 +204,21 @@ mod tests {
         assert_eq!(config.driver_name, DEFAULT_DRIVER_NAME);
         assert_eq!(config.node_id, "n1");
         assert_eq!(config.pools.len(), 2);
+        assert!(config.memory_budget > 0, "a quarter of RAM by default");
+        let sized = Cli::try_parse_from([
+            "hostpath-csi",
+            "serve",
+            "--pool=a=/a",
+            "--memory-budget=2Gi",
+            "--allow-host-path=/srv/data",
+        ])
+        .unwrap();
+        let Command::Serve(args) = sized.command else {
+            panic!("not serve")
+        };
+        let config = args.config().unwrap();
+        assert_eq!(config.memory_budget, 2 << 30);
+        assert_eq!(config.allowed_host_paths, vec![PathBuf::from("/srv/data")]);
         assert!(
             Cli::try_parse_from(["hostpath-csi", "serve"]).is_err(),
             "a pool is required"

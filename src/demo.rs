@@ -48,6 +48,7 @@ pub async fn run() -> Result<(), String> {
             pool_path.clone(),
         )],
         max_volumes: 0,
+        memory_budget: 1 << 30,
         allowed_host_paths: Vec::new(),
     };
     println!("pool {} · socket {}", pool_path.display(), socket.display());

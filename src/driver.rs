@@ -10,6 +10,7 @@ use crate::csi::Topology;
 use crate::error::{Error, Result};
 use crate::guard::OperationGuards;
 use crate::ids::{PoolName, VolumeId};
+use crate::kind::{Backing, KindName};
 use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
@@ -24,6 +25,8 @@ pub struct DriverConfig {
     pub pools: Vec<(PoolName, PathBuf)>,
     /// Most volumes this node holds (0 = no limit).
     pub max_volumes: u64,
+    /// Bytes of RAM that memory volumes may take in all.
+    pub memory_budget: u64,
     /// Host directories beneath which static hostPath volumes may be published.
     pub allowed_host_paths: Vec<PathBuf>,
 }
@@ -90,24 +93,17 @@ impl Driver {
         Ok(driver)
     }
 
-    /// Marks as published every volume the mount table shows bind-mounted
-    /// somewhere: a mount of the volume directory's device whose root is
-    /// `…/volumes/<id>`.
+    /// Marks as published every volume that the mount table shows in use
+    /// (see [`VolumeKind::users`](crate::kind::VolumeKind::users)), so
+    /// mounts made before a restart are known and left alone.
     fn find_published(&self) -> Result<()> {
+        let index = mounts::MountIndex::read()?;
         let mut table = self.table();
-        for entry in mounts::mount_table()? {
-            let Some(id) = volume_id_of_root(&entry.root) else {
-                continue;
-            };
-            let Some(volume) = table.get_mut(&id) else {
-                continue;
-            };
-            let pool = self.pool(Some(&volume.record.pool))?;
-            let Some(source) = volume.record.kind.backend().open_source(pool, &id)? else {
-                continue;
-            };
-            if beneath::identity(&source).is_ok_and(|(dev, _)| dev == entry.dev) {
-                tracing::info!(volume = %id, target = %entry.mount_point.display(), "found published");
+        for volume in table.iter_mut() {
+            let record = &volume.record;
+            let pool = self.pool(Some(&record.pool))?;
+            for entry in record.kind.backend().users(pool, &record.id, &index)? {
+                tracing::info!(volume = %record.id, target = %entry.mount_point.display(), "found published");
                 volume.published.insert(entry.mount_point);
             }
         }
@@ -129,6 +125,14 @@ impl Driver {
         })
     }
 
+    /// Records what happened to a volume for its condition to report.
+    pub fn note(&self, id: &VolumeId, notice: String) {
+        tracing::warn!(volume = %id, "{notice}");
+        if let Some(volume) = self.table().get_mut(id) {
+            volume.notice = Some(notice);
+        }
+    }
+
     /// FAILED_PRECONDITION when the volume's record could not be read at
     /// start: creating or deleting it could lose what the record describes.
     pub fn check_readable(&self, id: &VolumeId) -> Result<()> {
@@ -138,6 +142,23 @@ impl Driver {
                 "volume {id} has an unreadable record ({problem}); an operator must repair or remove it"
             ))),
         }
+    }
+
+    /// Bytes `backing` offers before promises: the pool's free space now,
+    /// or the memory budget.
+    pub fn capacity_of(&self, backing: &Backing, pool: &Pool) -> Result<u64> {
+        match backing {
+            Backing::Disk(_) => Ok(pool.space()?.free_bytes),
+            Backing::Memory => Ok(self.config.memory_budget),
+        }
+    }
+
+    /// What a new volume of `kind` in `pool` can still get: the backing's
+    /// bytes minus what its volumes were promised.
+    pub fn available(&self, pool: &Pool, kind: KindName) -> Result<u64> {
+        let backing = kind.backing(&pool.name);
+        let total = self.capacity_of(&backing, pool)?;
+        Ok(total.saturating_sub(self.table().promised(&backing)))
     }
 
     /// The named pool, or the default (first) one for `None`.
@@ -189,15 +210,6 @@ fn check_kernel() -> Result<()> {
     Err(Error::FailedPrecondition(
         "this kernel does not report mount roots through statx (STATX_ATTR_MOUNT_ROOT, Linux 5.8 or later is needed)".into(),
     ))
-}
-
-/// `…/volumes/<id>` → `<id>` when it has the form of a volume id.
-fn volume_id_of_root(root: &std::path::Path) -> Option<VolumeId> {
-    let parent = root.parent()?;
-    if parent.file_name()? != "volumes" {
-        return None;
-    }
-    VolumeId::parse(root.file_name()?.to_str()?).ok()
 }
 
 /// Runs blocking driver work (syscalls, fsync) off the async workers.

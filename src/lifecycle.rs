@@ -3,12 +3,13 @@
 
 use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Error, Result};
 use crate::ids::VolumeId;
+use crate::kind::Backing;
+use crate::mounts::MountIndex;
 use crate::pool::Pool;
 use crate::record::{self, VolumeRecord};
 use crate::validate::{CapacityRequest, VolumeParams};
-use crate::{beneath, mounts};
 
 /// A checked CreateVolume request.
 pub struct NewVolume {
@@ -72,11 +73,15 @@ fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
     )))
 }
 
-/// Checks the volume limit and the pool's room, chooses the capacity (what
-/// is required; else as much of the limit as the pool can give; else 0), and
-/// enters the volume in the table so that concurrent creates see it promised.
+/// Checks the volume limit and the room left (the pool's disk, or the
+/// memory budget for memory volumes), chooses the capacity (what is
+/// required; else as much of the limit as there is room for; else the
+/// kind's default), and enters the volume in the table so that concurrent
+/// creates see it promised.
 fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRecord> {
-    let space = pool.space()?;
+    let kind = request.params.kind;
+    let backing = kind.backing(&pool.name);
+    let total = driver.capacity_of(&backing, pool)?;
     let mut table = driver.table();
     let max = driver.config.max_volumes;
     if max > 0 && table.len() as u64 >= max {
@@ -85,26 +90,31 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
             request.name, driver.config.node_id
         )));
     }
-    let available = space.free_bytes.saturating_sub(table.promised(&pool.name));
-    let CapacityRequest { required, limit } = request.range;
-    if required > available {
-        return Err(Error::OutOfRange(format!(
-            "volume {}: {required} bytes requested but pool {} ({}) can give {available} bytes",
-            request.name,
-            pool.name,
-            pool.shown()
-        )));
-    }
-    let capacity_bytes = match (required, limit) {
-        (0, 0) => 0,
+    let available = total.saturating_sub(table.promised(&backing));
+    let capacity_bytes = match (request.range.required, request.range.limit) {
+        (0, 0) => kind.default_capacity(),
         (0, limit) => limit.min(available),
         (required, _) => required,
     };
+    if capacity_bytes > available || (kind.sized() && capacity_bytes == 0) {
+        let message = format!(
+            "volume {}: {capacity_bytes} bytes needed but {} can give {available} bytes",
+            request.name,
+            match &backing {
+                Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
+                Backing::Memory => format!("the memory budget of node {}", driver.config.node_id),
+            }
+        );
+        return Err(match backing {
+            Backing::Disk(_) => Error::OutOfRange(message),
+            Backing::Memory => Error::ResourceExhausted(message),
+        });
+    }
     let record = VolumeRecord {
         id: request.id.clone(),
         name: request.name.clone(),
         pool: pool.name.clone(),
-        kind: request.params.kind,
+        kind,
         capacity_bytes,
         ephemeral: request.ephemeral,
     };
@@ -174,15 +184,11 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
     };
     let pool = driver.pool(Some(&volume.record.pool))?;
     let backend = volume.record.kind.backend();
-    if let Some(source) = backend.open_source(pool, id)? {
-        let (dev, _) = beneath::identity(&source)
-            .context(|| format!("volume {id}: stat {}/volumes/{id}", pool.shown()))?;
-        if let Some((mount, _)) = mounts::mounts_of(dev, id.as_str())?.first() {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id} is still mounted at {}; unpublish it first",
-                mount.mount_point.display()
-            )));
-        }
+    if let Some(mount) = backend.users(pool, id, &MountIndex::read()?)?.first() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {id} is still mounted at {}; unpublish it first",
+            mount.mount_point.display()
+        )));
     }
     backend.delete(pool, id)?;
     record::remove(&pool.meta, &pool.shown().to_string(), id)?;

@@ -2,6 +2,7 @@
 //!
 //! The kernel is the truth about what is mounted: nothing here caches it.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -114,21 +115,46 @@ pub struct MountEntry {
     pub read_only: bool,
 }
 
-/// Mounts of volume `id` (whose directory is on device `dev`): binds of the
-/// volume directory itself (`exact`) and of anything inside it (subPath).
-pub fn mounts_of(dev: u64, id: &str) -> Result<Vec<(MountEntry, bool)>> {
-    Ok(mount_table()?
-        .into_iter()
-        .filter(|m| m.dev == dev)
-        .filter_map(|m| {
-            let parts: Vec<_> = m.root.iter().collect();
-            let at = parts
+/// The mount table, indexed the two ways volumes are found in it.
+#[derive(Debug, Default)]
+pub struct MountIndex {
+    /// Mounts whose root lies in a `…/volumes/<id>` directory, by that id.
+    by_volume_dir: HashMap<String, Vec<MountEntry>>,
+    /// Every mount, by the device of its filesystem.
+    by_device: HashMap<u64, Vec<MountEntry>>,
+}
+
+impl MountIndex {
+    /// Reads and indexes this process's mount table (one pass).
+    pub fn read() -> Result<Self> {
+        let mut index = MountIndex::default();
+        for entry in mount_table()? {
+            let parts: Vec<_> = entry.root.iter().collect();
+            let volume = parts
                 .windows(2)
-                .position(|w| w[0] == "volumes" && w[1] == id)?;
-            let exact = at + 2 == parts.len();
-            Some((m, exact))
-        })
-        .collect())
+                .find(|w| w[0] == "volumes")
+                .and_then(|w| w[1].to_str());
+            if let Some(id) = volume {
+                index
+                    .by_volume_dir
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push(entry.clone());
+            }
+            index.by_device.entry(entry.dev).or_default().push(entry);
+        }
+        Ok(index)
+    }
+
+    /// Mounts of `…/volumes/<id>` or of anything inside it, on any device.
+    pub fn of_volume_dir(&self, id: &str) -> &[MountEntry] {
+        self.by_volume_dir.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Mounts of the filesystem on device `dev`.
+    pub fn of_device(&self, dev: u64) -> &[MountEntry] {
+        self.by_device.get(&dev).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Reads this process's mount table.
@@ -193,7 +219,13 @@ mod tests {
         assert_eq!(e.mount_point, PathBuf::from("/var/lib/k x"));
         assert!(e.read_only);
         assert!(parse_line("garbage").is_none());
-        assert!(mounts_of(0, "vol-none").unwrap().is_empty());
+        let index = MountIndex::read().unwrap();
+        assert!(index.of_volume_dir("vol-none").is_empty());
+        assert!(
+            !index
+                .of_device(nix::sys::stat::stat("/proc").unwrap().st_dev)
+                .is_empty()
+        );
         assert!(!mount_table().unwrap().is_empty());
     }
 }

@@ -45,7 +45,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Opens the pool at `path` (which must be an existing directory), creates
+    /// Opens the pool at `path` (which must be an existing directory; it is
+    /// kept in canonical form, as the mount table shows it), creates
     /// its layout if missing, and starts the trash drain, which first empties
     /// what an earlier run left in `.trash/`.
     pub fn open(name: PoolName, path: &Path) -> Result<Pool> {
@@ -55,8 +56,10 @@ impl Pool {
                 path.display()
             )));
         }
+        let path = &std::fs::canonicalize(path)
+            .context(|| format!("pool {name}: resolve {}", path.display()))?;
         let root = nix::fcntl::open(
-            path,
+            path.as_path(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )

@@ -115,19 +115,22 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         )?;
     }
     if let Ok(volume) = driver.volume(id) {
-        let pool = driver.pool(Some(&volume.record.pool))?;
-        let fd = volume
-            .record
-            .kind
-            .backend()
-            .open_source(pool, id)?
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "volume {id}: {}/volumes/{id} is missing",
-                    pool.shown()
-                ))
-            })?;
-        return Ok(Source { fd, is_dir: true });
+        let record = &volume.record;
+        let pool = driver.pool(Some(&record.pool))?;
+        let backend = record.kind.backend();
+        let Some(opened) = backend.open_source(pool, id, record.capacity_bytes)? else {
+            let problem = backend.problem(pool, id)?.unwrap_or_default();
+            return Err(Error::FailedPrecondition(problem));
+        };
+        if opened.recreated {
+            driver.note(id, format!(
+                "volume {id}: its contents were lost (node reboot?) and it was recreated empty at publish"
+            ));
+        }
+        return Ok(Source {
+            fd: opened.fd,
+            is_dir: true,
+        });
     }
     let Some(path) = request.context.get(host_path::PATH_KEY) else {
         return Err(Error::NotFound(format!(

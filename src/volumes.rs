@@ -7,8 +7,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::PathBuf;
 
-use crate::ids::{PoolName, VolumeId};
+use crate::ids::VolumeId;
+use crate::kind::Backing;
 use crate::record::VolumeRecord;
+
+fn backing(record: &VolumeRecord) -> Backing {
+    record.kind.backing(&record.pool)
+}
 
 /// A volume and where it is published on this node.
 #[derive(Clone, Debug)]
@@ -16,12 +21,15 @@ pub struct Volume {
     pub record: VolumeRecord,
     /// Target paths this volume is bind-mounted on.
     pub published: BTreeSet<PathBuf>,
+    /// Something that happened to the volume in this run that its
+    /// condition must report (e.g. contents lost and recreated).
+    pub notice: Option<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct VolumeTable {
     by_id: BTreeMap<VolumeId, Volume>,
-    promised: HashMap<PoolName, u64>,
+    promised: HashMap<Backing, u64>,
 }
 
 impl VolumeTable {
@@ -41,12 +49,17 @@ impl VolumeTable {
         self.by_id.get_mut(id)
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Volume> {
+        self.by_id.values_mut()
+    }
+
     /// Adds a volume (not yet published) and counts its capacity against its pool.
     pub fn insert(&mut self, record: VolumeRecord) {
-        *self.promised.entry(record.pool.clone()).or_default() += record.capacity_bytes;
+        *self.promised.entry(backing(&record)).or_default() += record.capacity_bytes;
         let volume = Volume {
             record,
             published: BTreeSet::new(),
+            notice: None,
         };
         if let Some(old) = self.by_id.insert(volume.record.id.clone(), volume) {
             self.release(&old.record);
@@ -60,14 +73,14 @@ impl VolumeTable {
     }
 
     fn release(&mut self, record: &VolumeRecord) {
-        if let Some(sum) = self.promised.get_mut(&record.pool) {
+        if let Some(sum) = self.promised.get_mut(&backing(record)) {
             *sum = sum.saturating_sub(record.capacity_bytes);
         }
     }
 
-    /// Bytes promised to the volumes of `pool`.
-    pub fn promised(&self, pool: &PoolName) -> u64 {
-        self.promised.get(pool).copied().unwrap_or(0)
+    /// Bytes promised to the volumes drawing on `backing`.
+    pub fn promised(&self, backing: &Backing) -> u64 {
+        self.promised.get(backing).copied().unwrap_or(0)
     }
 
     /// Up to `max` volumes (all if 0) in id order from `start` on, and the id
@@ -85,6 +98,7 @@ impl VolumeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::PoolName;
     use crate::kind::KindName;
 
     fn record(name: &str, pool: &str, capacity: u64) -> VolumeRecord {
@@ -101,7 +115,8 @@ mod tests {
     #[test]
     fn promised_capacity_follows_inserts_and_removes() {
         let mut table = VolumeTable::default();
-        let (a, b) = (PoolName::parse("a").unwrap(), PoolName::parse("b").unwrap());
+        let disk = |p: &str| Backing::Disk(PoolName::parse(p).unwrap());
+        let (a, b) = (disk("a"), disk("b"));
         table.insert(record("x", "a", 10));
         table.insert(record("y", "a", 5));
         table.insert(record("z", "b", 7));

@@ -10,16 +10,33 @@ use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
-use super::VolumeKind;
-use crate::beneath::{self, Usage};
+use super::{Opened, VolumeKind, VolumeStats};
+use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::ids::VolumeId;
+use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
 
 /// The mode of a new volume directory (hostPath's DirectoryOrCreate mode).
 const DIRECTORY_MODE: u32 = 0o755;
 
 pub struct Directory;
+
+/// Opens `volumes/<id>`; `None` when it is missing.
+pub(super) fn open_dir(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
+    match beneath::open_dir(&pool.volumes, id.as_str()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => {
+            Err(errno).context(|| format!("volume {id}: open {}/volumes/{id}", pool.shown()))
+        }
+    }
+}
+
+/// The message for a volume whose directory is gone.
+pub(super) fn missing(pool: &Pool, id: &VolumeId) -> String {
+    format!("volume {id}: {}/volumes/{id} is missing", pool.shown())
+}
 
 impl VolumeKind for Directory {
     fn create(&self, pool: &Pool, id: &VolumeId, _capacity_bytes: u64) -> Result<()> {
@@ -37,18 +54,66 @@ impl VolumeKind for Directory {
         pool.trash_volume(id.as_str())
     }
 
-    fn open_source(&self, pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
-        match beneath::open_dir(&pool.volumes, id.as_str()) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(errno) => {
-                Err(errno).context(|| format!("volume {id}: open {}/volumes/{id}", pool.shown()))
-            }
-        }
+    fn open_source(
+        &self,
+        pool: &Pool,
+        id: &VolumeId,
+        _capacity_bytes: u64,
+    ) -> Result<Option<Opened>> {
+        Ok(open_dir(pool, id)?.map(|fd| Opened {
+            fd,
+            recreated: false,
+        }))
     }
 
-    fn usage(&self, pool: &Pool, id: &VolumeId, source: &OwnedFd) -> Result<Usage> {
-        beneath::usage(source)
-            .context(|| format!("volume {id}: measure {}/volumes/{id}", pool.shown()))
+    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
+        Ok(open_dir(pool, id)?.is_none().then(|| missing(pool, id)))
+    }
+
+    /// Binds whose root lies in `…/volumes/<id>` on the volume's filesystem.
+    fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
+        let candidates = mounts.of_volume_dir(id.as_str());
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(dir) = open_dir(pool, id)? else {
+            return Ok(Vec::new());
+        };
+        let (dev, _) = beneath::identity(&dir)
+            .context(|| format!("volume {id}: stat {}/volumes/{id}", pool.shown()))?;
+        Ok(candidates
+            .iter()
+            .filter(|m| m.dev == dev)
+            .cloned()
+            .collect())
+    }
+
+    /// A walk of the tree (see [`beneath::usage`]); the capacity is the total
+    /// (the pool's room when none was asked for).
+    fn stats(
+        &self,
+        pool: &Pool,
+        id: &VolumeId,
+        source: &OwnedFd,
+        capacity_bytes: u64,
+    ) -> Result<VolumeStats> {
+        let used = beneath::usage(source)
+            .context(|| format!("volume {id}: measure {}/volumes/{id}", pool.shown()))?;
+        let space = pool.space()?;
+        let (bytes_total, bytes_available) = match capacity_bytes {
+            0 => (used.bytes + space.free_bytes, space.free_bytes),
+            capacity => (
+                capacity,
+                capacity.saturating_sub(used.bytes).min(space.free_bytes),
+            ),
+        };
+        Ok(VolumeStats {
+            bytes_total,
+            bytes_used: used.bytes,
+            bytes_available,
+            inodes_total: used.inodes + space.free_inodes,
+            inodes_used: used.inodes,
+            inodes_available: space.free_inodes,
+        })
     }
 }

@@ -4,14 +4,15 @@
 //! means adding one implementation and one [`KindName`] variant.
 
 mod directory;
+mod memory;
 
 use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
-use crate::beneath::Usage;
 use crate::error::{Error, Result};
-use crate::ids::VolumeId;
+use crate::ids::{PoolName, VolumeId};
+use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
 
 /// The kinds a StorageClass can ask for.
@@ -20,14 +21,26 @@ use crate::pool::Pool;
 pub enum KindName {
     /// A directory per volume (the default).
     Directory,
+    /// A tmpfs per volume, like emptyDir `medium: Memory`.
+    Memory,
+}
+
+/// What a volume's capacity is taken from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Backing {
+    /// The free space of a pool's filesystem.
+    Disk(PoolName),
+    /// The node's memory budget.
+    Memory,
 }
 
 impl KindName {
-    pub const ALL: [KindName; 1] = [KindName::Directory];
+    pub const ALL: [KindName; 2] = [KindName::Directory, KindName::Memory];
 
     pub fn as_str(self) -> &'static str {
         match self {
             KindName::Directory => "directory",
+            KindName::Memory => "memory",
         }
     }
 
@@ -44,12 +57,56 @@ impl KindName {
             })
     }
 
+    /// Where the capacity of a volume of this kind in `pool` comes from.
+    pub fn backing(self, pool: &PoolName) -> Backing {
+        match self {
+            KindName::Directory => Backing::Disk(pool.clone()),
+            KindName::Memory => Backing::Memory,
+        }
+    }
+
+    /// Whether the capacity is a hard size that must not be 0 (a tmpfs
+    /// with `size=0` would have no limit at all).
+    pub fn sized(self) -> bool {
+        self == KindName::Memory
+    }
+
+    /// The capacity a volume gets when the request names none.
+    pub fn default_capacity(self) -> u64 {
+        match self {
+            KindName::Directory => 0,
+            KindName::Memory => memory::DEFAULT_SIZE,
+        }
+    }
+
     /// The implementation behind this kind.
     pub fn backend(self) -> &'static dyn VolumeKind {
         match self {
             KindName::Directory => &directory::Directory,
+            KindName::Memory => &memory::Memory,
         }
     }
+}
+
+/// A volume's backing opened for publishing.
+#[derive(Debug)]
+pub struct Opened {
+    /// What a publish bind-mounts.
+    pub fd: OwnedFd,
+    /// The backing had lost its contents (a memory volume after a reboot)
+    /// and was recreated empty to serve this call.
+    pub recreated: bool,
+}
+
+/// Usage figures of one volume, as NodeGetVolumeStats reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub bytes_total: u64,
+    pub bytes_used: u64,
+    pub bytes_available: u64,
+    pub inodes_total: u64,
+    pub inodes_used: u64,
+    pub inodes_available: u64,
 }
 
 /// How one kind creates, serves and removes its volumes inside a pool.
@@ -62,10 +119,28 @@ pub trait VolumeKind: Send + Sync {
     /// backing is fine, so a retried delete succeeds.
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()>;
 
-    /// Opens what a publish bind-mounts; `None` when the backing is gone.
-    fn open_source(&self, pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>>;
+    /// Opens what a publish bind-mounts, first restoring a backing that a
+    /// reboot took away (recreated empty); `None` when it is gone for good.
+    fn open_source(
+        &self,
+        pool: &Pool,
+        id: &VolumeId,
+        capacity_bytes: u64,
+    ) -> Result<Option<Opened>>;
 
-    /// Bytes and inodes the volume uses, measured through `source` (what
-    /// [`VolumeKind::open_source`] returned).
-    fn usage(&self, pool: &Pool, id: &VolumeId, source: &OwnedFd) -> Result<Usage>;
+    /// What is wrong with the backing right now, if anything. Changes nothing.
+    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>>;
+
+    /// Mounts that use the volume (published targets, subPath binds, any the
+    /// driver lost track of), not counting the backing's own mount.
+    fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>>;
+
+    /// Usage of the volume, measured through `source` (from `open_source`).
+    fn stats(
+        &self,
+        pool: &Pool,
+        id: &VolumeId,
+        source: &OwnedFd,
+        capacity_bytes: u64,
+    ) -> Result<VolumeStats>;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, abnormal, healthy};
+use super::{RpcResult, condition};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
@@ -15,14 +15,13 @@ use crate::csi::{
     ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerServiceCapability,
     CreateVolumeRequest, CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
     GetCapacityRequest, GetCapacityResponse, ListVolumesRequest, ListVolumesResponse,
-    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume, VolumeCondition,
+    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, blocking};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::ids::VolumeId;
 use crate::lifecycle::{self, NewVolume};
-use crate::pool::Pool;
 use crate::record::VolumeRecord;
 use crate::validate;
 use crate::volumes;
@@ -170,7 +169,7 @@ impl Controller for ControllerService {
         let conditions = blocking(move || {
             Ok(page
                 .into_iter()
-                .map(|v| (condition(&driver, &v.record), v))
+                .map(|v| (condition(&driver, &v), v))
                 .collect::<Vec<_>>())
         })
         .await?;
@@ -210,7 +209,8 @@ impl Controller for ControllerService {
             0
         } else {
             let driver = Arc::clone(&self.driver);
-            blocking(move || available_bytes(&driver, driver.pool(params.pool.as_ref())?)).await?
+            blocking(move || driver.available(driver.pool(params.pool.as_ref())?, params.kind))
+                .await?
         };
         let available = i64::try_from(available).unwrap_or(i64::MAX);
         Ok(Response::new(GetCapacityResponse {
@@ -242,8 +242,8 @@ impl Controller for ControllerService {
         let id = VolumeId::parse(&request.into_inner().volume_id)?;
         let volume = self.driver.volume(&id)?;
         let driver = Arc::clone(&self.driver);
-        let record = volume.record.clone();
-        let condition = blocking(move || Ok(condition(&driver, &record))).await?;
+        let snapshot = volume.clone();
+        let condition = blocking(move || Ok(condition(&driver, &snapshot))).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(self.volume_message(&volume.record)),
             status: Some(controller_get_volume_response::VolumeStatus {
@@ -297,32 +297,5 @@ impl ControllerService {
         } else {
             vec![self.driver.config.node_id.clone()]
         }
-    }
-}
-
-fn available_bytes(driver: &Driver, pool: &Pool) -> Result<u64> {
-    let free = pool.space()?.free_bytes;
-    Ok(free.saturating_sub(driver.table().promised(&pool.name)))
-}
-
-/// Healthy when the volume's backing is there; abnormal, saying what is
-/// missing, when it is not.
-fn condition(driver: &Driver, record: &VolumeRecord) -> VolumeCondition {
-    let source = driver.pool(Some(&record.pool)).and_then(|pool| {
-        record
-            .kind
-            .backend()
-            .open_source(pool, &record.id)
-            .map(|s| (pool, s))
-    });
-    match source {
-        Ok((_, Some(_))) => healthy(),
-        Ok((pool, None)) => abnormal(format!(
-            "volume {}: {}/volumes/{} is missing",
-            record.id,
-            pool.shown(),
-            record.id
-        )),
-        Err(err) => abnormal(err.to_string()),
     }
 }

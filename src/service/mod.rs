@@ -9,6 +9,8 @@ pub mod identity;
 pub mod node;
 
 use crate::csi::VolumeCondition;
+use crate::driver::Driver;
+use crate::volumes::Volume;
 
 /// What every RPC handler returns.
 type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
@@ -26,5 +28,20 @@ fn abnormal(message: String) -> VolumeCondition {
     VolumeCondition {
         abnormal: true,
         message,
+    }
+}
+
+/// The volume's health: what is wrong with its backing now, else what
+/// happened to it in this run, else healthy.
+fn condition(driver: &Driver, volume: &Volume) -> VolumeCondition {
+    let record = &volume.record;
+    let problem = driver
+        .pool(Some(&record.pool))
+        .and_then(|pool| record.kind.backend().problem(pool, &record.id));
+    match (problem, &volume.notice) {
+        (Ok(Some(problem)), _) => abnormal(problem),
+        (Err(err), _) => abnormal(err.to_string()),
+        (Ok(None), Some(notice)) => abnormal(notice.clone()),
+        (Ok(None), None) => healthy(),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use nix::mount::MsFlags;
 use tonic::{Request, Response};
 
-use super::{RpcResult, abnormal, healthy};
+use super::{RpcResult, condition};
 use crate::beneath;
 use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, Type, rpc};
@@ -151,7 +151,8 @@ fn volume_stats(
     id: &VolumeId,
     raw_path: &str,
 ) -> Result<NodeGetVolumeStatsResponse> {
-    let record = driver.volume(id)?.record;
+    let volume = driver.volume(id)?;
+    let record = &volume.record;
     let path = validate::host_path("volume_path", raw_path)
         .map_err(|_| Error::NotFound(format!("volume {id} is not published at {raw_path:?}")))?;
     let shown = path.display();
@@ -162,31 +163,25 @@ fn volume_stats(
         })?;
     let pool = driver.pool(Some(&record.pool))?;
     let backend = record.kind.backend();
-    let Some(source) = backend.open_source(pool, id)? else {
+    // A volume whose backing is gone is reported, never recreated, here.
+    let opened = match backend.problem(pool, id)? {
+        Some(_) => None,
+        None => backend.open_source(pool, id, record.capacity_bytes)?,
+    };
+    let Some(opened) = opened else {
         return Ok(NodeGetVolumeStatsResponse {
             usage: Vec::new(),
-            volume_condition: Some(abnormal(format!(
-                "volume {id}: {}/volumes/{id} is missing",
-                pool.shown()
-            ))),
+            volume_condition: Some(condition(driver, &volume)),
         });
     };
     let identity =
-        beneath::identity(&source).context(|| format!("volume {id}: stat volume directory"))?;
+        beneath::identity(&opened.fd).context(|| format!("volume {id}: stat the volume source"))?;
     if identity != (state.dev, state.ino) {
         return Err(Error::NotFound(format!(
             "volume {id} is not published at {shown}"
         )));
     }
-    let used = backend.usage(pool, id, &source)?;
-    let space = pool.space()?;
-    let (bytes_total, bytes_available) = match record.capacity_bytes {
-        0 => (used.bytes + space.free_bytes, space.free_bytes),
-        capacity => (
-            capacity,
-            capacity.saturating_sub(used.bytes).min(space.free_bytes),
-        ),
-    };
+    let stats = backend.stats(pool, id, &opened.fd, record.capacity_bytes)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
         total: i64::try_from(total).unwrap_or(i64::MAX),
         used: i64::try_from(used).unwrap_or(i64::MAX),
@@ -195,14 +190,19 @@ fn volume_stats(
     };
     Ok(NodeGetVolumeStatsResponse {
         usage: vec![
-            usage(Unit::Bytes, bytes_total, used.bytes, bytes_available),
+            usage(
+                Unit::Bytes,
+                stats.bytes_total,
+                stats.bytes_used,
+                stats.bytes_available,
+            ),
             usage(
                 Unit::Inodes,
-                used.inodes + space.free_inodes,
-                used.inodes,
-                space.free_inodes,
+                stats.inodes_total,
+                stats.inodes_used,
+                stats.inodes_available,
             ),
         ],
-        volume_condition: Some(healthy()),
+        volume_condition: Some(condition(driver, &volume)),
     })
 }
