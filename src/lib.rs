@@ -12,6 +12,7 @@ pub mod host_path;
 pub mod ids;
 pub mod kind;
 pub mod lifecycle;
+pub mod loopdev;
 pub mod mounts;
 pub mod pool;
 pub mod publish;

@@ -20,6 +20,8 @@ pub struct NewVolume {
     pub requirement: Option<TopologyRequirement>,
     /// Made by a publish of a CSI ephemeral inline volume.
     pub ephemeral: bool,
+    /// The filesystem a kind=file volume gets ("" for none).
+    pub fs_type: String,
 }
 
 pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
@@ -30,20 +32,13 @@ pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
     if let Some(existing) = existing {
         check_same_request(&existing, &request, pool, reachable(driver, &request))?;
         // A retry after a crash between record and directory lands here.
-        existing
-            .kind
-            .backend()
-            .create(pool, id, existing.capacity_bytes)?;
+        existing.kind.backend().create(pool, &existing)?;
         return Ok(existing);
     }
     check_accessibility(driver, &request)?;
     let record = reserve(driver, pool, &request)?;
-    let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
-        record
-            .kind
-            .backend()
-            .create(pool, id, record.capacity_bytes)
-    });
+    let made = record::save(&pool.meta, &pool.shown().to_string(), &record)
+        .and_then(|()| record.kind.backend().create(pool, &record));
     if let Err(err) = made {
         driver.table().remove(id);
         record::remove(&pool.meta, &pool.shown().to_string(), id).ok();
@@ -117,6 +112,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         kind,
         capacity_bytes,
         ephemeral: request.ephemeral,
+        fs_type: request.fs_type.clone(),
     };
     table.insert(record.clone());
     Ok(record)
@@ -157,16 +153,19 @@ fn check_same_request(
     if !reachable
         || !range.admits(existing.capacity_bytes)
         || existing.kind != params.kind
+        || existing.fs_type != request.fs_type
         || existing.pool != pool.name
     {
         return Err(Error::AlreadyExists(format!(
-            "volume {name} already exists as {} (kind {}, pool {}, {} bytes), incompatible with this request (kind {}, pool {}, required {} / limit {} bytes, reachable from its topology: {reachable})",
+            "volume {name} already exists as {} (kind {}, pool {}, {} bytes, filesystem {:?}), incompatible with this request (kind {}, pool {}, filesystem {:?}, required {} / limit {} bytes, reachable from its topology: {reachable})",
             existing.id,
             existing.kind.as_str(),
             existing.pool,
             existing.capacity_bytes,
+            existing.fs_type,
             params.kind.as_str(),
             pool.name,
+            request.fs_type,
             range.required,
             range.limit
         )));

@@ -11,13 +11,15 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use crate::beneath;
+use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Error, Result, SysContext};
 use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
+use crate::kind::Access;
 use crate::lifecycle::{self, NewVolume};
-use crate::mounts::{self, BindPolicy};
-use crate::validate;
+use crate::mounts::{self, BindPolicy, MountIndex};
+use crate::validate::{self, Requested};
 
 /// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -30,10 +32,12 @@ pub struct Publish {
     pub id: VolumeId,
     pub target: PathBuf,
     pub policy: BindPolicy,
+    pub capability: VolumeCapability,
     pub context: HashMap<String, String>,
 }
 
-/// What a publish mounts: an fd on a directory or a file.
+/// What a publish mounts: an fd on a directory, or on a file or device
+/// (bound onto a file target).
 struct Source {
     fd: OwnedFd,
     is_dir: bool,
@@ -99,6 +103,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         .is_some_and(|v| v == "true");
     if ephemeral {
         let (params, size) = validate::ephemeral_attributes(&request.context)?;
+        let fs_type = validate::chosen_fs_type(&params, std::slice::from_ref(&request.capability))?;
         lifecycle::create(
             driver,
             NewVolume {
@@ -111,14 +116,18 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
                 params,
                 requirement: None,
                 ephemeral: true,
+                fs_type,
             },
         )?;
     }
     if let Ok(volume) = driver.volume(id) {
         let record = &volume.record;
+        let access = validate::serves(record.kind, &record.fs_type, &request.capability)
+            .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?
+            .access();
         let pool = driver.pool(Some(&record.pool))?;
         let backend = record.kind.backend();
-        let Some(opened) = backend.open_source(pool, id, record.capacity_bytes)? else {
+        let Some(opened) = backend.open_source(pool, record, access)? else {
             let problem = backend.problem(pool, id)?.unwrap_or_default();
             return Err(Error::FailedPrecondition(problem));
         };
@@ -129,7 +138,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         }
         return Ok(Source {
             fd: opened.fd,
-            is_dir: true,
+            is_dir: access == Access::Mount,
         });
     }
     let Some(path) = request.context.get(host_path::PATH_KEY) else {
@@ -138,6 +147,11 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             driver.config.node_id
         )));
     };
+    if validate::capability(&request.capability).map(Requested::access) != Ok(Access::Mount) {
+        return Err(Error::InvalidArgument(format!(
+            "volume {id}: static hostPath volumes offer mount access only"
+        )));
+    }
     let kind = HostPathType::parse(
         request
             .context
@@ -221,20 +235,21 @@ fn open_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<OwnedFd> {
 }
 
 /// Unmounts every mount stacked on the target and removes it; a missing
-/// target is fine. An ephemeral volume is deleted with its last target.
+/// target is fine. A backing set up for use is released with its last
+/// user, and an ephemeral volume is deleted with its last target.
 pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Path) -> Result<()> {
     take_down(id, target)?;
-    let ephemeral = {
-        let mut table = driver.table();
-        match table.get_mut(id) {
-            Some(volume) => {
-                volume.published.remove(target);
-                volume.record.ephemeral && volume.published.is_empty()
-            }
-            None => false,
-        }
+    let Some(record) = driver.table().get_mut(id).map(|volume| {
+        volume.published.remove(target);
+        volume.record.clone()
+    }) else {
+        return Ok(());
     };
-    if ephemeral {
+    let pool = driver.pool(Some(&record.pool))?;
+    let mounts = MountIndex::read()?;
+    let backend = record.kind.backend();
+    backend.release_if_unused(pool, id, &mounts)?;
+    if record.ephemeral && backend.users(pool, id, &mounts)?.is_empty() {
         lifecycle::delete(driver, id)?;
     }
     Ok(())

@@ -26,6 +26,9 @@ pub struct VolumeRecord {
     /// A CSI ephemeral inline volume: made at publish, deleted at unpublish.
     #[serde(default)]
     pub ephemeral: bool,
+    /// The filesystem a kind=file volume holds ("" for none: block only).
+    #[serde(default)]
+    pub fs_type: String,
 }
 
 const SUFFIX: &str = ".json";
@@ -124,6 +127,7 @@ mod tests {
             kind: KindName::Directory,
             capacity_bytes: 1 << 20,
             ephemeral: false,
+            fs_type: String::new(),
         }
     }
 

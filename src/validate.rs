@@ -13,10 +13,10 @@ use crate::csi::volume_capability::{AccessType, MountVolume};
 use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Error, Result};
 use crate::ids::PoolName;
-use crate::kind::KindName;
+use crate::kind::{Access, KindName};
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
-pub const PARAMETER_KEYS: [&str; 2] = ["kind", "pool"];
+pub const PARAMETER_KEYS: [&str; 3] = ["kind", "pool", "fsType"];
 /// Prefix of the keys external-provisioner adds; accepted and ignored.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
@@ -108,19 +108,34 @@ pub fn capacity(range: Option<&CapacityRange>) -> Result<CapacityRequest> {
     })
 }
 
-/// Checks one capability against what directory volumes offer; the error
-/// text says what is supported.
-pub fn capability(cap: &VolumeCapability) -> std::result::Result<&MountVolume, String> {
-    let mount = match &cap.access_type {
-        Some(AccessType::Mount(mount)) => mount,
-        Some(AccessType::Block(_)) => {
-            return Err(
-                "block access is not supported: directory volumes offer mount access only".into(),
-            );
+/// The access a capability asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requested<'a> {
+    Mount(&'a MountVolume),
+    Block,
+}
+
+impl Requested<'_> {
+    pub fn access(self) -> Access {
+        match self {
+            Requested::Mount(_) => Access::Mount,
+            Requested::Block => Access::Block,
         }
+    }
+}
+
+/// Checks the parts of a capability every kind shares: an access type, a
+/// single-node access mode and allowlisted mount flags. The error text says
+/// what is supported.
+pub fn capability(cap: &VolumeCapability) -> std::result::Result<Requested<'_>, String> {
+    let access = match &cap.access_type {
+        Some(AccessType::Mount(mount)) => {
+            mount_flags(&mount.mount_flags).map_err(|e| e.to_string())?;
+            Requested::Mount(mount)
+        }
+        Some(AccessType::Block(_)) => Requested::Block,
         None => return Err("volume capability has no access_type (mount or block)".into()),
     };
-    mount_flags(&mount.mount_flags).map_err(|e| e.to_string())?;
     let mode = cap.access_mode.map(|m| m.mode).unwrap_or_default();
     if !SUPPORTED_MODES.iter().any(|m| *m as i32 == mode) {
         let shown = Mode::try_from(mode)
@@ -131,19 +146,97 @@ pub fn capability(cap: &VolumeCapability) -> std::result::Result<&MountVolume, S
             supported.join(", ")
         ));
     }
-    Ok(mount)
+    Ok(access)
 }
 
-/// Checks a list of capabilities (at least one) as CreateVolume needs.
-pub fn capabilities(caps: &[VolumeCapability]) -> Result<()> {
+/// Checks a capability against what a volume of `kind` holding `fs_type`
+/// ("" when unformatted) can serve.
+pub fn serves<'a>(
+    kind: KindName,
+    fs_type: &str,
+    cap: &'a VolumeCapability,
+) -> std::result::Result<Requested<'a>, String> {
+    let access = capability(cap)?;
+    match (kind, access) {
+        (KindName::File, Requested::Block) => {}
+        (_, Requested::Block) => {
+            return Err(format!(
+                "block access is not supported by kind={}: only kind=file offers it",
+                kind.as_str()
+            ));
+        }
+        (KindName::File, Requested::Mount(_)) if fs_type.is_empty() => {
+            return Err(
+                "the volume was created for block access only; it holds no filesystem".into(),
+            );
+        }
+        (KindName::File, Requested::Mount(m)) if !m.fs_type.is_empty() && m.fs_type != fs_type => {
+            return Err(format!(
+                "fs_type {:?} asked for, but the volume holds {fs_type}",
+                m.fs_type
+            ));
+        }
+        _ => {}
+    }
+    Ok(access)
+}
+
+/// Checks a list of capabilities (at least one) as CreateVolume needs:
+/// each must be one that a volume of `kind` holding `fs_type` can serve.
+pub fn capabilities(kind: KindName, fs_type: &str, caps: &[VolumeCapability]) -> Result<()> {
     if caps.is_empty() {
         return Err(Error::InvalidArgument(
             "volume_capabilities are missing".into(),
         ));
     }
     caps.iter()
-        .try_for_each(|c| capability(c).map(drop))
+        .try_for_each(|c| serves(kind, fs_type, c).map(drop))
         .map_err(Error::InvalidArgument)
+}
+
+/// Filesystems a kind=file volume can be formatted with; the first is the default.
+pub const FILE_SYSTEMS: [&str; 2] = ["ext4", "xfs"];
+
+/// The filesystem a new volume gets: for kind=file with any mount
+/// capability, the `fsType` parameter or the capabilities' fs_type (they
+/// must agree), else ext4; "" otherwise (no filesystem of its own).
+pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Result<String> {
+    let asked: Vec<&str> = caps
+        .iter()
+        .filter_map(|c| match &c.access_type {
+            Some(AccessType::Mount(m)) => Some(m.fs_type.as_str()),
+            _ => None,
+        })
+        .collect();
+    if params.kind != KindName::File {
+        if params.fs_type.is_some() {
+            return Err(Error::InvalidArgument(
+                "parameter fsType applies to kind=file only".into(),
+            ));
+        }
+        return Ok(String::new());
+    }
+    if asked.is_empty() {
+        return Ok(String::new());
+    }
+    let mut named = params
+        .fs_type
+        .iter()
+        .map(String::as_str)
+        .chain(asked.into_iter().filter(|f| !f.is_empty()));
+    let chosen = named.next().unwrap_or(FILE_SYSTEMS[0]);
+    if let Some(other) = named.find(|f| *f != chosen) {
+        return Err(Error::InvalidArgument(format!(
+            "fsType {chosen:?} and fs_type {other:?} disagree"
+        )));
+    }
+    if !FILE_SYSTEMS.contains(&chosen) {
+        return Err(Error::InvalidArgument(format!(
+            "fsType {chosen:?} is not supported: supported filesystems are {}",
+            FILE_SYSTEMS.join(", ")
+        )));
+    }
+    Ok(chosen.to_owned())
 }
 
 /// Whether a capability's access mode allows only reading.
@@ -158,17 +251,21 @@ pub struct VolumeParams {
     pub kind: KindName,
     /// The pool asked for; `None` means the node's default pool.
     pub pool: Option<PoolName>,
+    /// The filesystem asked for (kind=file only).
+    pub fs_type: Option<String>,
 }
 
 pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
     let mut checked = VolumeParams {
         kind: KindName::Directory,
         pool: None,
+        fs_type: None,
     };
     for (key, value) in params {
         match key.as_str() {
             "kind" => checked.kind = KindName::parse(value)?,
             "pool" => checked.pool = Some(PoolName::parse(value)?),
+            "fsType" => checked.fs_type = Some(value.clone()),
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
                 return Err(Error::InvalidArgument(format!(
@@ -324,15 +421,70 @@ mod tests {
             err.contains("MULTI_NODE_MULTI_WRITER") && err.contains("SINGLE_NODE_WRITER"),
             "{err}"
         );
-        let err = capability(&cap(
-            Mode::SingleNodeWriter,
-            AccessType::Block(BlockVolume {}),
-        ))
-        .unwrap_err();
-        assert!(err.contains("block"), "{err}");
-        assert!(capabilities(&[]).is_err());
+        let block = cap(Mode::SingleNodeWriter, AccessType::Block(BlockVolume {}));
+        assert_eq!(capability(&block).unwrap(), Requested::Block);
+        let err = serves(KindName::Directory, "", &block).unwrap_err();
+        assert!(err.contains("only kind=file"), "{err}");
+        assert_eq!(
+            serves(KindName::File, "", &block).unwrap(),
+            Requested::Block
+        );
+        let err = serves(KindName::File, "", &cap(Mode::SingleNodeWriter, mount())).unwrap_err();
+        assert!(err.contains("block access only"), "{err}");
+        assert!(
+            serves(
+                KindName::File,
+                "ext4",
+                &cap(Mode::SingleNodeWriter, mount())
+            )
+            .is_ok()
+        );
+        assert!(capabilities(KindName::Directory, "", &[]).is_err());
         assert!(is_reader_only(&cap(Mode::SingleNodeReaderOnly, mount())));
         assert!(!is_reader_only(&cap(Mode::SingleNodeWriter, mount())));
+    }
+
+    #[test]
+    fn file_volumes_choose_one_filesystem() {
+        let params = |kind, fs_type: Option<&str>| VolumeParams {
+            kind,
+            pool: None,
+            fs_type: fs_type.map(str::to_owned),
+        };
+        let with_fs = |fs: &str| {
+            let mut c = cap(Mode::SingleNodeWriter, mount());
+            if let Some(AccessType::Mount(m)) = &mut c.access_type {
+                m.fs_type = fs.into();
+            }
+            c
+        };
+        let block = cap(Mode::SingleNodeWriter, AccessType::Block(BlockVolume {}));
+        let file = KindName::File;
+        assert_eq!(
+            chosen_fs_type(&params(file, None), &[with_fs("")]).unwrap(),
+            "ext4"
+        );
+        assert_eq!(
+            chosen_fs_type(&params(file, None), &[with_fs("xfs")]).unwrap(),
+            "xfs"
+        );
+        assert_eq!(
+            chosen_fs_type(&params(file, Some("xfs")), &[with_fs("")]).unwrap(),
+            "xfs"
+        );
+        assert_eq!(
+            chosen_fs_type(&params(file, None), std::slice::from_ref(&block)).unwrap(),
+            ""
+        );
+        assert!(chosen_fs_type(&params(file, Some("xfs")), &[with_fs("ext4")]).is_err());
+        assert!(chosen_fs_type(&params(file, None), &[with_fs("btrfs")]).is_err());
+        assert!(
+            chosen_fs_type(&params(KindName::Directory, Some("ext4")), &[with_fs("")]).is_err()
+        );
+        assert_eq!(
+            chosen_fs_type(&params(KindName::Directory, None), &[with_fs("ext4")]).unwrap(),
+            ""
+        );
     }
 
     #[test]

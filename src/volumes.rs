@@ -109,6 +109,7 @@ mod tests {
             kind: KindName::Directory,
             capacity_bytes: capacity,
             ephemeral: false,
+            fs_type: String::new(),
         }
     }
 

@@ -167,7 +167,7 @@ async fn create_rejects_bad_requests_with_invalid_argument() {
             Box::new(|r| {
                 r.parameters.insert("colour".into(), "red".into());
             }),
-            "known parameters are kind, pool",
+            "known parameters are kind, pool, fsType",
         ),
         (
             Box::new(|r| {

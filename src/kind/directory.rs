@@ -10,12 +10,13 @@ use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
-use super::{Opened, VolumeKind, VolumeStats};
+use super::{Access, Opened, VolumeKind, VolumeStats};
 use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::ids::VolumeId;
 use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
+use crate::record::VolumeRecord;
 
 /// The mode of a new volume directory (hostPath's DirectoryOrCreate mode).
 const DIRECTORY_MODE: u32 = 0o755;
@@ -39,7 +40,8 @@ pub(super) fn missing(pool: &Pool, id: &VolumeId) -> String {
 }
 
 impl VolumeKind for Directory {
-    fn create(&self, pool: &Pool, id: &VolumeId, _capacity_bytes: u64) -> Result<()> {
+    fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
+        let id = &record.id;
         beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE)
             .map(drop)
             .context(|| {
@@ -57,13 +59,22 @@ impl VolumeKind for Directory {
     fn open_source(
         &self,
         pool: &Pool,
-        id: &VolumeId,
-        _capacity_bytes: u64,
+        record: &VolumeRecord,
+        _access: Access,
     ) -> Result<Option<Opened>> {
-        Ok(open_dir(pool, id)?.map(|fd| Opened {
+        Ok(open_dir(pool, &record.id)?.map(|fd| Opened {
             fd,
             recreated: false,
         }))
+    }
+
+    fn open_existing(
+        &self,
+        pool: &Pool,
+        record: &VolumeRecord,
+        _access: Access,
+    ) -> Result<Option<OwnedFd>> {
+        open_dir(pool, &record.id)
     }
 
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {

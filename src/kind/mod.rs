@@ -4,7 +4,9 @@
 //! means adding one implementation and one [`KindName`] variant.
 
 mod directory;
+mod file;
 mod memory;
+mod own_mount;
 
 use std::os::fd::OwnedFd;
 
@@ -14,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::ids::{PoolName, VolumeId};
 use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
+use crate::record::VolumeRecord;
 
 /// The kinds a StorageClass can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +26,8 @@ pub enum KindName {
     Directory,
     /// A tmpfs per volume, like emptyDir `medium: Memory`.
     Memory,
+    /// An image file per volume, loop-mounted or served as a raw block device.
+    File,
 }
 
 /// What a volume's capacity is taken from.
@@ -35,12 +40,13 @@ pub enum Backing {
 }
 
 impl KindName {
-    pub const ALL: [KindName; 2] = [KindName::Directory, KindName::Memory];
+    pub const ALL: [KindName; 3] = [KindName::Directory, KindName::Memory, KindName::File];
 
     pub fn as_str(self) -> &'static str {
         match self {
             KindName::Directory => "directory",
             KindName::Memory => "memory",
+            KindName::File => "file",
         }
     }
 
@@ -60,15 +66,15 @@ impl KindName {
     /// Where the capacity of a volume of this kind in `pool` comes from.
     pub fn backing(self, pool: &PoolName) -> Backing {
         match self {
-            KindName::Directory => Backing::Disk(pool.clone()),
+            KindName::Directory | KindName::File => Backing::Disk(pool.clone()),
             KindName::Memory => Backing::Memory,
         }
     }
 
     /// Whether the capacity is a hard size that must not be 0 (a tmpfs
-    /// with `size=0` would have no limit at all).
+    /// with `size=0` would have no limit at all; an image needs bytes).
     pub fn sized(self) -> bool {
-        self == KindName::Memory
+        self != KindName::Directory
     }
 
     /// The capacity a volume gets when the request names none.
@@ -76,6 +82,7 @@ impl KindName {
         match self {
             KindName::Directory => 0,
             KindName::Memory => memory::DEFAULT_SIZE,
+            KindName::File => file::DEFAULT_SIZE,
         }
     }
 
@@ -84,8 +91,18 @@ impl KindName {
         match self {
             KindName::Directory => &directory::Directory,
             KindName::Memory => &memory::Memory,
+            KindName::File => &file::File,
         }
     }
+}
+
+/// How a volume is presented to a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A mounted filesystem (a directory target).
+    Mount,
+    /// A raw block device (a file target).
+    Block,
 }
 
 /// A volume's backing opened for publishing.
@@ -113,20 +130,30 @@ pub struct VolumeStats {
 pub trait VolumeKind: Send + Sync {
     /// Creates the volume's backing, or accepts the one already there, so a
     /// retried create converges on one backing.
-    fn create(&self, pool: &Pool, id: &VolumeId, capacity_bytes: u64) -> Result<()>;
+    fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()>;
 
     /// Takes the backing out of service (into the pool's trash); a missing
     /// backing is fine, so a retried delete succeeds.
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()>;
 
-    /// Opens what a publish bind-mounts, first restoring a backing that a
-    /// reboot took away (recreated empty); `None` when it is gone for good.
+    /// Opens what a publish bind-mounts for `access`, setting up what that
+    /// needs and restoring a backing that a reboot took away (recreated
+    /// empty); `None` when the backing is gone for good.
     fn open_source(
         &self,
         pool: &Pool,
-        id: &VolumeId,
-        capacity_bytes: u64,
+        record: &VolumeRecord,
+        access: Access,
     ) -> Result<Option<Opened>>;
+
+    /// Opens what `access` is served from only if it is already set up
+    /// (a mounted tmpfs or image, an attached loop device). Changes nothing.
+    fn open_existing(
+        &self,
+        pool: &Pool,
+        record: &VolumeRecord,
+        access: Access,
+    ) -> Result<Option<OwnedFd>>;
 
     /// What is wrong with the backing right now, if anything. Changes nothing.
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>>;
@@ -143,4 +170,11 @@ pub trait VolumeKind: Send + Sync {
         source: &OwnedFd,
         capacity_bytes: u64,
     ) -> Result<VolumeStats>;
+
+    /// Called after one of the volume's targets was taken down. A kind that
+    /// sets up its backing only while it is in use (a loop device) takes it
+    /// down once `mounts` shows no user left.
+    fn release_if_unused(&self, _pool: &Pool, _id: &VolumeId, _mounts: &MountIndex) -> Result<()> {
+        Ok(())
+    }
 }

@@ -58,8 +58,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let name = validate::volume_name(&req.name)?.to_owned();
         let range = validate::capacity(req.capacity_range.as_ref())?;
-        validate::capabilities(&req.volume_capabilities)?;
         let params = validate::parameters(&req.parameters)?;
+        let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities)?;
+        validate::capabilities(params.kind, &fs_type, &req.volume_capabilities)?;
         if req.volume_content_source.is_some() {
             return Err(Error::InvalidArgument(format!(
                 "volume {name}: volume_content_source is not supported: this driver offers no snapshots or clones"
@@ -79,6 +80,7 @@ impl Controller for ControllerService {
             params,
             requirement: req.accessibility_requirements,
             ephemeral: false,
+            fs_type,
         };
         let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);
@@ -124,7 +126,7 @@ impl Controller for ControllerService {
         let verdict = req
             .volume_capabilities
             .iter()
-            .try_for_each(|cap| validate::capability(cap).map(drop))
+            .try_for_each(|cap| validate::serves(record.kind, &record.fs_type, cap).map(drop))
             .and_then(|()| self.same_parameters(&record, &req.parameters));
         let response = match verdict {
             Ok(_) => ValidateVolumeCapabilitiesResponse {
@@ -201,10 +203,10 @@ impl Controller for ControllerService {
             .accessible_topology
             .as_ref()
             .is_some_and(|t| !self.driver.is_this_node(t));
-        let unsupported = req
-            .volume_capabilities
-            .iter()
-            .any(|cap| validate::capability(cap).is_err());
+        let unsupported = req.volume_capabilities.iter().any(|cap| {
+            let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities);
+            fs_type.map_or(true, |fs| validate::serves(params.kind, &fs, cap).is_err())
+        });
         let available = if elsewhere || unsupported {
             0
         } else {

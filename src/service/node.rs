@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use nix::mount::MsFlags;
+use nix::sys::stat::SFlag;
 use tonic::{Request, Response};
 
 use super::{RpcResult, condition};
@@ -20,9 +21,10 @@ use crate::csi::{
 use crate::driver::{Driver, blocking};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
+use crate::kind::Access;
 use crate::mounts::BindPolicy;
 use crate::publish::{self, Publish};
-use crate::validate;
+use crate::validate::{self, Requested};
 
 /// Node capabilities this driver offers.
 const CAPABILITIES: [rpc::Type; 3] = [
@@ -56,9 +58,12 @@ impl Node for NodeService {
         let cap = req.volume_capability.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!("volume {id}: volume_capability is missing"))
         })?;
-        let mount = validate::capability(cap)
+        let requested = validate::capability(cap)
             .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
-        let extra = validate::mount_flags(&mount.mount_flags)?;
+        let extra = match requested {
+            Requested::Mount(mount) => validate::mount_flags(&mount.mount_flags)?,
+            Requested::Block => MsFlags::empty(),
+        };
         let read_only =
             req.readonly || validate::is_reader_only(cap) || extra.contains(MsFlags::MS_RDONLY);
         let request = Publish {
@@ -69,6 +74,7 @@ impl Node for NodeService {
                 extra: extra - MsFlags::MS_RDONLY,
                 devices: false,
             },
+            capability: cap.clone(),
             context: req.volume_context,
         };
         let held = self.driver.guards.claim(format!("volume {}", request.id))?;
@@ -164,24 +170,27 @@ fn volume_stats(
     let pool = driver.pool(Some(&record.pool))?;
     let backend = record.kind.backend();
     // A volume whose backing is gone is reported, never recreated, here.
-    let opened = match backend.problem(pool, id)? {
-        Some(_) => None,
-        None => backend.open_source(pool, id, record.capacity_bytes)?,
-    };
-    let Some(opened) = opened else {
+    if backend.problem(pool, id)?.is_some() {
         return Ok(NodeGetVolumeStatsResponse {
             usage: Vec::new(),
             volume_condition: Some(condition(driver, &volume)),
         });
-    };
-    let identity =
-        beneath::identity(&opened.fd).context(|| format!("volume {id}: stat the volume source"))?;
-    if identity != (state.dev, state.ino) {
-        return Err(Error::NotFound(format!(
-            "volume {id} is not published at {shown}"
-        )));
     }
-    let stats = backend.stats(pool, id, &opened.fd, record.capacity_bytes)?;
+    let access = if state.file_type == SFlag::S_IFDIR {
+        Access::Mount
+    } else {
+        Access::Block
+    };
+    let not_here = || Error::NotFound(format!("volume {id} is not published at {shown}"));
+    let source = backend
+        .open_existing(pool, record, access)?
+        .ok_or_else(not_here)?;
+    let identity =
+        beneath::identity(&source).context(|| format!("volume {id}: stat the volume source"))?;
+    if identity != (state.dev, state.ino) {
+        return Err(not_here());
+    }
+    let stats = backend.stats(pool, id, &source, record.capacity_bytes)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
         total: i64::try_from(total).unwrap_or(i64::MAX),
         used: i64::try_from(used).unwrap_or(i64::MAX),

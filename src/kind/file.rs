@@ -1,0 +1,360 @@
+//! `kind=file`: each volume is an image file `volumes/<id>.img` (hostPath
+//! FileOrCreate semantics: made if missing, mode 0644, in the existing
+//! `volumes/` directory), sized to the capacity and sparse.
+//!
+//! Mount access: the image holds an ext4 or xfs filesystem (made at create by
+//! mkfs with an argv array) that is loop-mounted on `volumes/<id>` while any
+//! pod uses it, so the capacity is a hard limit on any host filesystem.
+//! Block access: the image has no filesystem; a loop device for it is
+//! bind-mounted onto each file target. Loop devices exist only while used:
+//! a mount's device detaches itself when the mount goes (autoclear), a raw
+//! one is detached when its last target is unpublished. After a restart the
+//! devices in use are found by their backing file, never attached twice.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::mount::{MsFlags, mount};
+use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
+use nix::unistd::{fsync, ftruncate};
+
+use super::directory::missing;
+use super::own_mount::{self, MountPoint};
+use super::{Access, Opened, VolumeKind, VolumeStats};
+use crate::beneath::{self, fd_path};
+use crate::error::{Error, Result, SysContext};
+use crate::ids::VolumeId;
+use crate::loopdev::{self, Lifetime, LoopDevice};
+use crate::mounts::{MountEntry, MountIndex};
+use crate::pool::Pool;
+use crate::record::VolumeRecord;
+
+/// Size of a file volume whose request names no capacity: 64 MiB.
+pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// The smallest filesystem mkfs.xfs makes.
+const XFS_MINIMUM: u64 = 300 << 20;
+/// Mode of a new image (hostPath FileOrCreate's mode).
+const IMAGE_MODE: u32 = 0o644;
+
+pub struct File;
+
+fn image_name(id: &VolumeId) -> String {
+    format!("{id}.img")
+}
+
+/// The image's path as the kernel reports a loop device's backing file.
+fn image_path(pool: &Pool, id: &VolumeId) -> PathBuf {
+    pool.path.join("volumes").join(image_name(id))
+}
+
+fn open_image(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    match openat2(&pool.volumes, image_name(id).as_str(), how) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => {
+            Err(errno).context(|| format!("volume {id}: open {}", image_path(pool, id).display()))
+        }
+    }
+}
+
+/// Runs mkfs for `fs_type` on the file at `path` (built from the pool path
+/// and a minted id: no caller's text), with an argv array and no shell.
+fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Result<()> {
+    let (program, args): (&str, &[&str]) = match fs_type {
+        "ext4" => ("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", "nodiscard"]),
+        "xfs" => ("mkfs.xfs", &["-q", "-f", "-K"]),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "volume {id}: fsType {other:?} is not supported"
+            )));
+        }
+    };
+    let output = Command::new(program)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "volume {id}: cannot run {program} (is it installed?): {e}"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(Error::Internal(format!(
+            "volume {id}: {program} {} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes the image under a temporary name, sizes and formats it, then
+/// renames it into place: a crash leaves either no image or a whole one.
+fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
+    let id = &record.id;
+    let temp = format!("{}.tmp", image_name(id));
+    let temp_path = pool.path.join("volumes").join(&temp);
+    let what = || format!("volume {id}: create {}", temp_path.display());
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        )
+        .mode(Mode::from_bits_truncate(IMAGE_MODE))
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let file = openat2(&pool.volumes, temp.as_str(), how).context(what)?;
+    fchmod(&file, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
+    let size = i64::try_from(record.capacity_bytes).map_err(|_| {
+        Error::OutOfRange(format!(
+            "volume {id}: {} bytes is too large",
+            record.capacity_bytes
+        ))
+    })?;
+    ftruncate(&file, size).context(what)?;
+    if !record.fs_type.is_empty() {
+        make_filesystem(id, &record.fs_type, &temp_path)?;
+    }
+    fsync(&file).context(what)?;
+    renameat(
+        &pool.volumes,
+        temp.as_str(),
+        &pool.volumes,
+        image_name(id).as_str(),
+    )
+    .context(what)?;
+    fsync(&pool.volumes).context(what)
+}
+
+/// Attaches the image to a loop device and mounts its filesystem on `dir`.
+fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<OwnedFd> {
+    let id = &record.id;
+    let shown = image_path(pool, id);
+    let image = open_image(pool, id)?.ok_or_else(|| {
+        Error::FailedPrecondition(format!("volume {id}: {} is missing", shown.display()))
+    })?;
+    let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted)?;
+    mount(
+        Some(attached.device.path.as_path()),
+        fd_path(dir).as_str(),
+        Some(record.fs_type.as_str()),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .context(|| {
+        format!(
+            "volume {id}: mount {} ({}, {}) on {}/volumes/{id}",
+            attached.device.path.display(),
+            record.fs_type,
+            shown.display(),
+            pool.shown()
+        )
+    })?;
+    // The mount now holds the device; closing our fd no longer detaches it.
+    drop(attached);
+    own_mount::reopen(pool, id)
+}
+
+/// The loop device serving the image raw: the one already attached, or a new one.
+fn raw_device(pool: &Pool, id: &VolumeId) -> Result<Option<LoopDevice>> {
+    let shown = image_path(pool, id);
+    if let Some(device) = loopdev::find(&shown)?.into_iter().next() {
+        return Ok(Some(device));
+    }
+    let Some(image) = open_image(pool, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        loopdev::attach(&image, &shown, Lifetime::UntilDetached)?.device,
+    ))
+}
+
+/// Binds of the loop devices of the image (raw block targets).
+fn block_users(pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
+    let mut users = Vec::new();
+    for device in loopdev::find(&image_path(pool, id))? {
+        let Ok(node) = nix::sys::stat::stat(&device.path) else {
+            continue;
+        };
+        let name = device.path.file_name().map(|n| PathBuf::from("/").join(n));
+        users.extend(
+            mounts
+                .of_device(node.st_dev)
+                .iter()
+                .filter(|m| Some(&m.root) == name.as_ref())
+                .cloned(),
+        );
+    }
+    Ok(users)
+}
+
+impl VolumeKind for File {
+    fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
+        let id = &record.id;
+        if record.fs_type == "xfs" && record.capacity_bytes < XFS_MINIMUM {
+            return Err(Error::OutOfRange(format!(
+                "volume {id}: xfs needs at least {XFS_MINIMUM} bytes, {} asked for",
+                record.capacity_bytes
+            )));
+        }
+        beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
+            .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
+        match fstatat(
+            &pool.volumes,
+            image_name(id).as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(_) => Ok(()), // made by an earlier, interrupted call
+            Err(Errno::ENOENT) => make_image(pool, record),
+            Err(errno) => Err(errno)
+                .context(|| format!("volume {id}: stat {}", image_path(pool, id).display())),
+        }
+    }
+
+    fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
+        own_mount::unmount(pool, id)?;
+        for device in loopdev::find(&image_path(pool, id))? {
+            loopdev::detach(&device)?;
+        }
+        pool.trash_volume(&format!("{}.tmp", image_name(id)))?;
+        pool.trash_volume(&image_name(id))?;
+        pool.trash_volume(id.as_str())
+    }
+
+    fn open_source(
+        &self,
+        pool: &Pool,
+        record: &VolumeRecord,
+        access: Access,
+    ) -> Result<Option<Opened>> {
+        let id = &record.id;
+        let fd = match access {
+            Access::Mount => match own_mount::look(pool, id)? {
+                MountPoint::Missing => return Ok(None),
+                MountPoint::Mounted(fd) => fd,
+                MountPoint::Unmounted(dir) => mount_image(pool, record, &dir)?,
+            },
+            Access::Block => {
+                let Some(device) = raw_device(pool, id)? else {
+                    return Ok(None);
+                };
+                nix::fcntl::open(
+                    &device.path,
+                    OFlag::O_PATH | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .context(|| format!("volume {id}: open {}", device.path.display()))?
+            }
+        };
+        Ok(Some(Opened {
+            fd,
+            recreated: false,
+        }))
+    }
+
+    fn open_existing(
+        &self,
+        pool: &Pool,
+        record: &VolumeRecord,
+        access: Access,
+    ) -> Result<Option<OwnedFd>> {
+        let id = &record.id;
+        match access {
+            Access::Mount => Ok(match own_mount::look(pool, id)? {
+                MountPoint::Mounted(fd) => Some(fd),
+                MountPoint::Missing | MountPoint::Unmounted(_) => None,
+            }),
+            Access::Block => match loopdev::find(&image_path(pool, id))?.into_iter().next() {
+                None => Ok(None),
+                Some(device) => nix::fcntl::open(
+                    &device.path,
+                    OFlag::O_PATH | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map(Some)
+                .context(|| format!("volume {id}: open {}", device.path.display())),
+            },
+        }
+    }
+
+    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
+        let image_there = fstatat(
+            &pool.volumes,
+            image_name(id).as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok();
+        let dir_there = !matches!(own_mount::look(pool, id)?, MountPoint::Missing);
+        Ok((!image_there || !dir_there).then(|| {
+            if image_there {
+                missing(pool, id)
+            } else {
+                format!("volume {id}: {} is missing", image_path(pool, id).display())
+            }
+        }))
+    }
+
+    fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
+        let mut users = own_mount::users(pool, id, mounts)?;
+        users.extend(block_users(pool, id, mounts)?);
+        Ok(users)
+    }
+
+    /// A filesystem answers from statvfs; a raw device reports the bytes its
+    /// image has allocated.
+    fn stats(
+        &self,
+        pool: &Pool,
+        id: &VolumeId,
+        source: &OwnedFd,
+        capacity_bytes: u64,
+    ) -> Result<VolumeStats> {
+        let st = fstat(source).context(|| format!("volume {id}: stat its source"))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return own_mount::stats(id, source);
+        }
+        let image = open_image(pool, id)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "volume {id}: {} is missing",
+                image_path(pool, id).display()
+            ))
+        })?;
+        let used = u64::try_from(
+            fstat(&image)
+                .context(|| format!("volume {id}: stat its image"))?
+                .st_blocks,
+        )
+        .unwrap_or(0)
+            * 512;
+        Ok(VolumeStats {
+            bytes_total: capacity_bytes,
+            bytes_used: used,
+            bytes_available: capacity_bytes.saturating_sub(used),
+            ..VolumeStats::default()
+        })
+    }
+
+    fn release_if_unused(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<()> {
+        if !self.users(pool, id, mounts)?.is_empty() {
+            return Ok(());
+        }
+        own_mount::unmount(pool, id)?;
+        for device in loopdev::find(&image_path(pool, id))? {
+            loopdev::detach(&device)?;
+        }
+        Ok(())
+    }
+}
