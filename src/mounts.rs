@@ -18,8 +18,8 @@ pub struct BindPolicy {
     pub read_only: bool,
     /// Flags from the request's allowlisted `mount_flags`.
     pub extra: MsFlags,
-    /// Keep device nodes usable (no `nodev`): only for static hostPath
-    /// volumes whose admin chose type CharDevice or BlockDevice.
+    /// Keep device nodes usable (no `nodev`): only when the target is the
+    /// device itself (raw block access, hostPath CharDevice/BlockDevice).
     pub devices: bool,
 }
 

@@ -136,6 +136,8 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
                 "volume {id}: its contents were lost (node reboot?) and it was recreated empty at publish"
             ));
         }
+        // A raw block target is a device node: nodev would make it useless.
+        policy.devices = access == Access::Block;
         return Ok(Source {
             fd: opened.fd,
             is_dir: access == Access::Mount,

@@ -65,16 +65,34 @@ impl Scratch {
             .filter(|m| m.starts_with(self.path()))
             .collect()
     }
+
+    /// Loop devices whose backing file lies under this scratch directory.
+    pub fn loop_devices(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+            let backing = entry.path().join("loop/backing_file");
+            if let Ok(text) = std::fs::read_to_string(backing) {
+                if Path::new(text.trim_end()).starts_with(self.path()) {
+                    found.push(PathBuf::from("/dev").join(entry.file_name()));
+                }
+            }
+        }
+        found
+    }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         // Deepest first, lazily, so a half-failed test never leaves a mount
-        // behind (and TempDir never deletes through one).
+        // behind (and TempDir never deletes through one); then any loop
+        // device still attached to a file of the test.
         let mut left = self.mounts();
         left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
         for m in left {
             nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).ok();
+        }
+        for path in self.loop_devices() {
+            hostpath_csi::loopdev::detach(&hostpath_csi::loopdev::LoopDevice { path }).ok();
         }
     }
 }
