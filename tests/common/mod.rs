@@ -71,10 +71,10 @@ impl Scratch {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
             let backing = entry.path().join("loop/backing_file");
-            if let Ok(text) = std::fs::read_to_string(backing) {
-                if Path::new(text.trim_end()).starts_with(self.path()) {
-                    found.push(PathBuf::from("/dev").join(entry.file_name()));
-                }
+            let ours = std::fs::read_to_string(backing)
+                .is_ok_and(|text| Path::new(text.trim_end()).starts_with(self.path()));
+            if ours {
+                found.push(PathBuf::from("/dev").join(entry.file_name()));
             }
         }
         found
