@@ -70,6 +70,9 @@ pub struct ServeArgs {
         required = true
     )]
     pub pools: Vec<String>,
+    /// The pool used when a StorageClass names none (default: the first --pool).
+    #[arg(long, env = "HOSTPATH_CSI_DEFAULT_POOL")]
+    pub default_pool: Option<String>,
     /// Most volumes this node holds; 0 means no limit.
     #[arg(long, env = "HOSTPATH_CSI_MAX_VOLUMES", default_value_t = 0)]
     pub max_volumes: u64,
@@ -102,11 +105,24 @@ impl ServeArgs {
                 "node id {node_id:?} is malformed"
             )));
         }
-        let pools = self
+        let mut pools = self
             .pools
             .iter()
             .map(|spec| parse_pool(spec))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(default) = &self.default_pool {
+            let at = pools
+                .iter()
+                .position(|(name, _)| name.as_str() == default)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--default-pool {default} is not one of the --pool names"
+                    ))
+                })?;
+            // The driver treats the first pool as the default.
+            let chosen = pools.remove(at);
+            pools.insert(0, chosen);
+        }
         Ok(DriverConfig {
             driver_name: validate::driver_name(&self.driver_name)?.to_owned(),
             node_id,
@@ -204,6 +220,25 @@ mod tests {
         assert_eq!(config.driver_name, DEFAULT_DRIVER_NAME);
         assert_eq!(config.node_id, "n1");
         assert_eq!(config.pools.len(), 2);
+        let defaulted = Cli::try_parse_from([
+            "hostpath-csi",
+            "serve",
+            "--pool=a=/a",
+            "--pool=b=/b",
+            "--default-pool=b",
+        ])
+        .unwrap();
+        let Command::Serve(args) = defaulted.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.config().unwrap().pools[0].0.as_str(), "b");
+        let unknown =
+            Cli::try_parse_from(["hostpath-csi", "serve", "--pool=a=/a", "--default-pool=c"])
+                .unwrap();
+        let Command::Serve(args) = unknown.command else {
+            panic!("not serve")
+        };
+        assert!(args.config().is_err());
         assert!(config.memory_budget > 0, "a quarter of RAM by default");
         let sized = Cli::try_parse_from([
             "hostpath-csi",
