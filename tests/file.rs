@@ -302,3 +302,39 @@ async fn xfs_on_request_and_block_only_for_kind_file() {
     );
     assert!(d.scratch.mounts().is_empty());
 }
+
+#[tokio::test]
+async fn after_a_reboot_the_image_is_mounted_again_with_its_data() {
+    let mut d = TestDriver::start().await;
+    let id = create(
+        &mut d,
+        create_request_with("file-reboot", 16 << 20, &[("kind", "file")]),
+    )
+    .await
+    .unwrap();
+    let target = d.target("pod-reboot");
+    d.publish(&id, &target, false).await.unwrap();
+    std::fs::write(Path::new(&target).join("kept"), b"on disk").unwrap();
+    nix::unistd::sync();
+
+    // A reboot: the driver stops, every mount goes, the loop device with it.
+    d.shutdown().await;
+    nix::mount::umount2(Path::new(&target), nix::mount::MntFlags::empty()).unwrap();
+    nix::mount::umount2(
+        &d.pool().join("volumes").join(&id),
+        nix::mount::MntFlags::empty(),
+    )
+    .unwrap();
+    assert!(d.scratch.loop_devices().is_empty());
+    let mut d = d.restart().await;
+
+    d.unpublish(&id, &target).await.unwrap();
+    d.publish(&id, &target, false).await.unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&target).join("kept")).unwrap(),
+        b"on disk"
+    );
+    d.unpublish(&id, &target).await.unwrap();
+    assert!(d.scratch.loop_devices().is_empty());
+    assert!(d.scratch.mounts().is_empty());
+}
