@@ -115,6 +115,9 @@ pub fn open(
         Errno::ELOOP => Error::InvalidArgument(format!(
             "volume {volume}: host path {raw_path} goes through a symlink, which is refused"
         )),
+        Errno::ENOTDIR => Error::FailedPrecondition(format!(
+            "volume {volume}: host path {raw_path} goes through something that is not a directory"
+        )),
         errno => Error::sys(format!("volume {volume}: open host path {raw_path}"), errno),
     })?;
     let file_type = SFlag::from_bits_truncate(

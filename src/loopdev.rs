@@ -16,6 +16,7 @@ const LOOP_CONTROL: &str = "/dev/loop-control";
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 /// Detach when the last opener (a mount) closes the device.
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// Do I/O straight to the backing file, skipping a second page cache.
@@ -165,8 +166,10 @@ fn zeroed_info() -> LoopInfo64 {
     }
 }
 
-/// Loop devices whose backing file is `image` (as the kernel names it).
-pub fn find(image: &Path) -> Result<Vec<LoopDevice>> {
+/// Loop devices backed by the file at `image` whose device and inode are
+/// `identity`: the path finds candidates cheaply, the identity (asked of each
+/// device) makes sure a device that was reused meanwhile is not taken.
+pub fn find(image: &Path, identity: (u64, u64)) -> Result<Vec<LoopDevice>> {
     let entries = std::fs::read_dir("/sys/block")
         .map_err(|e| Error::Internal(format!("list /sys/block: {e}")))?;
     let mut found = Vec::new();
@@ -179,13 +182,41 @@ pub fn find(image: &Path) -> Result<Vec<LoopDevice>> {
         let Ok(text) = std::fs::read_to_string(&backing) else {
             continue; // not attached
         };
-        if Path::new(text.trim_end_matches('\n')) == image {
-            found.push(LoopDevice {
-                path: PathBuf::from(format!("/dev/{name}")),
-            });
+        if Path::new(text.trim_end_matches('\n')) != image {
+            continue;
+        }
+        let device = LoopDevice {
+            path: PathBuf::from(format!("/dev/{name}")),
+        };
+        if backing_identity(&device)? == Some(identity) {
+            found.push(device);
         }
     }
     Ok(found)
+}
+
+/// Device and inode of the file behind a loop device; `None` when detached.
+fn backing_identity(device: &LoopDevice) -> Result<Option<(u64, u64)>> {
+    let fd = match nix::fcntl::open(
+        &device.path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENXIO) => return Ok(None),
+        Err(errno) => return Err(Error::sys(format!("open {}", device.path.display()), errno)),
+    };
+    let mut info = zeroed_info();
+    // SAFETY: LOOP_GET_STATUS64 fills a loop_info64, which `info` is.
+    let status = unsafe { libc::ioctl(fd.as_raw_fd(), LOOP_GET_STATUS64, &mut info) };
+    match Errno::result(status) {
+        Ok(_) => Ok(Some((info.device, info.inode))),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(errno) => Err(Error::sys(
+            format!("status of {}", device.path.display()),
+            errno,
+        )),
+    }
 }
 
 /// Detaches a loop device; one already detached is fine.

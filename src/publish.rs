@@ -46,7 +46,81 @@ struct Source {
 /// Mounts the volume on the target, creating the target (a directory for a
 /// directory, a file for anything else). A repeat is OK; a target holding
 /// another mount or the same one read-only differently is ALREADY_EXISTS.
+/// A failed publish leaves nothing behind: no backing set up for it, no
+/// ephemeral volume made for it.
 pub fn publish(driver: &Driver, request: &Publish) -> Result<()> {
+    let made_now = make_ephemeral(driver, request)?;
+    let outcome = mount_source(driver, request);
+    if outcome.is_err() {
+        undo(driver, &request.id, made_now);
+    }
+    outcome
+}
+
+/// Makes the volume of an inline ephemeral request if it does not exist
+/// yet; true when this call made it.
+fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
+    let ephemeral = request
+        .context
+        .get(EPHEMERAL_KEY)
+        .is_some_and(|v| v == "true");
+    let id = &request.id;
+    if !ephemeral {
+        return Ok(false);
+    }
+    if let Ok(existing) = driver.volume(id) {
+        if !existing.record.ephemeral {
+            return Err(Error::AlreadyExists(format!(
+                "volume {id} already exists and is not an ephemeral inline volume"
+            )));
+        }
+        return Ok(false);
+    }
+    let (params, size) = validate::ephemeral_attributes(&request.context)?;
+    validate::serves(params.kind, "", &request.capability)
+        .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
+    lifecycle::create(
+        driver,
+        NewVolume {
+            id: id.clone(),
+            name: id.to_string(),
+            range: validate::CapacityRequest {
+                required: size,
+                limit: 0,
+            },
+            params,
+            requirement: None,
+            ephemeral: true,
+            fs_type: String::new(),
+        },
+    )?;
+    Ok(true)
+}
+
+/// After a failed publish: releases a backing set up for it (a loop device,
+/// a mounted image) and deletes an ephemeral volume it made. Best effort: the
+/// publish's own error is what the caller hears.
+fn undo(driver: &Driver, id: &VolumeId, made_now: bool) {
+    let Ok(volume) = driver.volume(id) else {
+        return;
+    };
+    let released = driver.pool(Some(&volume.record.pool)).and_then(|pool| {
+        let mounts = MountIndex::read()?;
+        volume
+            .record
+            .kind
+            .backend()
+            .release_if_unused(pool, id, &mounts)
+    });
+    if let Err(err) = released {
+        tracing::error!(volume = %id, %err, "could not release the backing of a failed publish");
+    }
+    if made_now && let Err(err) = lifecycle::delete(driver, id) {
+        tracing::error!(volume = %id, %err, "could not delete the ephemeral volume of a failed publish");
+    }
+}
+
+fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     let mut request_policy = request.policy;
     let source = resolve(driver, request, &mut request_policy)?;
     let Publish { id, target, .. } = request;
@@ -93,33 +167,10 @@ pub fn publish(driver: &Driver, request: &Publish) -> Result<()> {
     Ok(())
 }
 
-/// Finds the source: a volume of this node's pools (made now for an
-/// ephemeral request), else the static host path the context names.
+/// Finds the source: a volume of this node's pools, else the static host
+/// path the context names.
 fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Result<Source> {
     let id = &request.id;
-    let ephemeral = request
-        .context
-        .get(EPHEMERAL_KEY)
-        .is_some_and(|v| v == "true");
-    if ephemeral {
-        let (params, size) = validate::ephemeral_attributes(&request.context)?;
-        let fs_type = validate::chosen_fs_type(&params, std::slice::from_ref(&request.capability))?;
-        lifecycle::create(
-            driver,
-            NewVolume {
-                id: id.clone(),
-                name: id.to_string(),
-                range: validate::CapacityRequest {
-                    required: size,
-                    limit: 0,
-                },
-                params,
-                requirement: None,
-                ephemeral: true,
-                fs_type,
-            },
-        )?;
-    }
     if let Ok(volume) = driver.volume(id) {
         let record = &volume.record;
         let access = validate::serves(record.kind, &record.fs_type, &request.capability)
@@ -161,7 +212,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             .map_or("", String::as_str),
     )?;
     let host = host_path::open(id.as_str(), &driver.config.allowed_host_paths, path, kind)?;
-    policy.devices = matches!(kind, HostPathType::CharDevice | HostPathType::BlockDevice);
+    policy.devices = matches!(host.file_type, SFlag::S_IFCHR | SFlag::S_IFBLK);
     Ok(Source {
         is_dir: host.file_type == SFlag::S_IFDIR,
         fd: host.fd,

@@ -158,6 +158,11 @@ pub fn serves<'a>(
 ) -> std::result::Result<Requested<'a>, String> {
     let access = capability(cap)?;
     match (kind, access) {
+        (KindName::File, Requested::Block) if !fs_type.is_empty() => {
+            return Err(format!(
+                "the volume holds an {fs_type} filesystem; it was created for mount access, not block"
+            ));
+        }
         (KindName::File, Requested::Block) => {}
         (_, Requested::Block) => {
             return Err(format!(
@@ -302,7 +307,14 @@ pub fn ephemeral_attributes(context: &HashMap<String, String>) -> Result<(Volume
             }
         }
     }
-    Ok((parameters(&params)?, size))
+    let params = parameters(&params)?;
+    if !matches!(params.kind, KindName::Directory | KindName::Memory) {
+        return Err(Error::InvalidArgument(format!(
+            "ephemeral volumes are kind directory or memory, not {}",
+            params.kind.as_str()
+        )));
+    }
+    Ok((params, size))
 }
 
 /// A Kubernetes quantity of bytes in whole units: `1048576`, `512Ki`,

@@ -146,6 +146,13 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     let image = open_image(pool, id)?.ok_or_else(|| {
         Error::FailedPrecondition(format!("volume {id}: {} is missing", shown.display()))
     })?;
+    if let Some(raw) = attached(pool, id)?.first() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {id}: {} is attached raw as {}; it cannot be mounted as well",
+            shown.display(),
+            raw.path.display()
+        )));
+    }
     let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted)?;
     mount(
         Some(attached.device.path.as_path()),
@@ -168,24 +175,52 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     own_mount::reopen(pool, id)
 }
 
+/// The loop devices attached to the volume's image now (none if it is gone).
+fn attached(pool: &Pool, id: &VolumeId) -> Result<Vec<LoopDevice>> {
+    let Some(image) = open_image(pool, id)? else {
+        return Ok(Vec::new());
+    };
+    let identity = beneath::identity(&image).context(|| format!("volume {id}: stat its image"))?;
+    loopdev::find(&image_path(pool, id), identity)
+}
+
 /// The loop device serving the image raw: the one already attached, or a new one.
 fn raw_device(pool: &Pool, id: &VolumeId) -> Result<Option<LoopDevice>> {
-    let shown = image_path(pool, id);
-    if let Some(device) = loopdev::find(&shown)?.into_iter().next() {
+    if let Some(device) = attached(pool, id)?.into_iter().next() {
         return Ok(Some(device));
     }
     let Some(image) = open_image(pool, id)? else {
         return Ok(None);
     };
+    let shown = image_path(pool, id);
     Ok(Some(
         loopdev::attach(&image, &shown, Lifetime::UntilDetached)?.device,
     ))
 }
 
+/// An `O_PATH` fd on a loop device node, for binding onto a target.
+fn open_device(id: &VolumeId, device: &LoopDevice) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        &device.path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("volume {id}: open {}", device.path.display()))
+}
+
+/// Unmounts the image (its device detaches itself) and detaches raw devices.
+fn release(pool: &Pool, id: &VolumeId) -> Result<()> {
+    own_mount::unmount(pool, id)?;
+    for device in attached(pool, id)? {
+        loopdev::detach(&device)?;
+    }
+    Ok(())
+}
+
 /// Binds of the loop devices of the image (raw block targets).
 fn block_users(pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
     let mut users = Vec::new();
-    for device in loopdev::find(&image_path(pool, id))? {
+    for device in attached(pool, id)? {
         let Ok(node) = nix::sys::stat::stat(&device.path) else {
             continue;
         };
@@ -225,10 +260,7 @@ impl VolumeKind for File {
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
-        own_mount::unmount(pool, id)?;
-        for device in loopdev::find(&image_path(pool, id))? {
-            loopdev::detach(&device)?;
-        }
+        release(pool, id)?;
         pool.trash_volume(&format!("{}.tmp", image_name(id)))?;
         pool.trash_volume(&image_name(id))?;
         pool.trash_volume(id.as_str())
@@ -251,12 +283,7 @@ impl VolumeKind for File {
                 let Some(device) = raw_device(pool, id)? else {
                     return Ok(None);
                 };
-                nix::fcntl::open(
-                    &device.path,
-                    OFlag::O_PATH | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .context(|| format!("volume {id}: open {}", device.path.display()))?
+                open_device(id, &device)?
             }
         };
         Ok(Some(Opened {
@@ -277,15 +304,9 @@ impl VolumeKind for File {
                 MountPoint::Mounted(fd) => Some(fd),
                 MountPoint::Missing | MountPoint::Unmounted(_) => None,
             }),
-            Access::Block => match loopdev::find(&image_path(pool, id))?.into_iter().next() {
+            Access::Block => match attached(pool, id)?.into_iter().next() {
                 None => Ok(None),
-                Some(device) => nix::fcntl::open(
-                    &device.path,
-                    OFlag::O_PATH | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map(Some)
-                .context(|| format!("volume {id}: open {}", device.path.display())),
+                Some(device) => open_device(id, &device).map(Some),
             },
         }
     }
@@ -351,10 +372,6 @@ impl VolumeKind for File {
         if !self.users(pool, id, mounts)?.is_empty() {
             return Ok(());
         }
-        own_mount::unmount(pool, id)?;
-        for device in loopdev::find(&image_path(pool, id))? {
-            loopdev::detach(&device)?;
-        }
-        Ok(())
+        release(pool, id)
     }
 }

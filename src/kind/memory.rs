@@ -49,14 +49,14 @@ fn mount_tmpfs(pool: &Pool, id: &VolumeId, dir: &OwnedFd, capacity_bytes: u64) -
 impl VolumeKind for Memory {
     fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
         let id = &record.id;
-        let dir = match own_mount::look(pool, id)? {
-            MountPoint::Mounted(_) => return Ok(()),
-            MountPoint::Unmounted(dir) => dir,
-            MountPoint::Missing => beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
-                .map(|(dir, _)| dir)
-                .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?,
-        };
-        mount_tmpfs(pool, id, &dir, record.capacity_bytes).map(drop)
+        // Only a new volume gets its tmpfs here: one whose tmpfs is gone lost
+        // its contents, and the next publish must say so (see open_source).
+        if let MountPoint::Missing = own_mount::look(pool, id)? {
+            let (dir, _) = beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
+                .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
+            mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
+        }
+        Ok(())
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {

@@ -36,6 +36,9 @@ impl ControllerService {
     }
 }
 
+/// ListVolumes tokens are this prefix and the id the next page starts at.
+const TOKEN_PREFIX: &str = "from:";
+
 /// Controller capabilities this driver offers.
 const CAPABILITIES: [rpc::Type; 7] = [
     rpc::Type::CreateDeleteVolume,
@@ -146,7 +149,7 @@ impl Controller for ControllerService {
         Ok(Response::new(response))
     }
 
-    /// Pages in id order; `next_token` is the id the next page starts at, so
+    /// Pages in id order; `next_token` names the id the next page starts at, so
     /// volumes deleted between pages never invalidate a token.
     async fn list_volumes(
         &self,
@@ -158,13 +161,16 @@ impl Controller for ControllerService {
         })?;
         let start = match req.starting_token.as_str() {
             "" => None,
-            token if VolumeId::is_minted(token) => Some(VolumeId::parse(token)?),
-            token => {
-                return Err(Error::Aborted(format!(
-                    "starting_token {token:?} was not issued by this driver"
-                ))
-                .into());
-            }
+            token => Some(
+                token
+                    .strip_prefix(TOKEN_PREFIX)
+                    .and_then(|id| VolumeId::parse(id).ok())
+                    .ok_or_else(|| {
+                        Error::Aborted(format!(
+                            "starting_token {token:?} was not issued by this driver"
+                        ))
+                    })?,
+            ),
         };
         let (page, next) = self.driver.table().page(start.as_ref(), max);
         let driver = Arc::clone(&self.driver);
@@ -187,7 +193,9 @@ impl Controller for ControllerService {
             .collect();
         Ok(Response::new(ListVolumesResponse {
             entries,
-            next_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            next_token: next
+                .map(|id| format!("{TOKEN_PREFIX}{id}"))
+                .unwrap_or_default(),
         }))
     }
 
@@ -203,10 +211,13 @@ impl Controller for ControllerService {
             .accessible_topology
             .as_ref()
             .is_some_and(|t| !self.driver.is_this_node(t));
-        let unsupported = req.volume_capabilities.iter().any(|cap| {
-            let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities);
-            fs_type.map_or(true, |fs| validate::serves(params.kind, &fs, cap).is_err())
-        });
+        let unsupported = match validate::chosen_fs_type(&params, &req.volume_capabilities) {
+            Ok(fs_type) => req
+                .volume_capabilities
+                .iter()
+                .any(|cap| validate::serves(params.kind, &fs_type, cap).is_err()),
+            Err(_) => true,
+        };
         let available = if elsewhere || unsupported {
             0
         } else {
