@@ -83,3 +83,81 @@ async fn inline_attributes_are_checked() {
     assert!(!Path::new(&target).exists());
     assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn a_failed_inline_publish_leaves_no_volume_behind() {
+    use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
+    let mut d = TestDriver::start().await;
+    let target = d.target("pod-failing");
+    let mut block = inline("csi-block", &target, &[("kind", "memory"), ("size", "1Mi")]);
+    block.volume_capability.as_mut().unwrap().access_type = Some(AccessType::Block(BlockVolume {}));
+    assert_code(
+        d.csi.node.node_publish_volume(block).await,
+        Code::InvalidArgument,
+        "only kind=file",
+    );
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(inline("csi-file", &target, &[("kind", "file")]))
+            .await,
+        Code::InvalidArgument,
+        "directory or memory",
+    );
+    // Made, mounted, then the target is in the way: the volume goes again.
+    std::fs::write(&target, b"in the way").unwrap();
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(inline(
+                "csi-blocked",
+                &target,
+                &[("kind", "memory"), ("size", "1Mi")],
+            ))
+            .await,
+        Code::AlreadyExists,
+        "not a directory",
+    );
+    assert_eq!(std::fs::read_dir(d.pool().join("meta")).unwrap().count(), 0);
+    assert!(d.scratch.mounts().is_empty(), "{:?}", d.scratch.mounts());
+}
+
+#[tokio::test]
+async fn pages_of_volumes_cross_inline_and_provisioned_ids() {
+    use hostpath_csi::csi::ListVolumesRequest;
+    let mut d = TestDriver::start().await;
+    let mut all = vec![d.create("pvc-1", 0).await, d.create("pvc-2", 0).await];
+    let target = d.target("pod-inline-list");
+    d.csi
+        .node
+        .node_publish_volume(inline("csi-aaaa", &target, &[]))
+        .await
+        .unwrap();
+    all.push("csi-aaaa".into());
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = d
+            .csi
+            .controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: 1,
+                starting_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    all.sort();
+    assert_eq!(seen, all);
+    d.unpublish("csi-aaaa", &target).await.unwrap();
+}

@@ -338,3 +338,59 @@ async fn after_a_reboot_the_image_is_mounted_again_with_its_data() {
     assert!(d.scratch.loop_devices().is_empty());
     assert!(d.scratch.mounts().is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_publish_releases_what_it_set_up_and_access_types_never_mix() {
+    let mut d = TestDriver::start().await;
+    let formatted = create(
+        &mut d,
+        create_request_with("file-fs", 16 << 20, &[("kind", "file")]),
+    )
+    .await
+    .unwrap();
+    let raw = create(&mut d, block_request("file-raw", 8 << 20))
+        .await
+        .unwrap();
+
+    // A formatted image is never also served raw.
+    let target = d.target("pod-mix");
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(block_publish(&formatted, &target))
+            .await,
+        Code::InvalidArgument,
+        "created for mount access",
+    );
+
+    // The image gets mounted, then the target turns out to be a file: nothing stays.
+    std::fs::write(&target, b"in the way").unwrap();
+    assert_code(
+        d.publish(&formatted, &target, false).await,
+        Code::AlreadyExists,
+        "not a directory",
+    );
+    assert!(
+        d.scratch.loop_devices().is_empty(),
+        "{:?}",
+        d.scratch.loop_devices()
+    );
+    assert!(d.scratch.mounts().is_empty(), "{:?}", d.scratch.mounts());
+    std::fs::remove_file(&target).unwrap();
+
+    // The same for a raw device whose target is a directory.
+    std::fs::create_dir(&target).unwrap();
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(block_publish(&raw, &target))
+            .await,
+        Code::AlreadyExists,
+        "not a file",
+    );
+    assert!(
+        d.scratch.loop_devices().is_empty(),
+        "{:?}",
+        d.scratch.loop_devices()
+    );
+}

@@ -95,6 +95,18 @@ async fn directory_and_unchecked_must_exist() {
         Code::FailedPrecondition,
         "is a file, but type Directory needs a directory",
     );
+    assert_code(
+        publish_static(
+            &mut d,
+            &target,
+            &host.join("file/below"),
+            "Directory",
+            false,
+        )
+        .await,
+        Code::FailedPrecondition,
+        "not a directory",
+    );
     assert!(!Path::new(&target).exists());
 }
 
