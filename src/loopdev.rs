@@ -17,6 +17,8 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+/// The device refuses writes.
+const LO_FLAGS_READ_ONLY: u32 = 1;
 /// Detach when the last opener (a mount) closes the device.
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// Do I/O straight to the backing file, skipping a second page cache.
@@ -56,6 +58,8 @@ struct LoopConfig {
 pub struct LoopDevice {
     /// `/dev/loopN`.
     pub path: PathBuf,
+    /// The device refuses writes.
+    pub read_only: bool,
 }
 
 /// How a device is attached.
@@ -77,8 +81,14 @@ pub struct Attached {
     pub fd: OwnedFd,
 }
 
-/// Attaches `image` (an open read-write file) to a free loop device.
-pub fn attach(image: &OwnedFd, shown: &Path, lifetime: Lifetime) -> Result<Attached> {
+/// Attaches `image` (an open read-write file) to a free loop device, which
+/// refuses writes if `read_only`.
+pub fn attach(
+    image: &OwnedFd,
+    shown: &Path,
+    lifetime: Lifetime,
+    read_only: bool,
+) -> Result<Attached> {
     let control = nix::fcntl::open(
         LOOP_CONTROL,
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
@@ -92,10 +102,13 @@ pub fn attach(image: &OwnedFd, shown: &Path, lifetime: Lifetime) -> Result<Attac
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let device = nix::fcntl::open(&path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .context(|| format!("open {}", path.display()))?;
-        let flags = match lifetime {
+        let mut flags = match lifetime {
             Lifetime::UntilUnmounted => LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR,
             Lifetime::UntilDetached => LO_FLAGS_DIRECT_IO,
         };
+        if read_only {
+            flags |= LO_FLAGS_READ_ONLY;
+        }
         let config = LoopConfig {
             fd: image.as_raw_fd() as u32,
             block_size: 0,
@@ -110,7 +123,7 @@ pub fn attach(image: &OwnedFd, shown: &Path, lifetime: Lifetime) -> Result<Attac
         match Errno::result(configured) {
             Ok(_) => {
                 return Ok(Attached {
-                    device: LoopDevice { path },
+                    device: LoopDevice { path, read_only },
                     fd: device,
                 });
             }
@@ -130,7 +143,7 @@ pub fn attach(image: &OwnedFd, shown: &Path, lifetime: Lifetime) -> Result<Attac
                 Errno::result(again)
                     .context(|| format!("attach {} to {}", shown.display(), path.display()))?;
                 return Ok(Attached {
-                    device: LoopDevice { path },
+                    device: LoopDevice { path, read_only },
                     fd: device,
                 });
             }
@@ -185,37 +198,34 @@ pub fn find(image: &Path, identity: (u64, u64)) -> Result<Vec<LoopDevice>> {
         if Path::new(text.trim_end_matches('\n')) != image {
             continue;
         }
-        let device = LoopDevice {
-            path: PathBuf::from(format!("/dev/{name}")),
-        };
-        if backing_identity(&device)? == Some(identity) {
-            found.push(device);
+        let path = PathBuf::from(format!("/dev/{name}"));
+        if let Some((backing, read_only)) = status(&path)? {
+            if backing == identity {
+                found.push(LoopDevice { path, read_only });
+            }
         }
     }
     Ok(found)
 }
 
-/// Device and inode of the file behind a loop device; `None` when detached.
-fn backing_identity(device: &LoopDevice) -> Result<Option<(u64, u64)>> {
-    let fd = match nix::fcntl::open(
-        &device.path,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+/// Device and inode of the file behind a loop device, and whether the
+/// device is read-only; `None` when it is detached.
+fn status(path: &Path) -> Result<Option<((u64, u64), bool)>> {
+    let fd = match nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ENXIO) => return Ok(None),
-        Err(errno) => return Err(Error::sys(format!("open {}", device.path.display()), errno)),
+        Err(errno) => return Err(Error::sys(format!("open {}", path.display()), errno)),
     };
     let mut info = zeroed_info();
     // SAFETY: LOOP_GET_STATUS64 fills a loop_info64, which `info` is.
     let status = unsafe { libc::ioctl(fd.as_raw_fd(), LOOP_GET_STATUS64, &mut info) };
     match Errno::result(status) {
-        Ok(_) => Ok(Some((info.device, info.inode))),
+        Ok(_) => Ok(Some((
+            (info.device, info.inode),
+            info.flags & LO_FLAGS_READ_ONLY != 0,
+        ))),
         Err(Errno::ENXIO) => Ok(None),
-        Err(errno) => Err(Error::sys(
-            format!("status of {}", device.path.display()),
-            errno,
-        )),
+        Err(errno) => Err(Error::sys(format!("status of {}", path.display()), errno)),
     }
 }
 

@@ -175,7 +175,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         let record = &volume.record;
         let access = validate::serves(record.kind, &record.fs_type, &request.capability)
             .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?
-            .access();
+            .access(policy.read_only);
         let pool = driver.pool(Some(&record.pool))?;
         let backend = record.kind.backend();
         let Some(opened) = backend.open_source(pool, record, access)? else {
@@ -188,7 +188,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             ));
         }
         // A raw block target is a device node: nodev would make it useless.
-        policy.devices = access == Access::Block;
+        policy.devices = matches!(access, Access::Block { .. });
         return Ok(Source {
             fd: opened.fd,
             is_dir: access == Access::Mount,
@@ -200,7 +200,10 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             driver.config.node_id
         )));
     };
-    if validate::capability(&request.capability).map(Requested::access) != Ok(Access::Mount) {
+    if !matches!(
+        validate::capability(&request.capability),
+        Ok(Requested::Mount(_))
+    ) {
         return Err(Error::InvalidArgument(format!(
             "volume {id}: static hostPath volumes offer mount access only"
         )));

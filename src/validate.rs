@@ -116,10 +116,11 @@ pub enum Requested<'a> {
 }
 
 impl Requested<'_> {
-    pub fn access(self) -> Access {
+    /// The access to serve, `read_only` as the publish asks.
+    pub fn access(self, read_only: bool) -> Access {
         match self {
             Requested::Mount(_) => Access::Mount,
-            Requested::Block => Access::Block,
+            Requested::Block => Access::Block { read_only },
         }
     }
 }

@@ -394,3 +394,44 @@ async fn a_failed_publish_releases_what_it_set_up_and_access_types_never_mix() {
         d.scratch.loop_devices()
     );
 }
+
+#[tokio::test]
+async fn a_read_only_block_publish_refuses_writes_in_the_device() {
+    let mut d = TestDriver::start().await;
+    let id = create(&mut d, block_request("file-block-ro", 8 << 20))
+        .await
+        .unwrap();
+    let (ro, rw) = (d.target("pod-ro"), d.target("pod-rw"));
+    let mut request = block_publish(&id, &ro);
+    request.readonly = true;
+    d.csi
+        .node
+        .node_publish_volume(request.clone())
+        .await
+        .unwrap();
+    d.csi.node.node_publish_volume(request).await.unwrap();
+    d.csi
+        .node
+        .node_publish_volume(block_publish(&id, &rw))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.scratch.loop_devices().len(),
+        2,
+        "one read-only device, one writable"
+    );
+
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ro)
+        .and_then(|mut device| device.write_all(b"nope").and_then(|()| device.sync_all()));
+    assert!(written.is_err(), "a read-only block volume took a write");
+    let mut device = std::fs::OpenOptions::new().write(true).open(&rw).unwrap();
+    device.write_all(b"fine").unwrap();
+    device.sync_all().unwrap();
+    drop(device);
+
+    d.unpublish(&id, &ro).await.unwrap();
+    d.unpublish(&id, &rw).await.unwrap();
+    assert!(d.scratch.loop_devices().is_empty());
+}

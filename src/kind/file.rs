@@ -153,7 +153,7 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
             raw.path.display()
         )));
     }
-    let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted)?;
+    let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted, false)?;
     mount(
         Some(attached.device.path.as_path()),
         fd_path(dir).as_str(),
@@ -184,17 +184,21 @@ fn attached(pool: &Pool, id: &VolumeId) -> Result<Vec<LoopDevice>> {
     loopdev::find(&image_path(pool, id), identity)
 }
 
-/// The loop device serving the image raw: the one already attached, or a new one.
-fn raw_device(pool: &Pool, id: &VolumeId) -> Result<Option<LoopDevice>> {
-    if let Some(device) = attached(pool, id)?.into_iter().next() {
-        return Ok(Some(device));
+/// The loop device serving the image raw, read-only or not: the one already
+/// attached that way, or a new one.
+fn raw_device(pool: &Pool, id: &VolumeId, read_only: bool) -> Result<Option<LoopDevice>> {
+    let existing = attached(pool, id)?
+        .into_iter()
+        .find(|d| d.read_only == read_only);
+    if existing.is_some() {
+        return Ok(existing);
     }
     let Some(image) = open_image(pool, id)? else {
         return Ok(None);
     };
     let shown = image_path(pool, id);
     Ok(Some(
-        loopdev::attach(&image, &shown, Lifetime::UntilDetached)?.device,
+        loopdev::attach(&image, &shown, Lifetime::UntilDetached, read_only)?.device,
     ))
 }
 
@@ -279,8 +283,8 @@ impl VolumeKind for File {
                 MountPoint::Mounted(fd) => fd,
                 MountPoint::Unmounted(dir) => mount_image(pool, record, &dir)?,
             },
-            Access::Block => {
-                let Some(device) = raw_device(pool, id)? else {
+            Access::Block { read_only } => {
+                let Some(device) = raw_device(pool, id, read_only)? else {
                     return Ok(None);
                 };
                 open_device(id, &device)?
@@ -304,7 +308,10 @@ impl VolumeKind for File {
                 MountPoint::Mounted(fd) => Some(fd),
                 MountPoint::Missing | MountPoint::Unmounted(_) => None,
             }),
-            Access::Block => match attached(pool, id)?.into_iter().next() {
+            Access::Block { read_only } => match attached(pool, id)?
+                .into_iter()
+                .find(|d| d.read_only == read_only)
+            {
                 None => Ok(None),
                 Some(device) => open_device(id, &device).map(Some),
             },

@@ -101,8 +101,9 @@ impl KindName {
 pub enum Access {
     /// A mounted filesystem (a directory target).
     Mount,
-    /// A raw block device (a file target).
-    Block,
+    /// A raw block device (a file target); a read-only one refuses writes
+    /// in the device itself, since a read-only bind of a device node does not.
+    Block { read_only: bool },
 }
 
 /// A volume's backing opened for publishing.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
+use nix::sys::statvfs::{FsFlags, statvfs};
 use tonic::{Request, Response};
 
 use super::{RpcResult, condition};
@@ -179,7 +180,10 @@ fn volume_stats(
     let access = if state.file_type == SFlag::S_IFDIR {
         Access::Mount
     } else {
-        Access::Block
+        let flags = statvfs(&path).context(|| format!("volume {id}: statvfs {shown}"))?;
+        Access::Block {
+            read_only: flags.flags().contains(FsFlags::ST_RDONLY),
+        }
     };
     let not_here = || Error::NotFound(format!("volume {id} is not published at {shown}"));
     let source = backend

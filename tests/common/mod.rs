@@ -92,7 +92,11 @@ impl Drop for Scratch {
             nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).ok();
         }
         for path in self.loop_devices() {
-            hostpath_csi::loopdev::detach(&hostpath_csi::loopdev::LoopDevice { path }).ok();
+            hostpath_csi::loopdev::detach(&hostpath_csi::loopdev::LoopDevice {
+                path,
+                read_only: false,
+            })
+            .ok();
         }
     }
 }
