@@ -199,10 +199,10 @@ pub fn find(image: &Path, identity: (u64, u64)) -> Result<Vec<LoopDevice>> {
             continue;
         }
         let path = PathBuf::from(format!("/dev/{name}"));
-        if let Some((backing, read_only)) = status(&path)? {
-            if backing == identity {
-                found.push(LoopDevice { path, read_only });
-            }
+        if let Some((backing, read_only)) = status(&path)?
+            && backing == identity
+        {
+            found.push(LoopDevice { path, read_only });
         }
     }
     Ok(found)
