@@ -11,10 +11,8 @@ use std::path::Path;
 use common::{TestDriver, assert_code, create_request_with, mount_capability, publish_request};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
-use hostpath_csi::csi::volume_usage::Unit;
 use hostpath_csi::csi::{
-    CreateVolumeRequest, DeleteVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
-    VolumeCapability,
+    CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, VolumeCapability,
 };
 use tonic::Code;
 
@@ -107,22 +105,7 @@ async fn a_file_volume_is_a_sparse_ext4_image_with_a_hard_size() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     drop(file);
 
-    let stats = d
-        .csi
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: id.clone(),
-            volume_path: target.clone(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let bytes = stats
-        .usage
-        .iter()
-        .find(|u| u.unit == Unit::Bytes as i32)
-        .unwrap();
+    let bytes = d.byte_usage(&id, &target).await;
     assert!(
         bytes.total <= 16 << 20 && bytes.total > 12 << 20,
         "{bytes:?}"

@@ -7,10 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::{TestDriver, assert_code, create_request_with, publish_request};
-use hostpath_csi::csi::volume_usage::Unit;
-use hostpath_csi::csi::{
-    ControllerGetVolumeRequest, DeleteVolumeRequest, GetCapacityRequest, NodeGetVolumeStatsRequest,
-};
+use hostpath_csi::csi::{ControllerGetVolumeRequest, DeleteVolumeRequest, GetCapacityRequest};
 use tonic::Code;
 
 async fn create_memory(
@@ -75,22 +72,7 @@ async fn a_memory_volume_is_a_tmpfs_of_its_size_and_refuses_more() {
     std::fs::remove_file(Path::new(&target).join("big")).unwrap();
     std::fs::write(Path::new(&target).join("half"), vec![1u8; 512 << 10]).unwrap();
 
-    let stats = d
-        .csi
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: id.clone(),
-            volume_path: target.clone(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let bytes = stats
-        .usage
-        .iter()
-        .find(|u| u.unit == Unit::Bytes as i32)
-        .unwrap();
+    let bytes = d.byte_usage(&id, &target).await;
     assert_eq!(bytes.total, 1 << 20);
     assert_eq!(bytes.used, 512 << 10);
     assert_eq!(bytes.available, 512 << 10);

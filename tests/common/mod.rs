@@ -205,6 +205,23 @@ impl TestDriver {
         response.volume.unwrap().volume_id
     }
 
+    /// The byte figures NodeGetVolumeStats reports for `id` published at `path`.
+    pub async fn byte_usage(&mut self, id: &str, path: &str) -> hostpath_csi::csi::VolumeUsage {
+        let stats = self
+            .csi
+            .node
+            .node_get_volume_stats(hostpath_csi::csi::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: path.into(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = hostpath_csi::csi::volume_usage::Unit::Bytes as i32;
+        stats.usage.into_iter().find(|u| u.unit == bytes).unwrap()
+    }
+
     pub async fn publish(
         &mut self,
         id: &str,
