@@ -195,3 +195,56 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
     tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");
     Ok(())
 }
+
+/// Grows a volume to `range.required_bytes`: the record's capacity is raised
+/// (durably) and the kind grows its backing. The same size again changes
+/// nothing (the backing is still checked, so a retry after a crash
+/// converges); a smaller one would shrink it (OUT_OF_RANGE). Returns the
+/// record and whether the node must finish the job.
+pub fn expand(
+    driver: &Driver,
+    id: &VolumeId,
+    range: CapacityRequest,
+) -> Result<(VolumeRecord, bool)> {
+    let mut record = driver.volume(id)?.record;
+    let pool = driver.pool(Some(&record.pool))?;
+    let current = record.capacity_bytes;
+    if range.required < current {
+        return Err(Error::OutOfRange(format!(
+            "volume {id} has {current} bytes; shrinking to {} bytes (limit {}) is not supported",
+            range.required, range.limit
+        )));
+    }
+    if range.required > current {
+        let backing = record.kind.backing(&pool.name);
+        let total = driver.capacity_of(&backing, pool)?;
+        let mut table = driver.table();
+        let available = total.saturating_sub(table.promised(&backing));
+        let more = range.required - current;
+        if more > available {
+            let message = format!(
+                "volume {id}: growing by {more} bytes, but only {available} bytes are left in {}",
+                match backing {
+                    Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
+                    Backing::Memory => "the memory budget".to_owned(),
+                }
+            );
+            return Err(match backing {
+                Backing::Disk(_) => Error::OutOfRange(message),
+                Backing::Memory => Error::ResourceExhausted(message),
+            });
+        }
+        record.capacity_bytes = range.required;
+        table.update(record.clone());
+        drop(table);
+        if let Err(err) = record::save(&pool.meta, &pool.shown().to_string(), &record) {
+            let mut old = record.clone();
+            old.capacity_bytes = current;
+            driver.table().update(old);
+            return Err(err);
+        }
+        tracing::info!(volume = %id, from = current, to = record.capacity_bytes, "volume expanded");
+    }
+    let node_step = record.kind.backend().expand(pool, &record)?;
+    Ok((record, node_step))
+}

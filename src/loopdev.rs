@@ -17,6 +17,7 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 /// The device refuses writes.
 const LO_FLAGS_READ_ONLY: u32 = 1;
 /// Detach when the last opener (a mount) closes the device.
@@ -227,6 +228,20 @@ fn status(path: &Path) -> Result<Option<((u64, u64), bool)>> {
         Err(Errno::ENXIO) => Ok(None),
         Err(errno) => Err(Error::sys(format!("status of {}", path.display()), errno)),
     }
+}
+
+/// Makes a loop device see the current size of its (grown) backing file.
+pub fn refresh_capacity(device: &LoopDevice) -> Result<()> {
+    let fd = nix::fcntl::open(
+        &device.path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("open {}", device.path.display()))?;
+    // SAFETY: LOOP_SET_CAPACITY takes no argument.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), LOOP_SET_CAPACITY, 0) })
+        .map(drop)
+        .context(|| format!("refresh the size of {}", device.path.display()))
 }
 
 /// Detaches a loop device; one already detached is fine.

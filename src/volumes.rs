@@ -66,6 +66,19 @@ impl VolumeTable {
         }
     }
 
+    /// Replaces a volume's record (a new capacity), keeping what is known of
+    /// its publications; the promise follows the new capacity.
+    pub fn update(&mut self, record: VolumeRecord) {
+        let Some(volume) = self.by_id.get_mut(&record.id) else {
+            return self.insert(record);
+        };
+        let old = std::mem::replace(&mut volume.record, record);
+        let new_backing = backing(&volume.record);
+        let added = volume.record.capacity_bytes;
+        self.release(&old);
+        *self.promised.entry(new_backing).or_default() += added;
+    }
+
     pub fn remove(&mut self, id: &VolumeId) -> Option<Volume> {
         let removed = self.by_id.remove(id)?;
         self.release(&removed.record);
@@ -125,6 +138,20 @@ mod tests {
         assert_eq!((table.promised(&a), table.promised(&b)), (15, 7));
         table.remove(&VolumeId::mint("x"));
         assert_eq!(table.promised(&a), 5);
+        let mut grown = record("y", "a", 50);
+        table
+            .get_mut(&grown.id)
+            .unwrap()
+            .published
+            .insert("/t".into());
+        grown.capacity_bytes = 50;
+        table.update(grown.clone());
+        assert_eq!(table.promised(&a), 50);
+        assert_eq!(
+            table.get(&grown.id).unwrap().published.len(),
+            1,
+            "publications kept"
+        );
         assert!(table.remove(&VolumeId::mint("x")).is_none());
     }
 

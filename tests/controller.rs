@@ -660,6 +660,7 @@ async fn controller_capabilities_are_listed() {
         rpc::Type::VolumeCondition,
         rpc::Type::SingleNodeMultiWriter,
         rpc::Type::ListVolumesPublishedNodes,
+        rpc::Type::ExpandVolume,
     ]
     .into_iter()
     .map(|t| t as i32)

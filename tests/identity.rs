@@ -41,6 +41,11 @@ async fn capabilities_are_controller_and_topology() {
         .into_inner()
         .capabilities;
     assert_eq!(caps, first.capabilities, "a repeat answers the same");
+    let online = caps.iter().any(|c| {
+        matches!(&c.r#type, Some(Type::VolumeExpansion(e))
+            if e.r#type == hostpath_csi::csi::plugin_capability::volume_expansion::Type::Online as i32)
+    });
+    assert!(online, "online expansion is offered");
     let mut services: Vec<i32> = caps
         .iter()
         .filter_map(|c| match &c.r#type {
@@ -108,8 +113,7 @@ async fn probe_is_ready_only_while_every_pool_is_writable() {
 #[tokio::test]
 async fn capabilities_not_offered_answer_unimplemented() {
     use hostpath_csi::csi::{
-        ControllerExpandVolumeRequest, ControllerPublishVolumeRequest, CreateSnapshotRequest,
-        NodeStageVolumeRequest,
+        ControllerPublishVolumeRequest, CreateSnapshotRequest, NodeStageVolumeRequest,
     };
     use tonic::Code;
     let mut d = TestDriver::start().await;
@@ -119,9 +123,6 @@ async fn capabilities_not_offered_answer_unimplemented() {
             .await
             .map(drop),
         c.create_snapshot(CreateSnapshotRequest::default())
-            .await
-            .map(drop),
-        c.controller_expand_volume(ControllerExpandVolumeRequest::default())
             .await
             .map(drop),
         d.csi

@@ -330,6 +330,7 @@ async fn node_info_and_capabilities() {
         rpc::Type::GetVolumeStats as i32,
         rpc::Type::VolumeCondition as i32,
         rpc::Type::SingleNodeMultiWriter as i32,
+        rpc::Type::ExpandVolume as i32,
     ];
     want.sort();
     assert_eq!(got, want);

@@ -77,6 +77,11 @@ impl VolumeKind for Directory {
         open_dir(pool, &record.id)
     }
 
+    /// A directory has no size of its own: the record's promise is all.
+    fn expand(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
+
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
         Ok(open_dir(pool, id)?.is_none().then(|| missing(pool, id)))
     }

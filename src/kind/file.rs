@@ -67,6 +67,54 @@ fn open_image(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
     }
 }
 
+/// Runs a fixed filesystem tool with an argv array, no shell; its stderr
+/// goes into the error.
+fn run(id: &VolumeId, program: &str, args: &[&str], path: &std::path::Path) -> Result<()> {
+    run_allowing(id, program, args, path, &[0])
+}
+
+/// [`run`], counting the exit codes in `ok` as success.
+fn run_allowing(
+    id: &VolumeId,
+    program: &str,
+    args: &[&str],
+    path: &std::path::Path,
+    ok: &[i32],
+) -> Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "volume {id}: cannot run {program} (is it installed?): {e}"
+            ))
+        })?;
+    if output.status.code().is_some_and(|code| ok.contains(&code)) {
+        return Ok(());
+    }
+    let message = format!(
+        "volume {id}: {program} {} failed ({}): {}",
+        path.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Err(Error::Internal(message))
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE, which the kernel demands
+/// for growing a mounted ext4 filesystem.
+fn has_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// Runs mkfs for `fs_type` on the file at `path` (built from the pool path
 /// and a minted id: no caller's text), with an argv array and no shell.
 fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Result<()> {
@@ -79,24 +127,7 @@ fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Resu
             )));
         }
     };
-    let output = Command::new(program)
-        .args(args)
-        .arg(path)
-        .output()
-        .map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "volume {id}: cannot run {program} (is it installed?): {e}"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(Error::Internal(format!(
-            "volume {id}: {program} {} failed ({}): {}",
-            path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
+    run(id, program, args, path)
 }
 
 /// Makes the image under a temporary name, sizes and formats it, then
@@ -172,6 +203,15 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     })?;
     // The mount now holds the device; closing our fd no longer detaches it.
     drop(attached);
+    if record.fs_type == "xfs" {
+        // An expansion while nobody had it mounted still waits for this.
+        run(
+            id,
+            "xfs_growfs",
+            &["-d"],
+            &pool.path.join("volumes").join(id.as_str()),
+        )?;
+    }
     own_mount::reopen(pool, id)
 }
 
@@ -315,6 +355,82 @@ impl VolumeKind for File {
                 None => Ok(None),
                 Some(device) => open_device(id, &device).map(Some),
             },
+        }
+    }
+
+    /// Grows the image file (sparse); the node then makes its loop devices
+    /// and filesystem see the new size.
+    fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
+        let id = &record.id;
+        let image = open_image(pool, id)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "volume {id}: {} is missing",
+                image_path(pool, id).display()
+            ))
+        })?;
+        let what = || format!("volume {id}: grow {}", image_path(pool, id).display());
+        let size = u64::try_from(fstat(&image).context(what)?.st_size).unwrap_or(0);
+        if size < record.capacity_bytes {
+            let target = i64::try_from(record.capacity_bytes).map_err(|_| {
+                Error::OutOfRange(format!(
+                    "volume {id}: {} bytes is too large",
+                    record.capacity_bytes
+                ))
+            })?;
+            ftruncate(&image, target).context(what)?;
+            fsync(&image).context(what)?;
+        }
+        drop(image);
+        // An ext4 nobody has mounted grows right away, offline (no special
+        // privilege needed); a mounted one, or xfs, grows where it is mounted.
+        let mounted = matches!(own_mount::look(pool, id)?, MountPoint::Mounted(_));
+        if record.fs_type == "ext4" && !mounted {
+            let path = image_path(pool, id);
+            run_allowing(id, "e2fsck", &["-f", "-p"], &path, &[0, 1])?;
+            run(id, "resize2fs", &[], &path)?;
+        }
+        Ok(true)
+    }
+
+    /// Online: every loop device of the image rereads its size, then a
+    /// mounted filesystem grows into it (resize2fs on the device, xfs_growfs
+    /// on the mount point), each run by argv.
+    fn expand_on_node(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
+        let id = &record.id;
+        let devices = attached(pool, id)?;
+        for device in &devices {
+            loopdev::refresh_capacity(device)?;
+        }
+        let mounted = matches!(own_mount::look(pool, id)?, MountPoint::Mounted(_));
+        if !mounted {
+            return Ok(());
+        }
+        match record.fs_type.as_str() {
+            "ext4" => {
+                let device = devices.iter().find(|d| !d.read_only).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "volume {id}: mounted, but no loop device of its image was found"
+                    ))
+                })?;
+                // With nothing to grow resize2fs succeeds; growing a mounted
+                // ext4 is the kernel's job, which it does only for CAP_SYS_RESOURCE.
+                run(id, "resize2fs", &[], &device.path).map_err(|err| {
+                    if has_sys_resource() {
+                        err
+                    } else {
+                        Error::FailedPrecondition(format!(
+                            "{err}; growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks: run the node plugin privileged, or expand while the volume is not published"
+                        ))
+                    }
+                })
+            }
+            "xfs" => run(
+                id,
+                "xfs_growfs",
+                &["-d"],
+                &pool.path.join("volumes").join(id.as_str()),
+            ),
+            _ => Ok(()),
         }
     }
 

@@ -27,9 +27,14 @@ const BYTES_PER_INODE: u64 = 4096;
 
 pub struct Memory;
 
-fn mount_tmpfs(pool: &Pool, id: &VolumeId, dir: &OwnedFd, capacity_bytes: u64) -> Result<OwnedFd> {
+/// The tmpfs options for a volume of `capacity_bytes`.
+fn tmpfs_options(capacity_bytes: u64) -> String {
     let inodes = (capacity_bytes / BYTES_PER_INODE).max(1024);
-    let options = format!("size={capacity_bytes},nr_inodes={inodes},mode=0755");
+    format!("size={capacity_bytes},nr_inodes={inodes},mode=0755")
+}
+
+fn mount_tmpfs(pool: &Pool, id: &VolumeId, dir: &OwnedFd, capacity_bytes: u64) -> Result<OwnedFd> {
+    let options = tmpfs_options(capacity_bytes);
     mount(
         Some("tmpfs"),
         fd_path(dir).as_str(),
@@ -98,6 +103,24 @@ impl VolumeKind for Memory {
             MountPoint::Mounted(fd) => Some(fd),
             MountPoint::Missing | MountPoint::Unmounted(_) => None,
         })
+    }
+
+    /// Remounts a mounted tmpfs with the larger size, online; an unmounted
+    /// one gets the new size when it is next mounted.
+    fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
+        let id = &record.id;
+        if let MountPoint::Mounted(fd) = own_mount::look(pool, id)? {
+            let options = tmpfs_options(record.capacity_bytes);
+            mount(
+                None::<&str>,
+                fd_path(&fd).as_str(),
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .context(|| format!("volume {id}: remount its tmpfs with {options}"))?;
+        }
+        Ok(false)
     }
 
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {

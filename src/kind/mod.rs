@@ -172,6 +172,18 @@ pub trait VolumeKind: Send + Sync {
         capacity_bytes: u64,
     ) -> Result<VolumeStats>;
 
+    /// Grows the backing to `record.capacity_bytes` (already raised in the
+    /// record); a backing that large already is fine, so a retry converges.
+    /// Returns whether the node must finish the job where the volume is
+    /// published ([`VolumeKind::expand_on_node`]).
+    fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool>;
+
+    /// Finishes an expansion where the volume is in use: makes devices and
+    /// filesystems see the grown backing. Repeating it is harmless.
+    fn expand_on_node(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
+
     /// Called after one of the volume's targets was taken down. A kind that
     /// sets up its backing only while it is in use (a loop device) takes it
     /// down once `mounts` shows no user left.

@@ -11,6 +11,7 @@ use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
 use crate::csi::{
+    ControllerExpandVolumeRequest, ControllerExpandVolumeResponse,
     ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
     ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerServiceCapability,
     CreateVolumeRequest, CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
@@ -40,7 +41,8 @@ impl ControllerService {
 const TOKEN_PREFIX: &str = "from:";
 
 /// Controller capabilities this driver offers.
-const CAPABILITIES: [rpc::Type; 7] = [
+const CAPABILITIES: [rpc::Type; 8] = [
+    rpc::Type::ExpandVolume,
     rpc::Type::CreateDeleteVolume,
     rpc::Type::ListVolumes,
     rpc::Type::GetCapacity,
@@ -245,6 +247,38 @@ impl Controller for ControllerService {
             .collect();
         Ok(Response::new(ControllerGetCapabilitiesResponse {
             capabilities,
+        }))
+    }
+
+    /// Grows the volume online (see `lifecycle::expand`); shrinking is
+    /// OUT_OF_RANGE; the node finishes the job when a filesystem must grow.
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> RpcResult<ControllerExpandVolumeResponse> {
+        let req = request.into_inner();
+        let id = VolumeId::parse(&req.volume_id)?;
+        if req.capacity_range.is_none() {
+            return Err(
+                Error::InvalidArgument(format!("volume {id}: capacity_range is missing")).into(),
+            );
+        }
+        let range = validate::capacity(req.capacity_range.as_ref())?;
+        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        let driver = Arc::clone(&self.driver);
+        let (record, node_expansion_required) = blocking(move || {
+            let _held = held;
+            if let Some(cap) = &req.volume_capability {
+                let record = driver.volume(&id)?.record;
+                validate::serves(record.kind, &record.fs_type, cap)
+                    .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
+            }
+            lifecycle::expand(&driver, &id, range)
+        })
+        .await?;
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
+            node_expansion_required,
         }))
     }
 

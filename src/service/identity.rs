@@ -6,7 +6,7 @@ use tonic::{Request, Response};
 
 use super::RpcResult;
 use crate::csi::identity_server::Identity;
-use crate::csi::plugin_capability::{Service, Type, service};
+use crate::csi::plugin_capability::{Service, Type, VolumeExpansion, service, volume_expansion};
 use crate::csi::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
@@ -44,11 +44,17 @@ impl Identity for IdentityService {
             service::Type::ControllerService,
             service::Type::VolumeAccessibilityConstraints,
         ];
+        let expansion = PluginCapability {
+            r#type: Some(Type::VolumeExpansion(VolumeExpansion {
+                r#type: volume_expansion::Type::Online as i32,
+            })),
+        };
         let capabilities = offered
             .into_iter()
             .map(|t| PluginCapability {
                 r#type: Some(Type::Service(Service { r#type: t as i32 })),
             })
+            .chain([expansion])
             .collect();
         Ok(Response::new(GetPluginCapabilitiesResponse {
             capabilities,

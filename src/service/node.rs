@@ -1,6 +1,7 @@
 //! CSI Node: bind-mount volumes onto the targets kubelet asks for, take them
 //! down again, and report usage and health.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use nix::mount::MsFlags;
@@ -14,24 +15,28 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, Type, rpc};
 use crate::csi::volume_usage::Unit;
 use crate::csi::{
-    NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse, NodeGetInfoRequest,
-    NodeGetInfoResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse,
-    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability,
-    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, VolumeUsage,
+    NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
+    NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
+    NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
+    NodePublishVolumeResponse, NodeServiceCapability, NodeUnpublishVolumeRequest,
+    NodeUnpublishVolumeResponse, VolumeUsage,
 };
 use crate::driver::{Driver, blocking};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::kind::Access;
+use crate::lifecycle;
 use crate::mounts::BindPolicy;
 use crate::publish::{self, Publish};
+use crate::record::VolumeRecord;
 use crate::validate::{self, Requested};
 
 /// Node capabilities this driver offers.
-const CAPABILITIES: [rpc::Type; 3] = [
+const CAPABILITIES: [rpc::Type; 4] = [
     rpc::Type::GetVolumeStats,
     rpc::Type::VolumeCondition,
     rpc::Type::SingleNodeMultiWriter,
+    rpc::Type::ExpandVolume,
 ];
 
 pub struct NodeService {
@@ -125,6 +130,39 @@ impl Node for NodeService {
         Ok(Response::new(response))
     }
 
+    /// Finishes an expansion where the volume is published (a loop device
+    /// rereads its size, a filesystem grows online). A capacity larger than
+    /// the volume's is first granted here, so a controller without the
+    /// node's disks can leave the whole job to this call.
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> RpcResult<NodeExpandVolumeResponse> {
+        let req = request.into_inner();
+        let id = VolumeId::parse(&req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(
+                Error::InvalidArgument(format!("volume {id}: volume_path is missing")).into(),
+            );
+        }
+        let range = validate::capacity(req.capacity_range.as_ref())?;
+        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        let driver = Arc::clone(&self.driver);
+        let capacity = blocking(move || {
+            let _held = held;
+            let record = driver.volume(&id)?.record;
+            published_source(&driver, &record, &req.volume_path)?;
+            let (record, _) = lifecycle::expand(&driver, &id, range)?;
+            let pool = driver.pool(Some(&record.pool))?;
+            record.kind.backend().expand_on_node(pool, &record)?;
+            Ok(record.capacity_bytes)
+        })
+        .await?;
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+        }))
+    }
+
     async fn node_get_capabilities(
         &self,
         _request: Request<NodeGetCapabilitiesRequest>,
@@ -151,6 +189,38 @@ impl Node for NodeService {
     }
 }
 
+/// What the volume is served from, if it is published at `raw_path` (the
+/// mount there is of this very source); NOT_FOUND otherwise. Sets nothing up.
+fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> Result<OwnedFd> {
+    let id = &record.id;
+    let not_here = || Error::NotFound(format!("volume {id} is not published at {raw_path:?}"));
+    let path = validate::host_path("volume_path", raw_path).map_err(|_| not_here())?;
+    let shown = path.display();
+    let state = beneath::path_state(&path)
+        .context(|| format!("volume {id}: stat {shown}"))?
+        .ok_or_else(not_here)?;
+    let access = if state.file_type == SFlag::S_IFDIR {
+        Access::Mount
+    } else {
+        let flags = statvfs(&path).context(|| format!("volume {id}: statvfs {shown}"))?;
+        Access::Block {
+            read_only: flags.flags().contains(FsFlags::ST_RDONLY),
+        }
+    };
+    let pool = driver.pool(Some(&record.pool))?;
+    let source = record
+        .kind
+        .backend()
+        .open_existing(pool, record, access)?
+        .ok_or_else(not_here)?;
+    let identity =
+        beneath::identity(&source).context(|| format!("volume {id}: stat the volume source"))?;
+    if identity != (state.dev, state.ino) {
+        return Err(not_here());
+    }
+    Ok(source)
+}
+
 /// Usage of a published volume. A `volume_path` where this volume is not
 /// mounted (missing, relative, or holding something else) is NOT_FOUND.
 fn volume_stats(
@@ -160,14 +230,6 @@ fn volume_stats(
 ) -> Result<NodeGetVolumeStatsResponse> {
     let volume = driver.volume(id)?;
     let record = &volume.record;
-    let path = validate::host_path("volume_path", raw_path)
-        .map_err(|_| Error::NotFound(format!("volume {id} is not published at {raw_path:?}")))?;
-    let shown = path.display();
-    let state = beneath::path_state(&path)
-        .context(|| format!("volume {id}: stat {shown}"))?
-        .ok_or_else(|| {
-            Error::NotFound(format!("volume {id}: volume_path {shown} does not exist"))
-        })?;
     let pool = driver.pool(Some(&record.pool))?;
     let backend = record.kind.backend();
     // A volume whose backing is gone is reported, never recreated, here.
@@ -177,23 +239,7 @@ fn volume_stats(
             volume_condition: Some(condition(driver, &volume)),
         });
     }
-    let access = if state.file_type == SFlag::S_IFDIR {
-        Access::Mount
-    } else {
-        let flags = statvfs(&path).context(|| format!("volume {id}: statvfs {shown}"))?;
-        Access::Block {
-            read_only: flags.flags().contains(FsFlags::ST_RDONLY),
-        }
-    };
-    let not_here = || Error::NotFound(format!("volume {id} is not published at {shown}"));
-    let source = backend
-        .open_existing(pool, record, access)?
-        .ok_or_else(not_here)?;
-    let identity =
-        beneath::identity(&source).context(|| format!("volume {id}: stat the volume source"))?;
-    if identity != (state.dev, state.ino) {
-        return Err(not_here());
-    }
+    let source = published_source(driver, record, raw_path)?;
     let stats = backend.stats(pool, id, &source, record.capacity_bytes)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
         total: i64::try_from(total).unwrap_or(i64::MAX),
