@@ -42,6 +42,7 @@ csi-sanity \
   --csi.mountdir "$work/mnt" \
   --csi.stagingdir "$work/stage" \
   --csi.testvolumesize $((64 << 20)) \
+  --csi.testvolumeexpandsize $((128 << 20)) \
   --csi.testvolumeparameters "$work/parameters.yaml" \
   "$@" || status=$?
 

@@ -44,7 +44,8 @@ sanity() {
 sanity directory
 sanity memory
 sanity file
-sanity file --csi.testvolumeaccesstype block --csi.testvolumesize $((8 << 20))
+sanity file --csi.testvolumeaccesstype block --csi.testvolumesize $((8 << 20)) \
+  --csi.testvolumeexpandsize $((16 << 20))
 
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
