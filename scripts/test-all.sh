@@ -16,11 +16,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# kind=file formats images with these (the driver runs them by argv).
-if ! command -v mkfs.ext4 >/dev/null || ! command -v mkfs.xfs >/dev/null; then
-  echo "== installing e2fsprogs and xfsprogs"
+# kind=file formats and grows images with e2fsprogs and xfsprogs (the driver
+# runs them by argv); the btrfs tests make their pool with btrfs-progs.
+if ! command -v mkfs.ext4 >/dev/null || ! command -v mkfs.xfs >/dev/null \
+  || ! command -v xfs_growfs >/dev/null || ! command -v mkfs.btrfs >/dev/null; then
+  echo "== installing e2fsprogs, xfsprogs and btrfs-progs"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs xfsprogs
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs xfsprogs btrfs-progs
 fi
 
 if ! go version -m "$GOBIN_DIR/csi-sanity" 2>/dev/null | grep -q "$CSI_SANITY_VERSION"; then

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// default a quarter of the node's memory.
     #[arg(long, env = "HOSTPATH_CSI_MEMORY_BUDGET")]
     pub memory_budget: Option<String>,
+    /// Turn quotas on in btrfs pools where they are off, so directory
+    /// volumes get enforced limits.
+    #[arg(long, env = "HOSTPATH_CSI_ENABLE_QUOTAS")]
+    pub enable_quotas: bool,
     /// A host directory beneath which static hostPath volumes may be
     /// published; repeat for several. None by default.
     #[arg(
@@ -128,6 +132,7 @@ impl ServeArgs {
             node_id,
             pools,
             max_volumes: self.max_volumes,
+            enable_quotas: self.enable_quotas,
             memory_budget: match &self.memory_budget {
                 Some(raw) => validate::quantity("--memory-budget", raw)?,
                 None => default_memory_budget()?,

@@ -48,6 +48,7 @@ pub async fn run() -> Result<(), String> {
             pool_path.clone(),
         )],
         max_volumes: 0,
+        enable_quotas: false,
         memory_budget: 1 << 30,
         allowed_host_paths: Vec::new(),
     };

@@ -25,6 +25,8 @@ pub struct DriverConfig {
     pub pools: Vec<(PoolName, PathBuf)>,
     /// Most volumes this node holds (0 = no limit).
     pub max_volumes: u64,
+    /// Turn btrfs quotas on in pools where they are off.
+    pub enable_quotas: bool,
     /// Bytes of RAM that memory volumes may take in all.
     pub memory_budget: u64,
     /// Host directories beneath which static hostPath volumes may be published.
@@ -60,7 +62,7 @@ impl Driver {
                     "pool {name} is given twice"
                 )));
             }
-            pools.push(Pool::open(name.clone(), path)?);
+            pools.push(Pool::open(name.clone(), path, config.enable_quotas)?);
         }
         let mut table = VolumeTable::default();
         let mut unreadable = HashMap::new();

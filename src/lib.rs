@@ -1,6 +1,7 @@
 //! hostpath-csi: a CSI driver that serves node-local directories as volumes.
 
 pub mod beneath;
+pub mod btrfs;
 pub mod cli;
 pub mod client;
 pub mod csi;

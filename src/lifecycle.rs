@@ -5,11 +5,11 @@ use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ids::VolumeId;
-use crate::kind::Backing;
+use crate::kind::{Backing, KindName};
 use crate::mounts::MountIndex;
-use crate::pool::Pool;
+use crate::pool::{Enforcement, Pool};
 use crate::record::{self, VolumeRecord};
-use crate::validate::{CapacityRequest, VolumeParams};
+use crate::validate::{CapacityRequest, Enforce, VolumeParams};
 
 /// A checked CreateVolume request.
 pub struct NewVolume {
@@ -36,6 +36,7 @@ pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
         return Ok(existing);
     }
     check_accessibility(driver, &request)?;
+    check_enforcement(pool, &request)?;
     let record = reserve(driver, pool, &request)?;
     let made = record::save(&pool.meta, &pool.shown().to_string(), &record)
         .and_then(|()| record.kind.backend().create(pool, &record));
@@ -66,6 +67,30 @@ fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
         driver.topology_key(),
         driver.config.node_id
     )))
+}
+
+/// `enforce: required` refuses a directory volume the pool cannot hold to
+/// its capacity; the other kinds always hold theirs.
+fn check_enforcement(pool: &Pool, request: &NewVolume) -> Result<()> {
+    let params = &request.params;
+    match (&pool.enforcement, params.kind, params.enforce) {
+        (Enforcement::Unavailable(why), KindName::Directory, Enforce::Required) => {
+            Err(Error::FailedPrecondition(format!(
+                "volume {}: enforce=required, but pool {} ({}) cannot enforce capacity: {why}",
+                request.name,
+                pool.name,
+                pool.shown()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a new volume is to be held to its capacity by the pool.
+fn enforced(pool: &Pool, params: &VolumeParams) -> bool {
+    params.kind == KindName::Directory
+        && params.enforce != Enforce::None
+        && matches!(pool.enforcement, Enforcement::BtrfsQgroups { .. })
 }
 
 /// Checks the volume limit and the room left (the pool's disk, or the
@@ -113,6 +138,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         capacity_bytes,
         ephemeral: request.ephemeral,
         fs_type: request.fs_type.clone(),
+        enforced: enforced(pool, &request.params),
     };
     table.insert(record.clone());
     Ok(record)

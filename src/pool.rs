@@ -15,9 +15,9 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 
-use crate::beneath;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
+use crate::{beneath, btrfs};
 
 /// Name of the file a writability probe writes where O_TMPFILE is missing.
 const PROBE_FILE: &str = ".probe";
@@ -28,6 +28,38 @@ pub struct Space {
     /// Bytes an unprivileged writer could still use.
     pub free_bytes: u64,
     pub free_inodes: u64,
+}
+
+/// How a pool can hold a directory volume to its capacity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// btrfs with quotas on: each volume is a subvolume with a qgroup limit.
+    BtrfsQgroups { fsid: String },
+    /// Capacity is only tracked; the text says why.
+    Unavailable(String),
+}
+
+impl Enforcement {
+    /// Finds out what the pool's filesystem offers, enabling btrfs quotas
+    /// first when `enable_quotas` asks for it.
+    fn detect(root: &OwnedFd, enable_quotas: bool) -> Result<Enforcement> {
+        if !btrfs::is_btrfs(root) {
+            return Ok(Enforcement::Unavailable(
+                "its filesystem is not btrfs, the only one whose limits the driver uses so far"
+                    .into(),
+            ));
+        }
+        let fsid = btrfs::fsid(root)?;
+        if !btrfs::quotas_enabled(&fsid) {
+            if !enable_quotas {
+                return Ok(Enforcement::Unavailable(
+                    "btrfs quotas are off (start the driver with --enable-quotas, or run `btrfs quota enable` on the pool)".into(),
+                ));
+            }
+            btrfs::enable_quotas(root)?;
+        }
+        Ok(Enforcement::BtrfsQgroups { fsid })
+    }
 }
 
 /// An open pool. All access to its contents goes through its directory fds.
@@ -42,6 +74,8 @@ pub struct Pool {
     pub meta: OwnedFd,
     trash: OwnedFd,
     drain: mpsc::Sender<CString>,
+    /// Whether directory volumes can be held to their capacity here.
+    pub enforcement: Enforcement,
 }
 
 impl Pool {
@@ -49,7 +83,7 @@ impl Pool {
     /// kept in canonical form, as the mount table shows it), creates
     /// its layout if missing, and starts the trash drain, which first empties
     /// what an earlier run left in `.trash/`.
-    pub fn open(name: PoolName, path: &Path) -> Result<Pool> {
+    pub fn open(name: PoolName, path: &Path, enable_quotas: bool) -> Result<Pool> {
         if !path.is_absolute() {
             return Err(Error::InvalidArgument(format!(
                 "pool {name}: path {} is not absolute",
@@ -71,6 +105,16 @@ impl Pool {
         };
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
         let drain = spawn_drain(&name, path, &trash)?;
+        let enforcement = Enforcement::detect(&root, enable_quotas)
+            .map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
+        match &enforcement {
+            Enforcement::BtrfsQgroups { .. } => {
+                tracing::info!(pool = %name, "capacity of directory volumes enforced by btrfs qgroups")
+            }
+            Enforcement::Unavailable(why) => {
+                tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")
+            }
+        }
         let pool = Pool {
             name,
             path: path.to_owned(),
@@ -79,6 +123,7 @@ impl Pool {
             meta,
             trash,
             drain,
+            enforcement,
         };
         let leftovers = beneath::list(&pool.trash)
             .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;

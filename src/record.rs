@@ -29,6 +29,9 @@ pub struct VolumeRecord {
     /// The filesystem a kind=file volume holds ("" for none: block only).
     #[serde(default)]
     pub fs_type: String,
+    /// A directory volume held to its capacity by the pool's filesystem.
+    #[serde(default)]
+    pub enforced: bool,
 }
 
 const SUFFIX: &str = ".json";
@@ -128,6 +131,7 @@ mod tests {
             capacity_bytes: 1 << 20,
             ephemeral: false,
             fs_type: String::new(),
+            enforced: false,
         }
     }
 

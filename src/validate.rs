@@ -16,7 +16,7 @@ use crate::ids::PoolName;
 use crate::kind::{Access, KindName};
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
-pub const PARAMETER_KEYS: [&str; 3] = ["kind", "pool", "fsType"];
+pub const PARAMETER_KEYS: [&str; 4] = ["kind", "pool", "fsType", "enforce"];
 /// Prefix of the keys external-provisioner adds; accepted and ignored.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
@@ -259,6 +259,33 @@ pub struct VolumeParams {
     pub pool: Option<PoolName>,
     /// The filesystem asked for (kind=file only).
     pub fs_type: Option<String>,
+    /// How strictly a directory volume's capacity must be enforced.
+    pub enforce: Enforce,
+}
+
+/// The StorageClass parameter `enforce`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Enforce {
+    /// Refuse a pool that cannot hold the volume to its capacity.
+    Required,
+    /// Enforce where the pool can, track elsewhere.
+    #[default]
+    BestEffort,
+    /// Only track, even where the pool could enforce.
+    None,
+}
+
+impl Enforce {
+    fn parse(raw: &str) -> Result<Self> {
+        match raw {
+            "required" => Ok(Enforce::Required),
+            "best-effort" => Ok(Enforce::BestEffort),
+            "none" => Ok(Enforce::None),
+            other => Err(Error::InvalidArgument(format!(
+                "parameter enforce={other:?} is not known: values are required, best-effort, none"
+            ))),
+        }
+    }
 }
 
 pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
@@ -266,12 +293,14 @@ pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
         kind: KindName::Directory,
         pool: None,
         fs_type: None,
+        enforce: Enforce::default(),
     };
     for (key, value) in params {
         match key.as_str() {
             "kind" => checked.kind = KindName::parse(value)?,
             "pool" => checked.pool = Some(PoolName::parse(value)?),
             "fsType" => checked.fs_type = Some(value.clone()),
+            "enforce" => checked.enforce = Enforce::parse(value)?,
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
                 return Err(Error::InvalidArgument(format!(
@@ -463,6 +492,7 @@ mod tests {
             kind,
             pool: None,
             fs_type: fs_type.map(str::to_owned),
+            enforce: Enforce::default(),
         };
         let with_fs = |fs: &str| {
             let mut c = cap(Mode::SingleNodeWriter, mount());

@@ -123,6 +123,7 @@ mod tests {
             capacity_bytes: capacity,
             ephemeral: false,
             fs_type: String::new(),
+            enforced: false,
         }
     }
 

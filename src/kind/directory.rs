@@ -9,14 +9,17 @@
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
+use nix::sys::stat::{Mode, fchmod};
+use nix::unistd::fsync;
 
 use super::{Access, Opened, VolumeKind, VolumeStats};
-use crate::beneath;
-use crate::error::{Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::mounts::{MountEntry, MountIndex};
+use crate::pool::Enforcement;
 use crate::pool::Pool;
 use crate::record::VolumeRecord;
+use crate::{beneath, btrfs};
 
 /// The mode of a new volume directory (hostPath's DirectoryOrCreate mode).
 const DIRECTORY_MODE: u32 = 0o755;
@@ -39,17 +42,44 @@ pub(super) fn missing(pool: &Pool, id: &VolumeId) -> String {
     format!("volume {id}: {}/volumes/{id} is missing", pool.shown())
 }
 
+/// Sets the qgroup limit of an enforced volume's subvolume to its capacity
+/// (no limit for a volume that asked for no size).
+fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
+    let id = &record.id;
+    let subvolume = btrfs::subvolume_id(dir)?.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "volume {id}: {}/volumes/{id} exists but is not a btrfs subvolume",
+            pool.shown()
+        ))
+    })?;
+    if record.capacity_bytes > 0 {
+        btrfs::set_limit(dir, subvolume, record.capacity_bytes)?;
+    }
+    Ok(())
+}
+
 impl VolumeKind for Directory {
+    /// A plain directory, or on a pool that enforces capacity a btrfs
+    /// subvolume whose qgroup is limited to the capacity.
     fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
         let id = &record.id;
-        beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE)
-            .map(drop)
-            .context(|| {
-                format!(
-                    "volume {id}: create directory {}/volumes/{id}",
-                    pool.shown()
-                )
-            })
+        let what = || format!("volume {id}: create {}/volumes/{id}", pool.shown());
+        if !record.enforced {
+            return beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE)
+                .map(drop)
+                .context(what);
+        }
+        let created = match btrfs::create_subvolume(&pool.volumes, id.as_str()) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false, // made by an earlier, interrupted call
+            Err(errno) => return Err(errno).context(what),
+        };
+        let dir = beneath::open_dir(&pool.volumes, id.as_str()).context(what)?;
+        if created {
+            fchmod(&dir, Mode::from_bits_truncate(DIRECTORY_MODE)).context(what)?;
+            fsync(&pool.volumes).context(what)?;
+        }
+        limit(pool, record, &dir)
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
@@ -78,7 +108,14 @@ impl VolumeKind for Directory {
     }
 
     /// A directory has no size of its own: the record's promise is all.
-    fn expand(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<bool> {
+    /// Raises the qgroup limit of an enforced volume; otherwise the
+    /// record's promise is all there is to grow.
+    fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
+        if record.enforced
+            && let Some(dir) = open_dir(pool, &record.id)?
+        {
+            limit(pool, record, &dir)?;
+        }
         Ok(false)
     }
 
@@ -106,13 +143,30 @@ impl VolumeKind for Directory {
 
     /// A walk of the tree (see [`beneath::usage`]); the capacity is the total
     /// (the pool's room when none was asked for).
-    fn stats(
-        &self,
-        pool: &Pool,
-        id: &VolumeId,
-        source: &OwnedFd,
-        capacity_bytes: u64,
-    ) -> Result<VolumeStats> {
+    /// An enforced volume answers from its qgroup in O(1) (as of the last
+    /// transaction commit); a plain one walks its tree.
+    fn stats(&self, pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats> {
+        let id = &record.id;
+        let capacity_bytes = record.capacity_bytes;
+        if record.enforced
+            && let Enforcement::BtrfsQgroups { fsid } = &pool.enforcement
+        {
+            let what = || format!("volume {id}: find its subvolume");
+            let subvolume = btrfs::subvolume_id(source)?.ok_or_else(|| Error::Internal(what()))?;
+            let used = btrfs::referenced(fsid, subvolume)?;
+            let free = pool.space()?.free_bytes;
+            let total = if capacity_bytes == 0 {
+                used + free
+            } else {
+                capacity_bytes
+            };
+            return Ok(VolumeStats {
+                bytes_total: total,
+                bytes_used: used,
+                bytes_available: total.saturating_sub(used).min(free),
+                ..VolumeStats::default()
+            });
+        }
         let used = beneath::usage(source)
             .context(|| format!("volume {id}: measure {}/volumes/{id}", pool.shown()))?;
         let space = pool.space()?;

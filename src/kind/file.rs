@@ -459,13 +459,9 @@ impl VolumeKind for File {
 
     /// A filesystem answers from statvfs; a raw device reports the bytes its
     /// image has allocated.
-    fn stats(
-        &self,
-        pool: &Pool,
-        id: &VolumeId,
-        source: &OwnedFd,
-        capacity_bytes: u64,
-    ) -> Result<VolumeStats> {
+    fn stats(&self, pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats> {
+        let id = &record.id;
+        let capacity_bytes = record.capacity_bytes;
         let st = fstat(source).context(|| format!("volume {id}: stat its source"))?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return own_mount::stats(id, source);

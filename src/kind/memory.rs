@@ -138,13 +138,8 @@ impl VolumeKind for Memory {
         own_mount::users(pool, id, mounts)
     }
 
-    fn stats(
-        &self,
-        _pool: &Pool,
-        id: &VolumeId,
-        source: &OwnedFd,
-        _capacity_bytes: u64,
-    ) -> Result<VolumeStats> {
+    fn stats(&self, _pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats> {
+        let id = &record.id;
         own_mount::stats(id, source)
     }
 }

@@ -164,13 +164,7 @@ pub trait VolumeKind: Send + Sync {
     fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>>;
 
     /// Usage of the volume, measured through `source` (from `open_source`).
-    fn stats(
-        &self,
-        pool: &Pool,
-        id: &VolumeId,
-        source: &OwnedFd,
-        capacity_bytes: u64,
-    ) -> Result<VolumeStats>;
+    fn stats(&self, pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats>;
 
     /// Grows the backing to `record.capacity_bytes` (already raised in the
     /// record); a backing that large already is fine, so a retry converges.

@@ -240,7 +240,7 @@ fn volume_stats(
         });
     }
     let source = published_source(driver, record, raw_path)?;
-    let stats = backend.stats(pool, id, &source, record.capacity_bytes)?;
+    let stats = backend.stats(pool, record, &source)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
         total: i64::try_from(total).unwrap_or(i64::MAX),
         used: i64::try_from(used).unwrap_or(i64::MAX),
@@ -248,20 +248,25 @@ fn volume_stats(
         unit: unit as i32,
     };
     Ok(NodeGetVolumeStatsResponse {
-        usage: vec![
-            usage(
+        // Inodes only where they are known (not for raw devices or qgroups).
+        usage: [
+            (
                 Unit::Bytes,
                 stats.bytes_total,
                 stats.bytes_used,
                 stats.bytes_available,
             ),
-            usage(
+            (
                 Unit::Inodes,
                 stats.inodes_total,
                 stats.inodes_used,
                 stats.inodes_available,
             ),
-        ],
+        ]
+        .into_iter()
+        .filter(|(unit, total, ..)| *unit == Unit::Bytes || *total > 0)
+        .map(|(unit, total, used, available)| usage(unit, total, used, available))
+        .collect(),
         volume_condition: Some(condition(driver, &volume)),
     })
 }

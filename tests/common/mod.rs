@@ -125,6 +125,7 @@ impl TestDriver {
             node_id: NODE.into(),
             pools: vec![(PoolName::parse("default").unwrap(), pool)],
             max_volumes: 0,
+            enable_quotas: false,
             memory_budget: 256 << 20,
             allowed_host_paths: Vec::new(),
         };
