@@ -7,6 +7,7 @@
 use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
@@ -221,39 +222,63 @@ pub struct Usage {
 /// crossing into another mount. Directories deeper than [`MAX_DEPTH`] are
 /// counted themselves but not entered, which bounds the fds a walk holds.
 pub fn usage(dir: impl AsFd) -> nix::Result<Usage> {
-    let root = fstat(dir.as_fd())?;
-    let mut total = Usage {
-        bytes: allocated(&root),
-        inodes: 1,
-    };
-    add_usage(dir.as_fd(), &mut total, 1)?;
-    Ok(total)
+    usage_until(dir, None).map(|(usage, _)| usage)
 }
 
-fn add_usage(dir: BorrowedFd<'_>, total: &mut Usage, depth: usize) -> nix::Result<()> {
-    for (name, _) in list(dir)? {
-        let st = match fstatat(
-            dir,
-            name.as_c_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => continue,
-            Err(e) => return Err(e),
-        };
-        total.bytes += allocated(&st);
-        total.inodes += 1;
-        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-        if is_dir && depth < MAX_DEPTH {
-            match open_dir(dir, name.as_c_str()) {
-                Ok(child) => add_usage(child.as_fd(), total, depth + 1)?,
-                // A mount point or an entry removed meanwhile: not part of this tree.
-                Err(Errno::EXDEV | Errno::ENOENT) => {}
+/// [`usage`], stopping at `deadline` if one is given: the flag is false when
+/// the walk stopped early, and the usage then a lower bound.
+pub fn usage_until(dir: impl AsFd, deadline: Option<Instant>) -> nix::Result<(Usage, bool)> {
+    let root = fstat(dir.as_fd())?;
+    let mut walk = UsageWalk {
+        total: Usage {
+            bytes: allocated(&root),
+            inodes: 1,
+        },
+        deadline,
+    };
+    let complete = walk.add(dir.as_fd(), 1)?;
+    Ok((walk.total, complete))
+}
+
+struct UsageWalk {
+    total: Usage,
+    deadline: Option<Instant>,
+}
+
+impl UsageWalk {
+    /// Counts the entries of `dir`; false when the deadline stopped it.
+    fn add(&mut self, dir: BorrowedFd<'_>, depth: usize) -> nix::Result<bool> {
+        for (name, _) in list(dir)? {
+            if self.total.inodes % 1024 == 0 && self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            let st = match fstatat(
+                dir,
+                name.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(e),
+            };
+            self.total.bytes += allocated(&st);
+            self.total.inodes += 1;
+            let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+            if is_dir && depth < MAX_DEPTH {
+                match open_dir(dir, name.as_c_str()) {
+                    Ok(child) => {
+                        if !self.add(child.as_fd(), depth + 1)? {
+                            return Ok(false);
+                        }
+                    }
+                    // A mount point or an entry removed meanwhile: not part of this tree.
+                    Err(Errno::EXDEV | Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
+        Ok(true)
     }
-    Ok(())
 }
 
 fn allocated(st: &nix::sys::stat::FileStat) -> u64 {
@@ -406,6 +431,21 @@ mod tests {
             list(&root).unwrap().is_empty(),
             "spilled subtrees removed too"
         );
+    }
+
+    #[test]
+    fn a_walk_past_its_deadline_stops_with_a_lower_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..3000 {
+            std::fs::write(tmp.path().join(i.to_string()), b"").unwrap();
+        }
+        let dir = open(tmp.path());
+        let (partial, complete) = usage_until(&dir, Some(Instant::now())).unwrap();
+        assert!(!complete);
+        assert!(partial.inodes < 3001, "{partial:?}");
+        let (full, complete) = usage_until(&dir, None).unwrap();
+        assert!(complete);
+        assert_eq!(full.inodes, 3001);
     }
 
     #[test]

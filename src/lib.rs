@@ -20,5 +20,6 @@ pub mod publish;
 pub mod record;
 pub mod server;
 pub mod service;
+pub mod usage_cache;
 pub mod validate;
 pub mod volumes;

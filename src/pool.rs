@@ -17,6 +17,7 @@ use nix::sys::statvfs::{FsFlags, fstatvfs};
 
 use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
+use crate::usage_cache::UsageCache;
 use crate::{beneath, btrfs};
 
 /// Name of the file a writability probe writes where O_TMPFILE is missing.
@@ -76,6 +77,8 @@ pub struct Pool {
     drain: mpsc::Sender<CString>,
     /// Whether directory volumes can be held to their capacity here.
     pub enforcement: Enforcement,
+    /// Measurements of the directory volumes no limit measures.
+    pub usage: UsageCache,
 }
 
 impl Pool {
@@ -124,6 +127,7 @@ impl Pool {
             trash,
             drain,
             enforcement,
+            usage: UsageCache::default(),
         };
         let leftovers = beneath::list(&pool.trash)
             .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;

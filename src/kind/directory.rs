@@ -83,6 +83,7 @@ impl VolumeKind for Directory {
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
+        pool.usage.forget(id);
         pool.trash_volume(id.as_str())
     }
 
@@ -144,7 +145,8 @@ impl VolumeKind for Directory {
     /// A walk of the tree (see [`beneath::usage`]); the capacity is the total
     /// (the pool's room when none was asked for).
     /// An enforced volume answers from its qgroup in O(1) (as of the last
-    /// transaction commit); a plain one walks its tree.
+    /// transaction commit); a plain one from a bounded, cached walk (see
+    /// [`crate::usage_cache`]).
     fn stats(&self, pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats> {
         let id = &record.id;
         let capacity_bytes = record.capacity_bytes;
@@ -167,8 +169,7 @@ impl VolumeKind for Directory {
                 ..VolumeStats::default()
             });
         }
-        let used = beneath::usage(source)
-            .context(|| format!("volume {id}: measure {}/volumes/{id}", pool.shown()))?;
+        let used = pool.usage.usage(id, source)?;
         let space = pool.space()?;
         let (bytes_total, bytes_available) = match capacity_bytes {
             0 => (used.bytes + space.free_bytes, space.free_bytes),
