@@ -249,7 +249,9 @@ impl UsageWalk {
     /// Counts the entries of `dir`; false when the deadline stopped it.
     fn add(&mut self, dir: BorrowedFd<'_>, depth: usize) -> nix::Result<bool> {
         for (name, _) in list(dir)? {
-            if self.total.inodes % 1024 == 0 && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            if self.total.inodes.is_multiple_of(1024)
+                && self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 return Ok(false);
             }
             let st = match fstatat(
