@@ -52,7 +52,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         ],
         max_volumes: 0,
         enable_quotas: true,
-        memory_budget: 2 << 30,
+        memory_budget: 8 << 30,
         allowed_host_paths: Vec::new(),
     };
     let driver = Arc::new(Driver::open(config)?);
@@ -146,7 +146,7 @@ async fn create_and_publish(
     let request = CreateVolumeRequest {
         name: name.into(),
         capacity_range: Some(CapacityRange {
-            required_bytes: 1 << 30,
+            required_bytes: 4 << 30,
             limit_bytes: 0,
         }),
         volume_capabilities: vec![capability.clone()],
@@ -212,10 +212,10 @@ fn shown(d: Duration) -> String {
     }
 }
 
-/// A loop-backed btrfs of 4 GiB (sparse) mounted at `<scratch>/btrfs`.
+/// A loop-backed btrfs of 8 GiB (sparse) mounted at `<scratch>/btrfs`.
 fn btrfs_pool(scratch: &Path) -> Result<PathBuf, Failure> {
     let image = scratch.join("btrfs.img");
-    std::fs::File::create(&image)?.set_len(4 << 30)?;
+    std::fs::File::create(&image)?.set_len(8 << 30)?;
     let made = Command::new("mkfs.btrfs")
         .arg("-q")
         .arg(&image)
