@@ -116,6 +116,19 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         (0, limit) => limit.min(available),
         (required, _) => required,
     };
+    let minimum = kind.minimum_capacity(&request.fs_type);
+    if capacity_bytes < minimum {
+        return Err(Error::OutOfRange(format!(
+            "volume {}: {capacity_bytes} bytes asked for, but a {} volume{} needs at least {minimum} bytes",
+            request.name,
+            kind.as_str(),
+            if request.fs_type.is_empty() {
+                String::new()
+            } else {
+                format!(" holding {}", request.fs_type)
+            }
+        )));
+    }
     if capacity_bytes > available || (kind.sized() && capacity_bytes == 0) {
         let message = format!(
             "volume {}: {capacity_bytes} bytes needed but {} can give {available} bytes",

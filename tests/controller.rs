@@ -555,6 +555,22 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         "{drop}"
     );
     assert_eq!(after.maximum_volume_size, Some(after.available_capacity));
+    assert_eq!(
+        after.minimum_volume_size,
+        Some(0),
+        "a directory has no minimum"
+    );
+    let mut file = get(None);
+    file.parameters.insert("kind".into(), "file".into());
+    file.parameters.insert("fsType".into(), "xfs".into());
+    let xfs = d
+        .csi
+        .controller
+        .get_capacity(file)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(xfs.minimum_volume_size, Some(300 << 20));
     let elsewhere = d
         .csi
         .controller

@@ -35,7 +35,11 @@ use crate::record::VolumeRecord;
 /// Size of a file volume whose request names no capacity: 64 MiB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// The smallest filesystem mkfs.xfs makes.
-const XFS_MINIMUM: u64 = 300 << 20;
+pub const XFS_MINIMUM: u64 = 300 << 20;
+/// The smallest ext4 image: room for its journal and a few files.
+pub const EXT4_MINIMUM: u64 = 1 << 20;
+/// The smallest raw block volume: one page.
+pub const RAW_MINIMUM: u64 = 4096;
 /// Mode of a new image (hostPath FileOrCreate's mode).
 const IMAGE_MODE: u32 = 0o644;
 
@@ -283,12 +287,6 @@ fn block_users(pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<Mo
 impl VolumeKind for File {
     fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
         let id = &record.id;
-        if record.fs_type == "xfs" && record.capacity_bytes < XFS_MINIMUM {
-            return Err(Error::OutOfRange(format!(
-                "volume {id}: xfs needs at least {XFS_MINIMUM} bytes, {} asked for",
-                record.capacity_bytes
-            )));
-        }
         beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
             .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
         match fstatat(

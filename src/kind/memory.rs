@@ -22,6 +22,8 @@ use crate::record::VolumeRecord;
 
 /// Size of a memory volume whose request names no capacity: 64 MiB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// The smallest memory volume: one page.
+pub const MINIMUM_SIZE: u64 = 4096;
 /// Bytes of capacity per inode the tmpfs allows.
 const BYTES_PER_INODE: u64 = 4096;
 

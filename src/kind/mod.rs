@@ -77,6 +77,17 @@ impl KindName {
         self != KindName::Directory
     }
 
+    /// The smallest volume of this kind (holding `fs_type`, for kind=file).
+    pub fn minimum_capacity(self, fs_type: &str) -> u64 {
+        match (self, fs_type) {
+            (KindName::Directory, _) => 0,
+            (KindName::Memory, _) => memory::MINIMUM_SIZE,
+            (KindName::File, "xfs") => file::XFS_MINIMUM,
+            (KindName::File, "") => file::RAW_MINIMUM,
+            (KindName::File, _) => file::EXT4_MINIMUM,
+        }
+    }
+
     /// The capacity a volume gets when the request names none.
     pub fn default_capacity(self) -> u64 {
         match self {

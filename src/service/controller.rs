@@ -22,6 +22,7 @@ use crate::csi::{
 use crate::driver::{Driver, blocking};
 use crate::error::Error;
 use crate::ids::VolumeId;
+use crate::kind::KindName;
 use crate::lifecycle::{self, NewVolume};
 use crate::record::VolumeRecord;
 use crate::validate;
@@ -213,25 +214,38 @@ impl Controller for ControllerService {
             .accessible_topology
             .as_ref()
             .is_some_and(|t| !self.driver.is_this_node(t));
-        let unsupported = match validate::chosen_fs_type(&params, &req.volume_capabilities) {
+        // A filesystem the capabilities or parameters name decides the minimum.
+        let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities);
+        let unsupported = match &fs_type {
             Ok(fs_type) => req
                 .volume_capabilities
                 .iter()
-                .any(|cap| validate::serves(params.kind, &fs_type, cap).is_err()),
+                .any(|cap| validate::serves(params.kind, fs_type, cap).is_err()),
             Err(_) => true,
         };
         let available = if elsewhere || unsupported {
             0
         } else {
             let driver = Arc::clone(&self.driver);
-            blocking(move || driver.available(driver.pool(params.pool.as_ref())?, params.kind))
-                .await?
+            let (pool, kind) = (params.pool.clone(), params.kind);
+            blocking(move || driver.available(driver.pool(pool.as_ref())?, kind)).await?
         };
-        let available = i64::try_from(available).unwrap_or(i64::MAX);
+        let as_i64 = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        // Without capabilities a file volume would hold the parameter's
+        // filesystem, else ext4; with block ones only, none.
+        let holds = match (fs_type, req.volume_capabilities.is_empty(), params.kind) {
+            (_, true, KindName::File) => params
+                .fs_type
+                .clone()
+                .unwrap_or_else(|| validate::FILE_SYSTEMS[0].to_owned()),
+            (Ok(fs_type), ..) => fs_type,
+            (Err(_), ..) => String::new(),
+        };
+        let minimum = params.kind.minimum_capacity(&holds);
         Ok(Response::new(GetCapacityResponse {
-            available_capacity: available,
-            maximum_volume_size: Some(available),
-            minimum_volume_size: None,
+            available_capacity: as_i64(available),
+            maximum_volume_size: Some(as_i64(available)),
+            minimum_volume_size: Some(as_i64(minimum)),
         }))
     }
 
