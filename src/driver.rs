@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::beneath;
 use crate::csi::Topology;
@@ -15,6 +16,9 @@ use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
 use crate::volumes::{Volume, VolumeTable};
+
+/// How long CreateVolume and expansion reuse a pool's measured usage.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(10);
 
 /// Settings of one driver process (see `hostpath-csi serve --help`).
 #[derive(Clone, Debug)]
@@ -39,6 +43,9 @@ pub struct Driver {
     pub config: DriverConfig,
     pools: Vec<Pool>,
     volumes: Mutex<VolumeTable>,
+    /// Per pool: the bytes its volumes use of their promises, and when that
+    /// was measured.
+    used_cache: Mutex<HashMap<PoolName, (u64, Instant)>>,
     /// Volumes whose record could not be read at start, with the problem:
     /// they are neither served nor overwritten until an operator repairs them.
     unreadable: HashMap<VolumeId, String>,
@@ -88,6 +95,7 @@ impl Driver {
             config,
             pools,
             volumes: Mutex::new(table),
+            used_cache: Mutex::new(HashMap::new()),
             unreadable,
             guards: OperationGuards::default(),
         };
@@ -146,21 +154,51 @@ impl Driver {
         }
     }
 
-    /// Bytes `backing` offers before promises: the pool's free space now,
-    /// or the memory budget.
-    pub fn capacity_of(&self, backing: &Backing, pool: &Pool) -> Result<u64> {
+    /// Bytes `backing` offers before promises: the memory budget, or the
+    /// pool's free space plus what its volumes already use of their promises
+    /// (those bytes are promised and gone from the free space both). The
+    /// usage is measured again when `fresh`, else at most every
+    /// [`USAGE_REFRESH`].
+    pub fn offered(&self, backing: &Backing, pool: &Pool, fresh: bool) -> Result<u64> {
         match backing {
-            Backing::Disk(_) => Ok(pool.space()?.free_bytes),
+            Backing::Disk(_) => Ok(pool.space()?.free_bytes + self.used_of_promises(pool, fresh)?),
             Backing::Memory => Ok(self.config.memory_budget),
         }
     }
 
-    /// What a new volume of `kind` in `pool` can still get: the backing's
-    /// bytes minus what its volumes were promised.
+    /// What a new volume of `kind` in `pool` can get now: what the backing
+    /// offers minus what its volumes were promised (measured fresh: this is
+    /// what GetCapacity reports).
     pub fn available(&self, pool: &Pool, kind: KindName) -> Result<u64> {
         let backing = kind.backing(&pool.name);
-        let total = self.capacity_of(&backing, pool)?;
+        let total = self.offered(&backing, pool, true)?;
         Ok(total.saturating_sub(self.table().promised(&backing)))
+    }
+
+    /// Bytes the pool's disk volumes use, each up to its capacity, counting
+    /// only volumes whose usage is O(1) to read (image files, qgroups); the
+    /// others count as unused, which errs on the safe side.
+    fn used_of_promises(&self, pool: &Pool, fresh: bool) -> Result<u64> {
+        let mut cached = self.used_cache.lock().expect("usage estimate poisoned");
+        if let Some((used, at)) = cached.get(&pool.name)
+            && !fresh
+            && at.elapsed() < USAGE_REFRESH
+        {
+            return Ok(*used);
+        }
+        let records: Vec<_> = self
+            .table()
+            .records_in(&pool.name)
+            .filter(|r| r.kind.backing(&pool.name) == Backing::Disk(pool.name.clone()))
+            .collect();
+        let mut used = 0;
+        for record in records {
+            if let Some(bytes) = record.kind.backend().used_cheaply(pool, &record)? {
+                used += bytes.min(record.capacity_bytes);
+            }
+        }
+        cached.insert(pool.name.clone(), (used, Instant::now()));
+        Ok(used)
     }
 
     /// The named pool, or the default (first) one for `None`.

@@ -101,7 +101,7 @@ fn enforced(pool: &Pool, params: &VolumeParams) -> bool {
 fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRecord> {
     let kind = request.params.kind;
     let backing = kind.backing(&pool.name);
-    let total = driver.capacity_of(&backing, pool)?;
+    let total = driver.offered(&backing, pool, false)?;
     let mut table = driver.table();
     let max = driver.config.max_volumes;
     if max > 0 && table.len() as u64 >= max {
@@ -256,7 +256,7 @@ pub fn expand(
     }
     if range.required > current {
         let backing = record.kind.backing(&pool.name);
-        let total = driver.capacity_of(&backing, pool)?;
+        let total = driver.offered(&backing, pool, false)?;
         let mut table = driver.table();
         let available = total.saturating_sub(table.promised(&backing));
         let more = range.required - current;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::PathBuf;
 
-use crate::ids::VolumeId;
+use crate::ids::{PoolName, VolumeId};
 use crate::kind::Backing;
 use crate::record::VolumeRecord;
 
@@ -47,6 +47,14 @@ impl VolumeTable {
 
     pub fn get_mut(&mut self, id: &VolumeId) -> Option<&mut Volume> {
         self.by_id.get_mut(id)
+    }
+
+    /// The records of the volumes in `pool`.
+    pub fn records_in<'a>(&'a self, pool: &'a PoolName) -> impl Iterator<Item = VolumeRecord> + 'a {
+        self.by_id
+            .values()
+            .filter(move |v| &v.record.pool == pool)
+            .map(|v| v.record.clone())
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Volume> {
@@ -111,7 +119,6 @@ impl VolumeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::PoolName;
     use crate::kind::KindName;
 
     fn record(name: &str, pool: &str, capacity: u64) -> VolumeRecord {

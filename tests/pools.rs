@@ -93,3 +93,59 @@ async fn two_pools_report_and_spend_their_own_capacity() {
         .volume_id;
     assert!(small.join("volumes").join(&id).is_dir());
 }
+
+#[tokio::test]
+async fn capacity_counts_only_what_volumes_have_not_used_yet() {
+    use std::io::Write;
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("own");
+    scratch.mount_tmpfs(&pool, "512m");
+    let mut d = TestDriver::start_in(scratch, move |c| c.pools[0].1 = pool).await;
+    let file = |d: &mut TestDriver| {
+        let mut controller = d.csi.controller.clone();
+        async move {
+            let request = GetCapacityRequest {
+                parameters: [("kind".to_owned(), "file".to_owned())].into(),
+                ..Default::default()
+            };
+            controller
+                .get_capacity(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .available_capacity
+        }
+    };
+    let empty = file(&mut d).await;
+    let id = d
+        .csi
+        .controller
+        .create_volume(create_request_with(
+            "half-used",
+            64 << 20,
+            &[("kind", "file")],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let promised = file(&mut d).await;
+    let near = |a: i64, b: i64| (a - b).abs() < 2 << 20;
+    assert!(near(empty - promised, 64 << 20), "{empty} -> {promised}");
+
+    // Writing into the volume spends its promise, not the pool's room again.
+    let target = d.target("pod-half");
+    d.publish(&id, &target, false).await.unwrap();
+    let mut data = std::fs::File::create(std::path::Path::new(&target).join("data")).unwrap();
+    data.write_all(&vec![9u8; 32 << 20]).unwrap();
+    data.sync_all().unwrap();
+    drop(data);
+    let written = file(&mut d).await;
+    assert!(
+        near(written, promised),
+        "{promised} -> {written}: the 32 MiB counted twice"
+    );
+    d.unpublish(&id, &target).await.unwrap();
+}

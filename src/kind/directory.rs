@@ -120,6 +120,23 @@ impl VolumeKind for Directory {
         Ok(false)
     }
 
+    /// An enforced volume's qgroup; a plain directory would need a walk.
+    fn used_cheaply(&self, pool: &Pool, record: &VolumeRecord) -> Result<Option<u64>> {
+        let Enforcement::BtrfsQgroups { fsid } = &pool.enforcement else {
+            return Ok(None);
+        };
+        if !record.enforced {
+            return Ok(None);
+        }
+        let Some(dir) = open_dir(pool, &record.id)? else {
+            return Ok(None);
+        };
+        match btrfs::subvolume_id(&dir)? {
+            Some(subvolume) => btrfs::referenced(fsid, subvolume).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
         Ok(open_dir(pool, id)?.is_none().then(|| missing(pool, id)))
     }

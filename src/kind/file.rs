@@ -432,6 +432,15 @@ impl VolumeKind for File {
         }
     }
 
+    /// The blocks the sparse image has allocated.
+    fn used_cheaply(&self, pool: &Pool, record: &VolumeRecord) -> Result<Option<u64>> {
+        let Some(image) = open_image(pool, &record.id)? else {
+            return Ok(None);
+        };
+        let st = fstat(&image).context(|| format!("volume {}: stat its image", record.id))?;
+        Ok(Some(u64::try_from(st.st_blocks).unwrap_or(0) * 512))
+    }
+
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
         let image_there = fstatat(
             &pool.volumes,

@@ -125,6 +125,11 @@ impl VolumeKind for Memory {
         Ok(false)
     }
 
+    /// Memory volumes draw on the budget, not on a pool's disk.
+    fn used_cheaply(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
         Ok(match own_mount::look(pool, id)? {
             MountPoint::Missing => Some(missing(pool, id)),

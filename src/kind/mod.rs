@@ -158,6 +158,10 @@ pub trait VolumeKind: Send + Sync {
         access: Access,
     ) -> Result<Option<Opened>>;
 
+    /// Bytes the volume takes, when that is O(1) to learn (an image's
+    /// allocation, a qgroup); `None` otherwise.
+    fn used_cheaply(&self, pool: &Pool, record: &VolumeRecord) -> Result<Option<u64>>;
+
     /// Opens what `access` is served from only if it is already set up
     /// (a mounted tmpfs or image, an attached loop device). Changes nothing.
     fn open_existing(
