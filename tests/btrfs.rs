@@ -91,7 +91,8 @@ async fn a_directory_volume_on_btrfs_is_held_to_its_capacity_and_grows() {
         .unwrap()
         .volume_id;
     let promised = before - available(&mut d).await;
-    assert!(((16 << 20)..(20 << 20)).contains(&promised), "{promised}");
+    // A new subvolume already uses a few KiB of its own promise.
+    assert!((promised - (16 << 20)).abs() < 1 << 20, "{promised}");
 
     let target = d.target("pod-quota");
     d.publish(&id, &target, false).await.unwrap();
