@@ -96,6 +96,22 @@ async fn a_directory_volume_on_btrfs_is_held_to_its_capacity_and_grows() {
 
     let target = d.target("pod-quota");
     d.publish(&id, &target, false).await.unwrap();
+    let delete = DeleteVolumeRequest {
+        volume_id: id.clone(),
+        secrets: Default::default(),
+    };
+    assert_code(
+        d.csi.controller.delete_volume(delete.clone()).await,
+        Code::FailedPrecondition,
+        &target,
+    );
+    // A restart finds the publication from the mount table, on btrfs too.
+    let mut d = d.restart().await;
+    assert_code(
+        d.csi.controller.delete_volume(delete).await,
+        Code::FailedPrecondition,
+        &target,
+    );
     let err = write(&Path::new(&target).join("too-big"), 32 << 20).unwrap_err();
     assert!(
         matches!(err.raw_os_error(), Some(libc::EDQUOT | libc::ENOSPC)),

@@ -108,7 +108,6 @@ impl VolumeKind for Directory {
         open_dir(pool, &record.id)
     }
 
-    /// A directory has no size of its own: the record's promise is all.
     /// Raises the qgroup limit of an enforced volume; otherwise the
     /// record's promise is all there is to grow.
     fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
@@ -152,15 +151,20 @@ impl VolumeKind for Directory {
         };
         let (dev, _) = beneath::identity(&dir)
             .context(|| format!("volume {id}: stat {}/volumes/{id}", pool.shown()))?;
+        // The device a mount point shows is compared, not mountinfo's: on
+        // btrfs every subvolume has a device number of its own.
         Ok(candidates
             .iter()
-            .filter(|m| m.dev == dev)
+            .filter(|m| {
+                beneath::path_state(&m.mount_point)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|state| state.dev == dev)
+            })
             .cloned()
             .collect())
     }
 
-    /// A walk of the tree (see [`beneath::usage`]); the capacity is the total
-    /// (the pool's room when none was asked for).
     /// An enforced volume answers from its qgroup in O(1) (as of the last
     /// transaction commit); a plain one from a bounded, cached walk (see
     /// [`crate::usage_cache`]).
