@@ -72,17 +72,23 @@ fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
 /// `enforce: required` refuses a directory volume the pool cannot hold to
 /// its capacity; the other kinds always hold theirs.
 fn check_enforcement(pool: &Pool, request: &NewVolume) -> Result<()> {
-    let params = &request.params;
+    match refusal(pool, &request.params) {
+        Some(why) => Err(Error::FailedPrecondition(format!(
+            "volume {}: enforce=required, but pool {} ({}) cannot enforce capacity: {why}",
+            request.name,
+            pool.name,
+            pool.shown()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why `pool` refuses volumes with these parameters, if it does (so that
+/// GetCapacity offers such a pool nothing).
+pub fn refusal<'a>(pool: &'a Pool, params: &VolumeParams) -> Option<&'a str> {
     match (&pool.enforcement, params.kind, params.enforce) {
-        (Enforcement::Unavailable(why), KindName::Directory, Enforce::Required) => {
-            Err(Error::FailedPrecondition(format!(
-                "volume {}: enforce=required, but pool {} ({}) cannot enforce capacity: {why}",
-                request.name,
-                pool.name,
-                pool.shown()
-            )))
-        }
-        _ => Ok(()),
+        (Enforcement::Unavailable(why), KindName::Directory, Enforce::Required) => Some(why),
+        _ => None,
     }
 }
 
@@ -248,7 +254,8 @@ pub fn expand(
     let mut record = driver.volume(id)?.record;
     let pool = driver.pool(Some(&record.pool))?;
     let current = record.capacity_bytes;
-    if range.required < current {
+    // No size asked for (NodeExpandVolume may omit it): finish at the record's.
+    if range.required != 0 && range.required < current {
         return Err(Error::OutOfRange(format!(
             "volume {id} has {current} bytes; shrinking to {} bytes (limit {}) is not supported",
             range.required, range.limit

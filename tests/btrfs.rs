@@ -219,6 +219,21 @@ async fn enforcement_follows_the_pool_and_the_parameter() {
 #[tokio::test]
 async fn a_pool_that_is_not_btrfs_cannot_be_required_to_enforce() {
     let mut d = TestDriver::start().await;
+    let required = GetCapacityRequest {
+        parameters: [("enforce".to_owned(), "required".to_owned())].into(),
+        ..Default::default()
+    };
+    let offered = d
+        .csi
+        .controller
+        .get_capacity(required)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        offered.available_capacity, 0,
+        "the scheduler must not send such claims here"
+    );
     assert_code(
         d.csi
             .controller

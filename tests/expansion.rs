@@ -149,9 +149,10 @@ async fn an_ext4_file_volume_grows_online_and_takes_the_larger_write() {
             Code::FailedPrecondition,
             "CAP_SYS_RESOURCE",
         );
+        // Kubelet retries after the pod comes back: the filesystem grew,
+        // offline, at the mount.
         d.unpublish(&id, &target).await.unwrap();
-        assert!(d.scratch.loop_devices().is_empty());
-        return;
+        d.publish(&id, &target, false).await.unwrap();
     }
     assert_eq!(
         expand_on_node(&mut d, &id, &target, 64 << 20)
@@ -168,7 +169,7 @@ async fn an_ext4_file_volume_grows_online_and_takes_the_larger_write() {
     write(&file, 48 << 20).unwrap();
     let bytes = d.byte_usage(&id, &target).await;
     assert!(
-        bytes.total > 60 << 20 && bytes.total <= 64 << 20,
+        bytes.total > 56 << 20 && bytes.total <= 64 << 20,
         "{bytes:?}"
     );
     d.unpublish(&id, &target).await.unwrap();
@@ -288,6 +289,24 @@ async fn expansion_counts_against_capacity_and_names_its_errors() {
         Code::InvalidArgument,
         "volume_path",
     );
+
+    // NodeExpandVolume may leave the size out: it then finishes at the volume's.
+    let target = d.target("pod-grown");
+    d.publish(&id, &target, false).await.unwrap();
+    let no_size = NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        volume_path: target.clone(),
+        ..Default::default()
+    };
+    let answered = d
+        .csi
+        .node
+        .node_expand_volume(no_size)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.capacity_bytes, 1 << 30);
+    d.unpublish(&id, &target).await.unwrap();
 }
 
 #[tokio::test]

@@ -106,6 +106,51 @@ fn run_allowing(
     Err(Error::Internal(message))
 }
 
+/// Reads a filesystem's size from the first KiB of its superblock.
+type SuperblockSize = fn(&[u8; 1024]) -> Option<u64>;
+
+/// Whether the filesystem in `image` is smaller than the image (it was
+/// expanded while nobody had it mounted), from its superblock.
+fn filesystem_smaller_than_image(id: &VolumeId, fs_type: &str, image: &OwnedFd) -> Result<bool> {
+    let what = || format!("volume {id}: read the {fs_type} superblock");
+    let mut block = [0u8; 1024];
+    let (offset, fs_bytes): (i64, SuperblockSize) = match fs_type {
+        "ext4" => (1024, ext4_bytes),
+        "xfs" => (0, xfs_bytes),
+        _ => return Ok(false),
+    };
+    nix::sys::uio::pread(image, &mut block, offset).context(what)?;
+    let fs_bytes = fs_bytes(&block).ok_or_else(|| Error::Internal(what()))?;
+    let image_bytes = u64::try_from(fstat(image).context(what)?.st_size).unwrap_or(0);
+    Ok(fs_bytes < image_bytes)
+}
+
+/// Size of an ext4 filesystem from its superblock (blocks × block size).
+fn ext4_bytes(sb: &[u8; 1024]) -> Option<u64> {
+    let u32_at = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return None;
+    }
+    let incompat_64bit = u32_at(96) & 0x80 != 0;
+    let high = if incompat_64bit {
+        u64::from(u32_at(0x150))
+    } else {
+        0
+    };
+    let blocks = (high << 32) | u64::from(u32_at(4));
+    Some(blocks << (10 + u32_at(24)))
+}
+
+/// Size of an xfs filesystem from its superblock (data blocks × block size).
+fn xfs_bytes(sb: &[u8; 1024]) -> Option<u64> {
+    if &sb[0..4] != b"XFSB" {
+        return None;
+    }
+    let block_size = u32::from_be_bytes(sb[4..8].try_into().expect("4 bytes"));
+    let data_blocks = u64::from_be_bytes(sb[8..16].try_into().expect("8 bytes"));
+    Some(data_blocks * u64::from(block_size))
+}
+
 /// Whether this process holds CAP_SYS_RESOURCE, which the kernel demands
 /// for growing a mounted ext4 filesystem.
 fn has_sys_resource() -> bool {
@@ -188,6 +233,12 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
             raw.path.display()
         )));
     }
+    let grown = filesystem_smaller_than_image(id, &record.fs_type, &image)?;
+    if grown && record.fs_type == "ext4" {
+        // Offline, before mounting: no privilege beyond root's is needed.
+        run_allowing(id, "e2fsck", &["-f", "-p"], &shown, &[0, 1])?;
+        run(id, "resize2fs", &[], &shown)?;
+    }
     let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted, false)?;
     mount(
         Some(attached.device.path.as_path()),
@@ -207,14 +258,10 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     })?;
     // The mount now holds the device; closing our fd no longer detaches it.
     drop(attached);
-    if record.fs_type == "xfs" {
-        // An expansion while nobody had it mounted still waits for this.
-        run(
-            id,
-            "xfs_growfs",
-            &["-d"],
-            &pool.path.join("volumes").join(id.as_str()),
-        )?;
+    if grown && record.fs_type == "xfs" {
+        // xfs grows only while mounted.
+        let mount_point = pool.path.join("volumes").join(id.as_str());
+        run(id, "xfs_growfs", &["-d"], &mount_point)?;
     }
     own_mount::reopen(pool, id)
 }
@@ -378,15 +425,8 @@ impl VolumeKind for File {
             ftruncate(&image, target).context(what)?;
             fsync(&image).context(what)?;
         }
-        drop(image);
-        // An ext4 nobody has mounted grows right away, offline (no special
-        // privilege needed); a mounted one, or xfs, grows where it is mounted.
-        let mounted = matches!(own_mount::look(pool, id)?, MountPoint::Mounted(_));
-        if record.fs_type == "ext4" && !mounted {
-            let path = image_path(pool, id);
-            run_allowing(id, "e2fsck", &["-f", "-p"], &path, &[0, 1])?;
-            run(id, "resize2fs", &[], &path)?;
-        }
+        // A mounted filesystem grows on the node; an unmounted one at its
+        // next mount (see mount_image).
         Ok(true)
     }
 
@@ -417,7 +457,7 @@ impl VolumeKind for File {
                         err
                     } else {
                         Error::FailedPrecondition(format!(
-                            "{err}; growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks: run the node plugin privileged, or expand while the volume is not published"
+                            "{err}; growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks: run the node plugin privileged; the filesystem grows at its next mount"
                         ))
                     }
                 })

@@ -227,8 +227,15 @@ impl Controller for ControllerService {
             0
         } else {
             let driver = Arc::clone(&self.driver);
-            let (pool, kind) = (params.pool.clone(), params.kind);
-            blocking(move || driver.available(driver.pool(pool.as_ref())?, kind)).await?
+            let (pool, kind, params) = (params.pool.clone(), params.kind, params.clone());
+            blocking(move || {
+                let pool = driver.pool(pool.as_ref())?;
+                if lifecycle::refusal(pool, &params).is_some() {
+                    return Ok(0);
+                }
+                driver.available(pool, kind)
+            })
+            .await?
         };
         let as_i64 = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
         // Without capabilities a file volume would hold the parameter's
