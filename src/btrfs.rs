@@ -59,8 +59,15 @@ struct FsInfoArgs {
     max_id: u64,
     num_devices: u64,
     fsid: [u8; 16],
-    rest: [u8; 1000],
+    rest: [u8; 992],
 }
+
+// The kernel reads and writes exactly these sizes.
+const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<QuotaCtlArgs>() == 16);
+const _: () = assert!(std::mem::size_of::<QgroupLimitArgs>() == 48);
+const _: () = assert!(std::mem::size_of::<FsInfoArgs>() == 1024);
 
 /// Whether the file behind `fd` lives on btrfs.
 pub fn is_btrfs(fd: impl AsFd) -> bool {
@@ -73,7 +80,7 @@ pub fn fsid(fd: impl AsFd) -> Result<String> {
         max_id: 0,
         num_devices: 0,
         fsid: [0; 16],
-        rest: [0; 1000],
+        rest: [0; 992],
     };
     // SAFETY: BTRFS_IOC_FS_INFO fills a 1024-byte fs_info_args, which `args` is.
     let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), IOC_FS_INFO, &mut args) };

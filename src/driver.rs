@@ -179,25 +179,39 @@ impl Driver {
     /// only volumes whose usage is O(1) to read (image files, qgroups); the
     /// others count as unused, which errs on the safe side.
     fn used_of_promises(&self, pool: &Pool, fresh: bool) -> Result<u64> {
-        let mut cached = self.used_cache.lock().expect("usage estimate poisoned");
-        if let Some((used, at)) = cached.get(&pool.name)
+        let cached = self
+            .used_cache
+            .lock()
+            .expect("usage estimate poisoned")
+            .get(&pool.name)
+            .copied();
+        if let Some((used, at)) = cached
             && !fresh
             && at.elapsed() < USAGE_REFRESH
         {
-            return Ok(*used);
+            return Ok(used);
         }
+        let disk = Backing::Disk(pool.name.clone());
         let records: Vec<_> = self
             .table()
             .records_in(&pool.name)
-            .filter(|r| r.kind.backing(&pool.name) == Backing::Disk(pool.name.clone()))
+            .filter(|r| r.kind.backing(&pool.name) == disk)
             .collect();
         let mut used = 0;
         for record in records {
-            if let Some(bytes) = record.kind.backend().used_cheaply(pool, &record)? {
-                used += bytes.min(record.capacity_bytes);
+            // A volume whose usage cannot be read counts as unused: safe.
+            match record.kind.backend().used_cheaply(pool, &record) {
+                Ok(Some(bytes)) => used += bytes.min(record.capacity_bytes),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(volume = %record.id, %err, "usage unknown; counted as unused")
+                }
             }
         }
-        cached.insert(pool.name.clone(), (used, Instant::now()));
+        self.used_cache
+            .lock()
+            .expect("usage estimate poisoned")
+            .insert(pool.name.clone(), (used, Instant::now()));
         Ok(used)
     }
 

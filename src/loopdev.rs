@@ -54,6 +54,10 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+// The kernel reads and writes exactly these sizes.
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
 /// An attached loop device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoopDevice {

@@ -46,19 +46,15 @@ impl UsageCache {
         {
             return Ok(usage);
         }
-        if entry.walking {
-            // First measurement still under way: walk again, briefly.
-            let (partial, _) = beneath::usage_until(dir, Some(Instant::now() + BUDGET))
-                .context(|| format!("volume {id}: measure its directory"))?;
-            return Ok(partial);
-        }
         let (usage, complete) = beneath::usage_until(dir, Some(Instant::now() + BUDGET))
             .context(|| format!("volume {id}: measure its directory"))?;
         if complete {
             self.store(id, Some((usage, Instant::now())), false);
             return Ok(usage);
         }
-        self.finish_in_background(id, dir)?;
+        if self.claim_walk(id) {
+            self.finish_in_background(id, dir)?;
+        }
         Ok(entry.complete.map_or(usage, |(last, _)| last))
     }
 
@@ -94,12 +90,22 @@ impl UsageCache {
         entry.walking = walking;
     }
 
+    /// Marks a background walk as started; false when one already is.
+    fn claim_walk(&self, id: &VolumeId) -> bool {
+        let mut entries = self.entries.lock().expect("usage cache poisoned");
+        let entry = entries.entry(id.clone()).or_insert(Entry {
+            complete: None,
+            walking: false,
+        });
+        !std::mem::replace(&mut entry.walking, true)
+    }
+
     fn finish_in_background(&self, id: &VolumeId, dir: &OwnedFd) -> Result<()> {
         let dir = dir
             .as_fd()
             .try_clone_to_owned()
-            .context(|| format!("volume {id}: dup its directory fd"))?;
-        self.store(id, None, true);
+            .inspect_err(|_| self.store(id, None, false));
+        let dir = dir.context(|| format!("volume {id}: dup its directory fd"))?;
         let (entries, id) = (Arc::clone(&self.entries), id.clone());
         std::thread::spawn(move || {
             let measured = beneath::usage(&dir);
