@@ -72,7 +72,15 @@ fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
 /// `enforce: required` refuses a directory volume the pool cannot hold to
 /// its capacity; the other kinds always hold theirs.
 fn check_enforcement(pool: &Pool, request: &NewVolume) -> Result<()> {
-    match refusal(pool, &request.params) {
+    let params = &request.params;
+    let no_size = request.range.required == 0 && request.range.limit == 0;
+    if params.kind == KindName::Directory && params.enforce == Enforce::Required && no_size {
+        return Err(Error::InvalidArgument(format!(
+            "volume {}: enforce=required needs a capacity to enforce",
+            request.name
+        )));
+    }
+    match refusal(pool, params) {
         Some(why) => Err(Error::FailedPrecondition(format!(
             "volume {}: enforce=required, but pool {} ({}) cannot enforce capacity: {why}",
             request.name,
