@@ -46,7 +46,7 @@ impl Enforcement {
     fn detect(root: &OwnedFd, enable_quotas: bool) -> Result<Enforcement> {
         if !btrfs::is_btrfs(root) {
             return Ok(Enforcement::Unavailable(
-                "its filesystem is not btrfs, the only one whose limits the driver uses so far"
+                "its filesystem is not btrfs, the only one whose limits the driver uses so far (XFS/ext4 project quotas are not implemented)"
                     .into(),
             ));
         }

@@ -209,6 +209,18 @@ async fn enforcement_follows_the_pool_and_the_parameter() {
     assert_code(
         d.csi
             .controller
+            .create_volume(create_request_with(
+                "unsized",
+                0,
+                &[("enforce", "required")],
+            ))
+            .await,
+        Code::InvalidArgument,
+        "needs a capacity",
+    );
+    assert_code(
+        d.csi
+            .controller
             .create_volume(create_request_with("odd", 1, &[("enforce", "always")]))
             .await,
         Code::InvalidArgument,
