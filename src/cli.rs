@@ -47,8 +47,20 @@ pub enum Command {
     Demo,
 }
 
+/// What a `serve` process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// On every node: Identity, Controller and Node over this node's pools.
+    Node,
+    /// Centrally, beside csi-resizer: Identity and expansion only, no pools.
+    Controller,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// Node or controller mode.
+    #[arg(long, value_enum, env = "HOSTPATH_CSI_MODE", default_value = "node")]
+    pub mode: Mode,
     /// Socket to serve on, e.g. unix:///csi/csi.sock.
     #[arg(
         long,
@@ -62,13 +74,8 @@ pub struct ServeArgs {
     /// The CSI driver name (a DNS-like name of at most 63 characters).
     #[arg(long, env = "HOSTPATH_CSI_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     pub driver_name: String,
-    /// A storage pool as NAME=PATH; repeat for several (the first is the default).
-    #[arg(
-        long = "pool",
-        env = "HOSTPATH_CSI_POOLS",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// A storage pool as NAME=PATH; repeat for several (node mode needs one).
+    #[arg(long = "pool", env = "HOSTPATH_CSI_POOLS", value_delimiter = ',')]
     pub pools: Vec<String>,
     /// The pool used when a StorageClass names none (default: the first --pool).
     #[arg(long, env = "HOSTPATH_CSI_DEFAULT_POOL")]
@@ -95,8 +102,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// Checks the arguments and turns them into a driver configuration.
+    /// Checks the arguments of node mode and turns them into a driver
+    /// configuration.
     pub fn config(&self) -> Result<DriverConfig> {
+        if self.pools.is_empty() {
+            return Err(Error::InvalidArgument(
+                "node mode needs at least one --pool NAME=PATH".into(),
+            ));
+        }
         let node_id = match &self.node_id {
             Some(id) => id.clone(),
             None => nix::unistd::gethostname()
@@ -259,10 +272,17 @@ mod tests {
         let config = args.config().unwrap();
         assert_eq!(config.memory_budget, 2 << 30);
         assert_eq!(config.allowed_host_paths, vec![PathBuf::from("/srv/data")]);
-        assert!(
-            Cli::try_parse_from(["hostpath-csi", "serve"]).is_err(),
-            "a pool is required"
-        );
+        let bare = Cli::try_parse_from(["hostpath-csi", "serve"]).unwrap();
+        let Command::Serve(args) = bare.command else {
+            panic!("not serve")
+        };
+        assert!(args.config().is_err(), "node mode needs a pool");
+        let controller =
+            Cli::try_parse_from(["hostpath-csi", "serve", "--mode=controller"]).unwrap();
+        let Command::Serve(args) = controller.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.mode, Mode::Controller);
         let bad = Cli::try_parse_from([
             "hostpath-csi",
             "serve",

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hostpath_csi::cli::{Cli, Command, LogFormat, ServeArgs};
+use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use hostpath_csi::driver::Driver;
-use hostpath_csi::{demo, server};
+use hostpath_csi::{demo, server, validate};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -34,8 +34,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = args.config().map_err(|e| e.to_string())?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    if args.mode == Mode::Controller {
+        let name = validate::driver_name(&args.driver_name)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let stop = server::termination_signal().map_err(|e| e.to_string())?;
+        let listener = server::listen(&socket).map_err(|e| e.to_string())?;
+        tracing::info!(socket = %socket.display(), driver = %name, "serving in controller mode");
+        return server::serve_controller(name, listener, &socket, stop)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let config = args.config().map_err(|e| e.to_string())?;
     let driver = tokio::task::spawn_blocking(move || Driver::open(config))
         .await
         .map_err(|e| e.to_string())?

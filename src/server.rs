@@ -8,6 +8,7 @@ use std::sync::Arc;
 use nix::sys::stat::{Mode, umask};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::Router;
 
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
@@ -15,6 +16,7 @@ use crate::csi::node_server::NodeServer;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::service::controller::ControllerService;
+use crate::service::expansion_only::ExpansionOnlyController;
 use crate::service::identity::IdentityService;
 use crate::service::node::NodeService;
 
@@ -64,14 +66,40 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let served = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(Arc::clone(
-            &driver,
-        ))))
+    let name = driver.config.driver_name.clone();
+    let router = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(
+            name,
+            Some(Arc::clone(&driver)),
+        )))
         .add_service(ControllerServer::new(ControllerService::new(Arc::clone(
             &driver,
         ))))
-        .add_service(NodeServer::new(NodeService::new(driver)))
+        .add_service(NodeServer::new(NodeService::new(driver)));
+    run(router, listener, socket, shutdown).await
+}
+
+/// Serves controller mode (Identity and an expansion-only Controller, no
+/// pools) on `listener`, like [`serve`].
+pub async fn serve_controller(
+    driver_name: String,
+    listener: UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let router = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(driver_name, None)))
+        .add_service(ControllerServer::new(ExpansionOnlyController));
+    run(router, listener, socket, shutdown).await
+}
+
+async fn run(
+    router: Router,
+    listener: UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let served = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     std::fs::remove_file(socket).ok();

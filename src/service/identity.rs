@@ -14,12 +14,17 @@ use crate::csi::{
 use crate::driver::{Driver, blocking};
 
 pub struct IdentityService {
-    driver: Arc<Driver>,
+    driver_name: String,
+    /// The node's driver; `None` in controller mode, which has no pools.
+    driver: Option<Arc<Driver>>,
 }
 
 impl IdentityService {
-    pub fn new(driver: Arc<Driver>) -> Self {
-        IdentityService { driver }
+    pub fn new(driver_name: String, driver: Option<Arc<Driver>>) -> Self {
+        IdentityService {
+            driver_name,
+            driver,
+        }
     }
 }
 
@@ -30,7 +35,7 @@ impl Identity for IdentityService {
         _request: Request<GetPluginInfoRequest>,
     ) -> RpcResult<GetPluginInfoResponse> {
         Ok(Response::new(GetPluginInfoResponse {
-            name: self.driver.config.driver_name.clone(),
+            name: self.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
             manifest: Default::default(),
         }))
@@ -62,9 +67,12 @@ impl Identity for IdentityService {
     }
 
     /// Ready when every pool can take a new file right now; otherwise
-    /// FAILED_PRECONDITION naming the pool and the reason.
+    /// FAILED_PRECONDITION naming the pool and the reason. Controller mode,
+    /// without pools, is always ready.
     async fn probe(&self, _request: Request<ProbeRequest>) -> RpcResult<ProbeResponse> {
-        let driver = Arc::clone(&self.driver);
+        let Some(driver) = self.driver.clone() else {
+            return Ok(Response::new(ProbeResponse { ready: Some(true) }));
+        };
         blocking(move || {
             driver
                 .pools()

@@ -5,6 +5,7 @@
 //! [`Driver`]: crate::driver::Driver
 
 pub mod controller;
+pub mod expansion_only;
 pub mod identity;
 pub mod node;
 
