@@ -39,6 +39,8 @@ trap 'rm -f "$log"' EXIT
 echo "== cargo test"
 cargo test --locked 2>&1 | tee "$log"
 cargo build --locked
+echo "== deploy/ manifests"
+scripts/check-deploy.sh target/debug/hostpath-csi
 sanity() {
   echo "== csi-sanity, kind=$*"
   scripts/sanity.sh target/debug/hostpath-csi "$@" 2>&1 | tee -a "$log"

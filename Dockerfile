@@ -1,0 +1,21 @@
+# hostpath-csi: one image for the node plugin and the controller.
+#   docker build -t hostpath-csi:0.1.0 .
+# Build stage: the release binary, exactly as `cargo build --release --locked`
+# makes it (protox compiles the proto, so no protoc is needed).
+FROM rust:1.88-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked
+
+# Runtime: Debian slim plus exactly the tools the driver runs (by argv, never
+# through a shell): mkfs.ext4, e2fsck and resize2fs (e2fsprogs) and mkfs.xfs
+# and xfs_growfs (xfsprogs), for kind=file volumes. Mounts, loop devices and
+# btrfs quotas go through system calls, so no mount, losetup or btrfs tool.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends e2fsprogs xfsprogs \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/hostpath-csi /usr/local/bin/hostpath-csi
+# Root by default: the node plugin must mount (CAP_SYS_ADMIN) and runs
+# privileged. The controller Deployment runs it as an unprivileged user.
+ENTRYPOINT ["/usr/local/bin/hostpath-csi"]
