@@ -80,16 +80,7 @@ async fn a_directory_volume_on_btrfs_is_held_to_its_capacity_and_grows() {
     let mut d = start(true).await;
     let before = available(&mut d).await;
     let request = create_request_with("enforced", 16 << 20, &[("enforce", "required")]);
-    let id = d
-        .csi
-        .controller
-        .create_volume(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = d.create_from(request).await;
     let promised = before - available(&mut d).await;
     // A new subvolume already uses a few KiB of its own promise.
     assert!((promised - (16 << 20)).abs() < 1 << 20, "{promised}");
@@ -192,16 +183,7 @@ async fn enforcement_follows_the_pool_and_the_parameter() {
     // Quotas on, but enforce=none: a plain, unlimited directory.
     let mut d = start(true).await;
     let request = create_request_with("free", 16 << 20, &[("enforce", "none")]);
-    let id = d
-        .csi
-        .controller
-        .create_volume(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = d.create_from(request).await;
     let target = d.target("pod-free");
     d.publish(&id, &target, false).await.unwrap();
     write(&Path::new(&target).join("over"), 32 << 20).unwrap();

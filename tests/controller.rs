@@ -111,16 +111,7 @@ async fn create_with_incompatible_arguments_is_already_exists() {
         "pools are default, fast",
     );
     let in_fast = create_request_with("pvc-d", 1 << 20, &[("pool", "fast")]);
-    let id = d
-        .csi
-        .controller
-        .create_volume(in_fast)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = d.create_from(in_fast).await;
     assert!(fast.join("volumes").join(&id).is_dir());
 }
 

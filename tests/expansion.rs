@@ -17,15 +17,7 @@ use tonic::Code;
 
 async fn create(d: &mut TestDriver, name: &str, bytes: i64, params: &[(&str, &str)]) -> String {
     let request = create_request_with(name, bytes, params);
-    d.csi
-        .controller
-        .create_volume(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id
+    d.create_from(request).await
 }
 
 async fn expand(
@@ -201,16 +193,7 @@ async fn an_xfs_file_volume_and_a_raw_block_volume_grow_online() {
     let mut block = mount_capability(Mode::SingleNodeWriter);
     block.access_type = Some(AccessType::Block(BlockVolume {}));
     request.volume_capabilities = vec![block.clone()];
-    let raw = d
-        .csi
-        .controller
-        .create_volume(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let raw = d.create_from(request).await;
     let device_target = d.target("pod-block-grow");
     let mut publish = publish_request(&raw, &device_target, false);
     publish.volume_capability = Some(block);

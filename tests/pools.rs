@@ -82,15 +82,8 @@ async fn two_pools_report_and_spend_their_own_capacity() {
         "pool small",
     );
     let id = d
-        .csi
-        .controller
-        .create_volume(create_request_with("in-default", 8 << 20, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .create_from(create_request_with("in-default", 8 << 20, &[]))
+        .await;
     assert!(small.join("volumes").join(&id).is_dir());
 }
 

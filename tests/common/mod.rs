@@ -194,6 +194,12 @@ impl TestDriver {
         parent.join("mount").to_string_lossy().into_owned()
     }
 
+    /// Creates a volume from `request`; returns its id.
+    pub async fn create_from(&mut self, request: CreateVolumeRequest) -> String {
+        let response = self.csi.controller.create_volume(request).await.unwrap();
+        response.into_inner().volume.unwrap().volume_id
+    }
+
     /// Creates a volume with the default request; returns its id.
     pub async fn create(&mut self, name: &str, bytes: i64) -> String {
         let response = self
