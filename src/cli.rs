@@ -41,7 +41,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the CSI Identity, Controller and Node services on a unix socket.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start a driver on a temporary pool and socket and walk one volume
     /// through its whole lifecycle, printing each call (needs root: it mounts).
     Demo,
@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// The pool used when a StorageClass names none (default: the first --pool).
     #[arg(long, env = "HOSTPATH_CSI_DEFAULT_POOL")]
     pub default_pool: Option<String>,
+    /// Serve Prometheus metrics on this HOST:PORT (GET /metrics); off if unset.
+    #[arg(long, env = "HOSTPATH_CSI_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Most volumes this node holds; 0 means no limit.
     #[arg(long, env = "HOSTPATH_CSI_MAX_VOLUMES", default_value_t = 0)]
     pub max_volumes: u64,

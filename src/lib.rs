@@ -14,6 +14,7 @@ pub mod ids;
 pub mod kind;
 pub mod lifecycle;
 pub mod loopdev;
+pub mod metrics;
 pub mod mounts;
 pub mod pool;
 pub mod publish;

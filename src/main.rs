@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use hostpath_csi::driver::Driver;
-use hostpath_csi::{demo, server, validate};
+use hostpath_csi::{demo, metrics, server, validate};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     let outcome = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo => runtime.block_on(demo::run()),
     };
     match outcome {
@@ -53,8 +53,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let stop = server::termination_signal().map_err(|e| e.to_string())?;
     let listener = server::listen(&socket).map_err(|e| e.to_string())?;
+    let driver = Arc::new(driver);
+    if let Some(address) = args.metrics_address {
+        let metrics = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("metrics: listen on {address}: {e}"))?;
+        tokio::spawn(metrics::serve(
+            Arc::clone(&driver),
+            metrics,
+            std::future::pending(),
+        ));
+        tracing::info!(%address, "serving metrics");
+    }
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
-    server::serve(Arc::new(driver), listener, &socket, stop)
+    server::serve(driver, listener, &socket, stop)
         .await
         .map_err(|e| e.to_string())
 }

@@ -1,0 +1,97 @@
+//! The real binary's Prometheus metrics: enforcement mode, room, promises,
+//! volume counts, over HTTP on the address `--metrics-address` names.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hostpath_csi::client::CsiClient;
+use hostpath_csi::csi::volume_capability::access_mode::Mode;
+use hostpath_csi::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use hostpath_csi::csi::{CapacityRange, CreateVolumeRequest, VolumeCapability};
+
+/// The driver process, killed when the test ends whatever happens.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn metrics_show_each_pool_and_the_volumes_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pool")).unwrap();
+    let socket = dir.path().join("csi.sock");
+    // A free port, as the kernel picks one.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_hostpath-csi"))
+        .arg("serve")
+        .arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg(format!("--pool=main={}", dir.path().join("pool").display()))
+        .arg(format!("--metrics-address={address}"))
+        .arg("--memory-budget=1Gi")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _driver = Driver(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&address).is_err()
+        || std::os::unix::net::UnixStream::connect(&socket).is_err()
+    {
+        assert!(Instant::now() < deadline, "the driver never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut csi = CsiClient::connect(socket).await.unwrap();
+    let capability = VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    };
+    let request = CreateVolumeRequest {
+        name: "measured".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 1 << 20,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![capability],
+        ..Default::default()
+    };
+    csi.controller.create_volume(request).await.unwrap();
+
+    let answer = get(&address, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    for line in [
+        "hostpath_csi_pool_enforcement{pool=\"main\",mode=\"tracked\"} 0",
+        "hostpath_csi_pool_promised_bytes{pool=\"main\"} 1048576",
+        "hostpath_csi_memory_budget_bytes 1073741824",
+        "hostpath_csi_memory_promised_bytes 0",
+        "hostpath_csi_volumes{pool=\"main\",kind=\"directory\"} 1",
+    ] {
+        assert!(
+            answer.lines().any(|l| l == line),
+            "{line} missing in\n{answer}"
+        );
+    }
+    assert!(
+        answer.contains("hostpath_csi_pool_free_bytes{pool=\"main\"} "),
+        "{answer}"
+    );
+    assert!(get(&address, "/other").starts_with("HTTP/1.1 404"));
+}
