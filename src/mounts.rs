@@ -118,8 +118,9 @@ pub struct MountEntry {
 /// The mount table, indexed the two ways volumes are found in it.
 #[derive(Debug, Default)]
 pub struct MountIndex {
-    /// Mounts whose root lies in a `…/volumes/<id>` directory, by that id.
-    by_volume_dir: HashMap<String, Vec<MountEntry>>,
+    /// Mounts whose root lies in a `…/volumes/<name>` directory, under that
+    /// directory's path within its filesystem (once per such component).
+    by_volume_dir: HashMap<PathBuf, Vec<MountEntry>>,
     /// Every mount, by the device of its filesystem.
     by_device: HashMap<u64, Vec<MountEntry>>,
 }
@@ -130,25 +131,41 @@ impl MountIndex {
         let mut index = MountIndex::default();
         for entry in mount_table()? {
             let parts: Vec<_> = entry.root.iter().collect();
-            let volume = parts
-                .windows(2)
-                .find(|w| w[0] == "volumes")
-                .and_then(|w| w[1].to_str());
-            if let Some(id) = volume {
-                index
-                    .by_volume_dir
-                    .entry(id.to_owned())
-                    .or_default()
-                    .push(entry.clone());
+            for (at, _) in parts.iter().enumerate().filter(|(_, p)| **p == "volumes") {
+                if at + 1 < parts.len() {
+                    let dir: PathBuf = parts[..=at + 1].iter().collect();
+                    index
+                        .by_volume_dir
+                        .entry(dir)
+                        .or_default()
+                        .push(entry.clone());
+                }
             }
             index.by_device.entry(entry.dev).or_default().push(entry);
         }
         Ok(index)
     }
 
-    /// Mounts of `…/volumes/<id>` or of anything inside it, on any device.
-    pub fn of_volume_dir(&self, id: &str) -> &[MountEntry] {
-        self.by_volume_dir.get(id).map_or(&[], Vec::as_slice)
+    /// Mounts of the directory `dir` (a path within its filesystem, ending
+    /// in `volumes/<id>`) or of anything inside it, on any device.
+    pub fn of_volume_dir(&self, dir: &Path) -> &[MountEntry] {
+        self.by_volume_dir.get(dir).map_or(&[], Vec::as_slice)
+    }
+
+    /// Where the directory `path` (canonical) lies within its filesystem,
+    /// as mount roots name it: the root of the mount holding it, joined with
+    /// the rest of the path.
+    pub fn root_of(path: &Path) -> Result<PathBuf> {
+        let table = mount_table()?;
+        let holder = table
+            .iter()
+            .filter(|m| path.starts_with(&m.mount_point))
+            .max_by_key(|m| m.mount_point.as_os_str().len())
+            .ok_or_else(|| Error::Internal(format!("no mount holds {}", path.display())))?;
+        let rest = path
+            .strip_prefix(&holder.mount_point)
+            .expect("prefix checked");
+        Ok(holder.root.join(rest))
     }
 
     /// Mounts of the filesystem on device `dev`.
@@ -220,7 +237,15 @@ mod tests {
         assert!(e.read_only);
         assert!(parse_line("garbage").is_none());
         let index = MountIndex::read().unwrap();
-        assert!(index.of_volume_dir("vol-none").is_empty());
+        assert!(
+            index
+                .of_volume_dir(Path::new("/volumes/vol-none"))
+                .is_empty()
+        );
+        assert_eq!(
+            MountIndex::root_of(Path::new("/proc/self")).unwrap(),
+            PathBuf::from("/self")
+        );
         assert!(
             !index
                 .of_device(nix::sys::stat::stat("/proc").unwrap().st_dev)

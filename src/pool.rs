@@ -17,6 +17,7 @@ use nix::sys::statvfs::{FsFlags, fstatvfs};
 
 use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
+use crate::mounts::MountIndex;
 use crate::usage_cache::UsageCache;
 use crate::{beneath, btrfs};
 
@@ -75,6 +76,9 @@ pub struct Pool {
     pub meta: OwnedFd,
     trash: OwnedFd,
     drain: mpsc::Sender<CString>,
+    /// Where the pool lies within its filesystem, as the mount table's
+    /// roots name it (bind mounts of its volumes are found by it).
+    pub fs_root: PathBuf,
     /// Whether directory volumes can be held to their capacity here.
     pub enforcement: Enforcement,
     /// Measurements of the directory volumes no limit measures.
@@ -118,7 +122,10 @@ impl Pool {
                 tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")
             }
         }
+        let fs_root =
+            MountIndex::root_of(path).map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
         let pool = Pool {
+            fs_root,
             name,
             path: path.to_owned(),
             root,

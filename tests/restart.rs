@@ -160,3 +160,29 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
         "pvc-good",
     );
 }
+
+#[tokio::test]
+async fn publications_are_found_when_the_pool_path_itself_holds_a_volumes_directory() {
+    // A pool at <scratch>/volumes/pool: its volumes live in
+    // <scratch>/volumes/pool/volumes/<id>, two "volumes" in the path.
+    let scratch = common::Scratch::new();
+    let pool = scratch.path().join("volumes").join("pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    let mut d = TestDriver::start_in(scratch, move |c| c.pools[0].1 = pool).await;
+    let id = d.create("pvc-nested-name", 0).await;
+    let target = d.target("pod-nested");
+    d.publish(&id, &target, false).await.unwrap();
+    assert_code(
+        d.csi.controller.delete_volume(delete(&id)).await,
+        Code::FailedPrecondition,
+        &target,
+    );
+    let mut d = d.restart().await;
+    assert_code(
+        d.csi.controller.delete_volume(delete(&id)).await,
+        Code::FailedPrecondition,
+        &target,
+    );
+    d.unpublish(&id, &target).await.unwrap();
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+}

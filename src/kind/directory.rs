@@ -142,7 +142,8 @@ impl VolumeKind for Directory {
 
     /// Binds whose root lies in `…/volumes/<id>` on the volume's filesystem.
     fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
-        let candidates = mounts.of_volume_dir(id.as_str());
+        let in_fs = pool.fs_root.join("volumes").join(id.as_str());
+        let candidates = mounts.of_volume_dir(&in_fs);
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
