@@ -54,6 +54,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         enable_quotas: true,
         memory_budget: 8 << 30,
         allowed_host_paths: Vec::new(),
+        kubelet_dir: scratch.to_owned(),
     };
     let driver = Arc::new(Driver::open(config)?);
     let listener = server::listen(&socket)?;

@@ -27,6 +27,7 @@ printf 'kind: %s\n' "$kind" >"$work/parameters.yaml"
   --endpoint "unix://$work/csi.sock" \
   --node-id sanity-node \
   --pool "default=$work/pool" \
+  --kubelet-dir "$work" \
   >"$work/driver.log" 2>&1 &
 driver_pid=$!
 

@@ -80,7 +80,15 @@ pub struct ServeArgs {
     /// The pool used when a StorageClass names none (default: the first --pool).
     #[arg(long, env = "HOSTPATH_CSI_DEFAULT_POOL")]
     pub default_pool: Option<String>,
-    /// Serve Prometheus metrics on this HOST:PORT (GET /metrics); off if unset.
+    /// The kubelet's root directory: targets of publish and unpublish must
+    /// lie beneath it.
+    #[arg(
+        long,
+        env = "HOSTPATH_CSI_KUBELET_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_dir: PathBuf,
+    /// Serve Prometheus metrics on this IP:PORT (GET /metrics); off if unset.
     #[arg(long, env = "HOSTPATH_CSI_METRICS_ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Most volumes this node holds; 0 means no limit.
@@ -153,6 +161,7 @@ impl ServeArgs {
                 Some(raw) => validate::quantity("--memory-budget", raw)?,
                 None => default_memory_budget()?,
             },
+            kubelet_dir: validate::host_path("--kubelet-dir", &self.kubelet_dir.to_string_lossy())?,
             allowed_host_paths: self
                 .allowed_host_paths
                 .iter()

@@ -51,6 +51,7 @@ pub async fn run() -> Result<(), String> {
         enable_quotas: false,
         memory_budget: 1 << 30,
         allowed_host_paths: Vec::new(),
+        kubelet_dir: scratch.path().to_owned(),
     };
     println!("pool {} · socket {}", pool_path.display(), socket.display());
     let driver = Arc::new(Driver::open(config).map_err(|e| e.to_string())?);

@@ -15,6 +15,7 @@ use crate::kind::{Backing, KindName};
 use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
+use crate::validate;
 use crate::volumes::{Volume, VolumeTable};
 
 /// How long CreateVolume and expansion reuse a pool's measured usage.
@@ -35,6 +36,8 @@ pub struct DriverConfig {
     pub memory_budget: u64,
     /// Host directories beneath which static hostPath volumes may be published.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// The kubelet's directory: every target and volume path lies beneath it.
+    pub kubelet_dir: PathBuf,
 }
 
 /// The shared core behind the three CSI services.
@@ -133,6 +136,20 @@ impl Driver {
                 self.config.node_id
             ))
         })
+    }
+
+    /// Checks that a target or volume path from a request lies beneath the
+    /// kubelet's directory, the only place kubelet asks for mounts.
+    pub fn target_path(&self, field: &str, raw: &str) -> Result<PathBuf> {
+        let path = validate::host_path(field, raw)?;
+        let dir = &self.config.kubelet_dir;
+        if path == *dir || !path.starts_with(dir) {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw:?} is not beneath the kubelet directory {} (--kubelet-dir)",
+                dir.display()
+            )));
+        }
+        Ok(path)
     }
 
     /// Records what happened to a volume for its condition to report.

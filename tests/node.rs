@@ -405,3 +405,32 @@ async fn concurrent_publishes_and_unpublishes_leave_one_consistent_state() {
     assert!(!Path::new(&target).exists());
     d.unpublish(&id, &target).await.unwrap();
 }
+
+#[tokio::test]
+async fn targets_outside_the_kubelet_directory_are_refused() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-outside", 0).await;
+    // The harness's kubelet directory is its scratch directory.
+    let outside = common::Scratch::new(); // detaches its mounts when dropped
+    let target = outside.path().join("mount").to_string_lossy().into_owned();
+    assert_code(
+        d.publish(&id, &target, false).await,
+        Code::InvalidArgument,
+        "--kubelet-dir",
+    );
+    assert!(!Path::new(&target).exists());
+    // Unpublish elsewhere touches nothing, not even an existing mount.
+    let held = outside.path().join("held");
+    outside.mount_tmpfs(&held, "1m");
+    let held_path = held.to_string_lossy().into_owned();
+    assert_code(
+        d.unpublish(&id, &held_path).await,
+        Code::InvalidArgument,
+        "--kubelet-dir",
+    );
+    assert!(
+        mount_options(&held).is_some(),
+        "the mount outside was left alone"
+    );
+    nix::mount::umount2(&held, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}

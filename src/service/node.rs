@@ -60,7 +60,7 @@ impl Node for NodeService {
     ) -> RpcResult<NodePublishVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let target = validate::host_path("target_path", &req.target_path)?;
+        let target = self.driver.target_path("target_path", &req.target_path)?;
         let cap = req.volume_capability.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!("volume {id}: volume_capability is missing"))
         })?;
@@ -102,7 +102,7 @@ impl Node for NodeService {
     ) -> RpcResult<NodeUnpublishVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let target = validate::host_path("target_path", &req.target_path)?;
+        let target = self.driver.target_path("target_path", &req.target_path)?;
         let held = self.driver.guards.claim(format!("volume {id}"))?;
         let driver = Arc::clone(&self.driver);
         blocking(move || {
@@ -194,7 +194,9 @@ impl Node for NodeService {
 fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> Result<OwnedFd> {
     let id = &record.id;
     let not_here = || Error::NotFound(format!("volume {id} is not published at {raw_path:?}"));
-    let path = validate::host_path("volume_path", raw_path).map_err(|_| not_here())?;
+    let path = driver
+        .target_path("volume_path", raw_path)
+        .map_err(|_| not_here())?;
     let shown = path.display();
     let state = beneath::path_state(&path)
         .context(|| format!("volume {id}: stat {shown}"))?

@@ -128,6 +128,7 @@ impl TestDriver {
             enable_quotas: false,
             memory_budget: 256 << 20,
             allowed_host_paths: Vec::new(),
+            kubelet_dir: scratch.path().to_owned(),
         };
         tweak(&mut config);
         Self::serve(scratch, config).await
