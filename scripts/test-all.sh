@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of hostpath-csi on this machine (as root: tests mount):
 # format and lint checks, `cargo test` (unit + integration over a real socket
-# with real mounts), then csi-sanity against a freshly started driver.
-# Installs csi-sanity when missing. Any failure fails the script.
+# with real mounts and loop devices), the checks of deploy/ and the
+# Dockerfile, then csi-sanity against a freshly started driver for each kind.
+# Installs what is missing (csi-sanity by `go install`; e2fsprogs, xfsprogs,
+# btrfs-progs by apt-get; kubernetes-validate by pip into target/).
+# Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

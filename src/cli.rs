@@ -40,7 +40,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the CSI Identity, Controller and Node services on a unix socket.
+    /// Serve CSI on a unix socket: Identity, Controller and Node (node mode)
+    /// or Identity and expansion (controller mode).
     Serve(Box<ServeArgs>),
     /// Start a driver on a temporary pool and socket and walk one volume
     /// through its whole lifecycle, printing each call (needs root: it mounts).
@@ -172,7 +173,7 @@ impl ServeArgs {
 }
 
 /// The share of the node's RAM memory volumes get by default.
-pub const DEFAULT_MEMORY_SHARE: u64 = 4;
+const DEFAULT_MEMORY_SHARE: u64 = 4;
 
 /// A quarter of MemTotal from /proc/meminfo.
 fn default_memory_budget() -> Result<u64> {
@@ -203,7 +204,7 @@ fn allowed_prefix(path: &std::path::Path) -> Result<PathBuf> {
 }
 
 /// `NAME=PATH` → (name, absolute path).
-pub fn parse_pool(spec: &str) -> Result<(PoolName, PathBuf)> {
+fn parse_pool(spec: &str) -> Result<(PoolName, PathBuf)> {
     let (name, path) = spec.split_once('=').ok_or_else(|| {
         Error::InvalidArgument(format!("pool {spec:?} is malformed: expected NAME=PATH"))
     })?;

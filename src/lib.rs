@@ -1,4 +1,5 @@
-//! hostpath-csi: a CSI driver that serves node-local directories as volumes.
+//! hostpath-csi: a CSI driver that serves node-local directories, image
+//! files and tmpfs as Kubernetes volumes.
 
 pub mod beneath;
 pub mod btrfs;

@@ -1,5 +1,6 @@
-//! Creating and deleting volumes in this node's pools: the work behind
-//! CreateVolume and DeleteVolume, shared with ephemeral inline volumes.
+//! Creating, expanding and deleting volumes in this node's pools: the work
+//! behind CreateVolume, ControllerExpandVolume and DeleteVolume, shared with
+//! ephemeral inline volumes and NodeExpandVolume.
 
 use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
@@ -118,7 +119,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
     let total = driver.offered(&backing, pool, false)?;
     let mut table = driver.table();
     let max = driver.config.max_volumes;
-    if max > 0 && table.len() as u64 >= max {
+    if max > 0 && table.count() as u64 >= max {
         return Err(Error::ResourceExhausted(format!(
             "volume {}: node {} already holds its maximum of {max} volumes",
             request.name, driver.config.node_id

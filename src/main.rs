@@ -58,11 +58,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         let metrics = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| format!("metrics: listen on {address}: {e}"))?;
-        tokio::spawn(metrics::serve(
-            Arc::clone(&driver),
-            metrics,
-            std::future::pending(),
-        ));
+        tokio::spawn(metrics::serve(Arc::clone(&driver), metrics));
         tracing::info!(%address, "serving metrics");
     }
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,18 +17,14 @@ use crate::pool::Enforcement;
 /// Largest request read; anything longer is answered from what was read.
 const MAX_REQUEST: usize = 8192;
 
-/// Answers scrapes on `listener` until `shutdown` resolves.
-pub async fn serve(driver: Arc<Driver>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
+/// Answers scrapes on `listener` for as long as the process runs.
+pub async fn serve(driver: Arc<Driver>, listener: TcpListener) {
     loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(answer(Arc::clone(&driver), stream));
-                }
-                Err(err) => tracing::warn!(%err, "metrics: accept failed"),
-            },
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(Arc::clone(&driver), stream));
+            }
+            Err(err) => tracing::warn!(%err, "metrics: accept failed"),
         }
     }
 }

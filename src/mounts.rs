@@ -112,7 +112,6 @@ pub struct MountEntry {
     /// The directory of that filesystem that is mounted here.
     pub root: PathBuf,
     pub mount_point: PathBuf,
-    pub read_only: bool,
 }
 
 /// The mount table, indexed the two ways volumes are found in it.
@@ -187,12 +186,10 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let (major, minor) = fields.next()?.split_once(':')?;
     let root = unescape(fields.next()?);
     let mount_point = unescape(fields.next()?);
-    let options = fields.next()?;
     Some(MountEntry {
         dev: nix::sys::stat::makedev(major.parse().ok()?, minor.parse().ok()?),
         root,
         mount_point,
-        read_only: options.split(',').any(|o| o == "ro"),
     })
 }
 
@@ -234,7 +231,6 @@ mod tests {
         assert_eq!(e.dev, nix::sys::stat::makedev(98, 0));
         assert_eq!(e.root, PathBuf::from("/pool/volumes/vol-1"));
         assert_eq!(e.mount_point, PathBuf::from("/var/lib/k x"));
-        assert!(e.read_only);
         assert!(parse_line("garbage").is_none());
         let index = MountIndex::read().unwrap();
         assert!(

@@ -132,7 +132,16 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
             mark_published(driver, request);
             return Ok(());
         }
-        Some(state) if (state.file_type == SFlag::S_IFDIR) != source.is_dir => {
+        // A file target must be a regular file: a symlink, fifo or device
+        // in its place is not bound over.
+        Some(state)
+            if state.file_type
+                != if source.is_dir {
+                    SFlag::S_IFDIR
+                } else {
+                    SFlag::S_IFREG
+                } =>
+        {
             return Err(Error::AlreadyExists(format!(
                 "volume {id}: target {shown} exists and is not a {}",
                 if source.is_dir { "directory" } else { "file" }

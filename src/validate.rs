@@ -223,6 +223,11 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
         return Ok(String::new());
     }
     if asked.is_empty() {
+        if params.fs_type.is_some() && !caps.is_empty() {
+            return Err(Error::InvalidArgument(
+                "parameter fsType names a filesystem, but the capabilities ask for block access only".into(),
+            ));
+        }
         return Ok(String::new());
     }
     let mut named = params
@@ -396,7 +401,8 @@ pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
     })
 }
 
-/// A target or staging path from kubelet: absolute, normal components only.
+/// A host path from a request (a target, a volume path, a static PV's path):
+/// absolute, normal components only.
 pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
     if raw.is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is missing")));

@@ -33,12 +33,9 @@ pub struct VolumeTable {
 }
 
 impl VolumeTable {
-    pub fn len(&self) -> usize {
+    /// How many volumes the node holds.
+    pub fn count(&self) -> usize {
         self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
     }
 
     pub fn get(&self, id: &VolumeId) -> Option<&Volume> {

@@ -376,6 +376,21 @@ async fn a_failed_publish_releases_what_it_set_up_and_access_types_never_mix() {
         "{:?}",
         d.scratch.loop_devices()
     );
+
+    // A symlink in the place of a file target is not bound over.
+    std::fs::remove_dir(&target).unwrap();
+    let elsewhere = d.scratch.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(block_publish(&raw, &target))
+            .await,
+        Code::AlreadyExists,
+        "not a file",
+    );
+    assert!(d.scratch.mounts().is_empty());
 }
 
 #[tokio::test]

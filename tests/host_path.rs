@@ -245,6 +245,7 @@ async fn symlinks_prefixes_and_bad_types_are_refused() {
 
     // With no prefix allowed, static volumes are refused with a hint.
     let mut none = TestDriver::start().await;
+    let target = none.target("pod-none");
     assert_code(
         publish_static(&mut none, &target, &host, "Directory", false).await,
         Code::InvalidArgument,

@@ -53,7 +53,8 @@ fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
         ))
     })?;
     if record.capacity_bytes > 0 {
-        btrfs::set_limit(dir, subvolume, record.capacity_bytes)?;
+        btrfs::set_limit(dir, subvolume, record.capacity_bytes)
+            .map_err(|e| Error::Internal(format!("volume {id}: {e}")))?;
     }
     Ok(())
 }

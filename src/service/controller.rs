@@ -1,5 +1,5 @@
-//! CSI Controller: create, delete, list and describe this node's volumes,
-//! and report the capacity each pool can still give.
+//! CSI Controller: create, delete, list, describe and expand this node's
+//! volumes, and report the capacity each pool can still give.
 
 use std::collections::HashMap;
 use std::sync::Arc;

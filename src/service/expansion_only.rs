@@ -22,8 +22,8 @@ pub struct ExpansionOnlyController;
 #[tonic::async_trait]
 impl Controller for ExpansionOnlyController {
     /// The size asked for, always with `node_expansion_required`: only the
-    /// node can tell whether its pool has the room (it answers OUT_OF_RANGE
-    /// there otherwise).
+    /// node can tell whether its pool or memory budget has the room (it
+    /// answers OUT_OF_RANGE or RESOURCE_EXHAUSTED there otherwise).
     async fn controller_expand_volume(
         &self,
         request: Request<ControllerExpandVolumeRequest>,

@@ -1,6 +1,7 @@
-//! The three CSI gRPC services, each a thin layer over the shared [`Driver`]:
+//! The CSI gRPC services, each a thin layer over the shared [`Driver`]:
 //! validate the request, claim the volume, do the work off the async
-//! workers, answer.
+//! workers, answer. Controller mode serves `expansion_only` instead of
+//! `controller` and `node`, with no Driver.
 //!
 //! [`Driver`]: crate::driver::Driver
 

@@ -1,5 +1,5 @@
 //! CSI Node: bind-mount volumes onto the targets kubelet asks for, take them
-//! down again, and report usage and health.
+//! down again, finish expansions, and report usage and health.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
