@@ -6,7 +6,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use nix::dir::{Dir, Type};
@@ -293,52 +293,6 @@ pub fn identity(fd: impl AsFd) -> nix::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// What `statx` says about a path, without following a final symlink.
-#[derive(Clone, Copy, Debug)]
-pub struct PathState {
-    pub file_type: SFlag,
-    /// The path is the root of a mount.
-    pub mount_root: bool,
-    pub dev: u64,
-    pub ino: u64,
-}
-
-/// Looks at `path` (absolute) with statx; `None` when it does not exist.
-pub fn path_state(path: &std::path::Path) -> nix::Result<Option<PathState>> {
-    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: path is NUL-terminated and stx points to writable memory of the right size.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_TYPE | libc::STATX_INO,
-            stx.as_mut_ptr(),
-        )
-    };
-    match Errno::result(rc) {
-        Ok(_) => {}
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    // SAFETY: statx succeeded, so it filled the struct.
-    let stx = unsafe { stx.assume_init() };
-    let mount_flag = u64::from(libc::STATX_ATTR_MOUNT_ROOT as u32);
-    Ok(Some(PathState {
-        file_type: SFlag::from_bits_truncate(u32::from(stx.stx_mode)) & SFlag::S_IFMT,
-        mount_root: stx.stx_attributes_mask & mount_flag != 0
-            && stx.stx_attributes & mount_flag != 0,
-        dev: nix::sys::stat::makedev(u64::from(stx.stx_dev_major), u64::from(stx.stx_dev_minor)),
-        ino: stx.stx_ino,
-    }))
-}
-
-/// `/proc/self/fd/N`: a path naming exactly the file an fd holds, for mount(2).
-pub fn fd_path(fd: &impl AsRawFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,7 +370,7 @@ mod tests {
             mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
             fd = open_dir(&fd, "d").unwrap();
         }
-        std::fs::write(format!("/proc/self/fd/{}/leaf", fd.as_raw_fd()), b"x").unwrap();
+        std::fs::write(crate::mounts::fd_path(&fd) + "/leaf", b"x").unwrap();
     }
 
     #[test]
@@ -459,20 +413,5 @@ mod tests {
         let u = usage(open(tmp.path())).unwrap();
         assert_eq!(u.inodes, 4);
         assert!(u.bytes >= 64 * 1024, "{u:?}");
-    }
-
-    #[test]
-    fn path_state_sees_types_and_mount_roots() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = path_state(tmp.path()).unwrap().unwrap();
-        assert_eq!(dir.file_type, SFlag::S_IFDIR);
-        assert!(!dir.mount_root);
-        assert!(path_state(&tmp.path().join("none")).unwrap().is_none());
-        assert!(
-            path_state(std::path::Path::new("/proc"))
-                .unwrap()
-                .unwrap()
-                .mount_root
-        );
     }
 }

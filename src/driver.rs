@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::beneath;
 use crate::csi::Topology;
 use crate::error::{Error, Result};
 use crate::guard::OperationGuards;
@@ -273,7 +272,7 @@ impl Driver {
 /// Refuses to run on a kernel that cannot say whether a path is a mount
 /// root (STATX_ATTR_MOUNT_ROOT, Linux 5.8): publish and unpublish rely on it.
 fn check_kernel() -> Result<()> {
-    let root = beneath::path_state(std::path::Path::new("/"))
+    let root = mounts::path_state(std::path::Path::new("/"))
         .map_err(|errno| Error::sys("statx /", errno))?;
     if root.is_some_and(|r| r.mount_root) {
         return Ok(());

@@ -1,15 +1,18 @@
-//! Bind mounts of volumes onto targets, unmounts, and the kernel's mount table.
+//! Bind mounts of volumes onto targets, unmounts, the kernel's mount table,
+//! and looking at host paths (mount roots) the way mounting needs.
 //!
 //! The kernel is the truth about what is mounted: nothing here caches it.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::SFlag;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 
-use crate::beneath::fd_path;
 use crate::error::{Error, Result, SysContext};
 
 /// How a bind mount is restricted after it is made.
@@ -21,6 +24,52 @@ pub struct BindPolicy {
     /// Keep device nodes usable (no `nodev`): only when the target is the
     /// device itself (raw block access, hostPath CharDevice/BlockDevice).
     pub devices: bool,
+}
+
+/// What `statx` says about a path, without following a final symlink.
+#[derive(Clone, Copy, Debug)]
+pub struct PathState {
+    pub file_type: SFlag,
+    /// The path is the root of a mount.
+    pub mount_root: bool,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Looks at `path` (absolute) with statx; `None` when it does not exist.
+pub fn path_state(path: &std::path::Path) -> nix::Result<Option<PathState>> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: path is NUL-terminated and stx points to writable memory of the right size.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_TYPE | libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: statx succeeded, so it filled the struct.
+    let stx = unsafe { stx.assume_init() };
+    let mount_flag = u64::from(libc::STATX_ATTR_MOUNT_ROOT as u32);
+    Ok(Some(PathState {
+        file_type: SFlag::from_bits_truncate(u32::from(stx.stx_mode)) & SFlag::S_IFMT,
+        mount_root: stx.stx_attributes_mask & mount_flag != 0
+            && stx.stx_attributes & mount_flag != 0,
+        dev: nix::sys::stat::makedev(u64::from(stx.stx_dev_major), u64::from(stx.stx_dev_minor)),
+        ino: stx.stx_ino,
+    }))
+}
+
+/// `/proc/self/fd/N`: a path naming exactly the file an fd holds, for mount(2).
+pub fn fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// Bind-mounts `source` (a directory or a file) onto `target` (an fd opened
@@ -222,6 +271,21 @@ fn unescape(field: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_state_sees_types_and_mount_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = path_state(tmp.path()).unwrap().unwrap();
+        assert_eq!(dir.file_type, SFlag::S_IFDIR);
+        assert!(!dir.mount_root);
+        assert!(path_state(&tmp.path().join("none")).unwrap().is_none());
+        assert!(
+            path_state(std::path::Path::new("/proc"))
+                .unwrap()
+                .unwrap()
+                .mount_root
+        );
+    }
 
     #[test]
     fn mountinfo_lines_parse_with_escapes() {

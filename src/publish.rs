@@ -10,7 +10,6 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
-use crate::beneath;
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Error, Result, SysContext};
@@ -125,7 +124,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     let source = resolve(driver, request, &mut request_policy)?;
     let Publish { id, target, .. } = request;
     let shown = target.display();
-    let state = beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))?;
+    let state = mounts::path_state(target).context(|| format!("volume {id}: stat {shown}"))?;
     let created = match state {
         Some(state) if state.mount_root => {
             confirm_existing(id, target, &source.fd, state, request_policy)?;
@@ -238,7 +237,7 @@ fn confirm_existing(
     id: &VolumeId,
     target: &Path,
     source: &OwnedFd,
-    state: beneath::PathState,
+    state: mounts::PathState,
     policy: BindPolicy,
 ) -> Result<()> {
     let shown = target.display();
@@ -323,7 +322,7 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Path) -> Result<()> {
 fn take_down(id: &VolumeId, target: &Path) -> Result<()> {
     let shown = target.display();
     for _ in 0..MAX_STACKED_MOUNTS {
-        match beneath::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
+        match mounts::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
             None => return Ok(()),
             Some(state) if state.mount_root => mounts::unmount(id.as_str(), target)?,
             Some(state) => return remove_target(id, target, state.file_type),

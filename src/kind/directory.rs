@@ -12,10 +12,10 @@ use nix::errno::Errno;
 use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::fsync;
 
-use super::{Access, Opened, VolumeKind, VolumeStats};
+use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
-use crate::mounts::{MountEntry, MountIndex};
+use crate::mounts::{self, MountEntry, MountIndex};
 use crate::pool::Enforcement;
 use crate::pool::Pool;
 use crate::record::VolumeRecord;
@@ -35,11 +35,6 @@ pub(super) fn open_dir(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
             Err(errno).context(|| format!("volume {id}: open {}/volumes/{id}", pool.shown()))
         }
     }
-}
-
-/// The message for a volume whose directory is gone.
-pub(super) fn missing(pool: &Pool, id: &VolumeId) -> String {
-    format!("volume {id}: {}/volumes/{id} is missing", pool.shown())
 }
 
 /// Sets the qgroup limit of an enforced volume's subvolume to its capacity
@@ -158,7 +153,7 @@ impl VolumeKind for Directory {
         Ok(candidates
             .iter()
             .filter(|m| {
-                beneath::path_state(&m.mount_point)
+                mounts::path_state(&m.mount_point)
                     .ok()
                     .flatten()
                     .is_some_and(|state| state.dev == dev)

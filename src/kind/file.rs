@@ -21,13 +21,13 @@ use nix::mount::{MsFlags, mount};
 use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
 use nix::unistd::{fsync, ftruncate};
 
-use super::directory::missing;
 use super::own_mount::{self, MountPoint};
-use super::{Access, Opened, VolumeKind, VolumeStats};
-use crate::beneath::{self, fd_path};
+use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use crate::beneath;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::loopdev::{self, Lifetime, LoopDevice};
+use crate::mounts::fd_path;
 use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
 use crate::record::VolumeRecord;

@@ -10,12 +10,12 @@ use std::os::fd::OwnedFd;
 
 use nix::mount::{MsFlags, mount};
 
-use super::directory::missing;
 use super::own_mount::{self, MountPoint};
-use super::{Access, Opened, VolumeKind, VolumeStats};
-use crate::beneath::{self, fd_path};
+use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::ids::VolumeId;
+use crate::mounts::fd_path;
 use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
 use crate::record::VolumeRecord;

@@ -138,6 +138,11 @@ pub struct VolumeStats {
     pub inodes_available: u64,
 }
 
+/// The message for a volume whose directory is gone.
+fn missing(pool: &Pool, id: &VolumeId) -> String {
+    format!("volume {id}: {}/volumes/{id} is missing", pool.shown())
+}
+
 /// How one kind creates, serves and removes its volumes inside a pool.
 pub trait VolumeKind: Send + Sync {
     /// Creates the volume's backing, or accepts the one already there, so a

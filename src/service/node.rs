@@ -26,7 +26,7 @@ use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle;
-use crate::mounts::BindPolicy;
+use crate::mounts::{self, BindPolicy};
 use crate::publish::{self, Publish};
 use crate::record::VolumeRecord;
 use crate::validate::{self, Requested};
@@ -198,7 +198,7 @@ fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> R
         .target_path("volume_path", raw_path)
         .map_err(|_| not_here())?;
     let shown = path.display();
-    let state = beneath::path_state(&path)
+    let state = mounts::path_state(&path)
         .context(|| format!("volume {id}: stat {shown}"))?
         .ok_or_else(not_here)?;
     let access = if state.file_type == SFlag::S_IFDIR {
