@@ -36,6 +36,12 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     if args.mode == Mode::Controller {
+        if args.metrics_address.is_some() {
+            return Err(
+                "--metrics-address applies to node mode: controller mode has no pools to report"
+                    .into(),
+            );
+        }
         let name = validate::driver_name(&args.driver_name)
             .map_err(|e| e.to_string())?
             .to_owned();
