@@ -12,7 +12,7 @@ use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::volume_capability::{AccessType, MountVolume};
 use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Error, Result};
-use crate::ids::PoolName;
+use crate::ids::{PoolName, VolumeId};
 use crate::kind::{Access, KindName};
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
@@ -85,6 +85,18 @@ impl CapacityRequest {
     pub fn admits(self, capacity: u64) -> bool {
         capacity >= self.required && (self.limit == 0 || capacity <= self.limit)
     }
+}
+
+/// The capacity a ControllerExpandVolume asks for: a range with a
+/// `required_bytes` (the size to grow to).
+pub fn expansion(volume: &VolumeId, range: Option<&CapacityRange>) -> Result<CapacityRequest> {
+    let checked = capacity(range)?;
+    if checked.required == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "volume {volume}: capacity_range.required_bytes is missing"
+        )));
+    }
+    Ok(checked)
 }
 
 pub fn capacity(range: Option<&CapacityRange>) -> Result<CapacityRequest> {

@@ -50,19 +50,12 @@ async fn two_pools_report_and_spend_their_own_capacity() {
     );
 
     let id = d
-        .csi
-        .controller
-        .create_volume(create_request_with(
+        .create_from(create_request_with(
             "in-large",
             32 << 20,
             &[("pool", "large")],
         ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .await;
     assert!(large.join("volumes").join(&id).is_dir());
     // The volume's directory and record take a few blocks of their own.
     let spent = large_before - capacity(&mut d, "large").await;
@@ -111,19 +104,12 @@ async fn capacity_counts_only_what_volumes_have_not_used_yet() {
     };
     let empty = file(&mut d).await;
     let id = d
-        .csi
-        .controller
-        .create_volume(create_request_with(
+        .create_from(create_request_with(
             "half-used",
             64 << 20,
             &[("kind", "file")],
         ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .await;
     let promised = file(&mut d).await;
     let near = |a: i64, b: i64| (a - b).abs() < 2 << 20;
     assert!(near(empty - promised, 64 << 20), "{empty} -> {promised}");

@@ -279,12 +279,7 @@ impl Controller for ControllerService {
     ) -> RpcResult<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        if req.capacity_range.is_none() {
-            return Err(
-                Error::InvalidArgument(format!("volume {id}: capacity_range is missing")).into(),
-            );
-        }
-        let range = validate::capacity(req.capacity_range.as_ref())?;
+        let range = validate::expansion(&id, req.capacity_range.as_ref())?;
         let held = self.driver.guards.claim(format!("volume {id}"))?;
         let driver = Arc::clone(&self.driver);
         let (record, node_expansion_required) = blocking(move || {

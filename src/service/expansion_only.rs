@@ -13,7 +13,6 @@ use crate::csi::{
     ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
     ControllerServiceCapability,
 };
-use crate::error::Error;
 use crate::ids::VolumeId;
 use crate::validate;
 
@@ -30,13 +29,7 @@ impl Controller for ExpansionOnlyController {
     ) -> RpcResult<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let range = validate::capacity(req.capacity_range.as_ref())?;
-        if req.capacity_range.is_none() || range.required == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "volume {id}: capacity_range.required_bytes is missing"
-            ))
-            .into());
-        }
+        let range = validate::expansion(&id, req.capacity_range.as_ref())?;
         Ok(Response::new(ControllerExpandVolumeResponse {
             capacity_bytes: i64::try_from(range.required).unwrap_or(i64::MAX),
             node_expansion_required: true,
