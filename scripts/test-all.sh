@@ -3,8 +3,12 @@
 # format and lint checks, `cargo test` (unit + integration over a real socket
 # with real mounts and loop devices), the checks of deploy/ and the
 # Dockerfile, then csi-sanity against a freshly started driver for each kind.
+# The tests of kernel features this host may lack or forbid (project quotas,
+# growing a mounted ext4) run a second time in a virtual machine booted from
+# Debian's kernel (scripts/vm-test.sh), where they must pass in full.
 # Installs what is missing (csi-sanity by `go install`; e2fsprogs, xfsprogs,
-# btrfs-progs by apt-get; kubernetes-validate by pip into target/).
+# btrfs-progs, and for the VM qemu-system-x86, busybox-static and the kernel
+# package, by apt; kubernetes-validate by pip into target/).
 # Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +46,12 @@ trap 'rm -f "$log"' EXIT
 echo "== cargo test"
 cargo test --locked 2>&1 | tee "$log"
 cargo build --locked
+echo "== the same kernel-dependent tests in a VM with Debian's kernel"
+vm_tests=$(cargo test --locked --no-run --test project_quota --test expansion \
+  --message-format=json 2>/dev/null \
+  | grep -oE '"executable":"[^"]+/deps/[^"]+"' | cut -d'"' -f4)
+# shellcheck disable=SC2086 # one test binary per word
+scripts/vm-test.sh $vm_tests 2>&1 | tee -a "$log"
 echo "== deploy/ manifests"
 scripts/check-deploy.sh target/debug/hostpath-csi
 sanity() {

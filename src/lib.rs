@@ -18,6 +18,7 @@ pub mod loopdev;
 pub mod metrics;
 pub mod mounts;
 pub mod pool;
+pub mod project_quota;
 pub mod publish;
 pub mod record;
 pub mod server;

@@ -105,7 +105,7 @@ pub fn refusal<'a>(pool: &'a Pool, params: &VolumeParams) -> Option<&'a str> {
 fn enforced(pool: &Pool, params: &VolumeParams) -> bool {
     params.kind == KindName::Directory
         && params.enforce != Enforce::None
-        && matches!(pool.enforcement, Enforcement::BtrfsQgroups { .. })
+        && pool.enforcement.available()
 }
 
 /// Checks the volume limit and the room left (the pool's disk, or the

@@ -12,7 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::driver::{Driver, blocking};
 use crate::error::Result;
 use crate::kind::Backing;
-use crate::pool::Enforcement;
 
 /// Largest request read; anything longer is answered from what was read.
 const MAX_REQUEST: usize = 8192;
@@ -70,10 +69,10 @@ pub fn render(driver: &Driver) -> Result<String> {
     let mut free = Vec::new();
     let mut promised = Vec::new();
     for pool in pools {
-        let (mode, on) = match &pool.enforcement {
-            Enforcement::BtrfsQgroups { .. } => ("btrfs-qgroups", 1),
-            Enforcement::Unavailable(_) => ("tracked", 0),
-        };
+        let (mode, on) = (
+            pool.enforcement.mode(),
+            u64::from(pool.enforcement.available()),
+        );
         enforcement.push((format!("{{pool=\"{}\",mode=\"{mode}\"}}", pool.name), on));
         free.push((
             format!("{{pool=\"{}\"}}", pool.name),

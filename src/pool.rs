@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -19,7 +19,7 @@ use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
 use crate::mounts::MountIndex;
 use crate::usage_cache::UsageCache;
-use crate::{beneath, btrfs};
+use crate::{beneath, btrfs, project_quota};
 
 /// Name of the file a writability probe writes where O_TMPFILE is missing.
 const PROBE_FILE: &str = ".probe";
@@ -37,6 +37,9 @@ pub struct Space {
 pub enum Enforcement {
     /// btrfs with quotas on: each volume is a subvolume with a qgroup limit.
     BtrfsQgroups { fsid: String },
+    /// XFS or ext4 with project quotas enforced: each volume's directory
+    /// carries a project id whose block limit is its capacity.
+    ProjectQuotas,
     /// Capacity is only tracked; the text says why.
     Unavailable(String),
 }
@@ -45,10 +48,15 @@ impl Enforcement {
     /// Finds out what the pool's filesystem offers, enabling btrfs quotas
     /// first when `enable_quotas` asks for it.
     fn detect(root: &OwnedFd, enable_quotas: bool) -> Result<Enforcement> {
+        if project_quota::is_candidate(root) {
+            return Ok(match project_quota::enforcing(root) {
+                Ok(()) => Enforcement::ProjectQuotas,
+                Err(why) => Enforcement::Unavailable(why),
+            });
+        }
         if !btrfs::is_btrfs(root) {
             return Ok(Enforcement::Unavailable(
-                "its filesystem is not btrfs, the only one whose limits the driver uses so far (XFS/ext4 project quotas are not implemented)"
-                    .into(),
+                "its filesystem is neither btrfs (qgroups) nor XFS/ext4 (project quotas)".into(),
             ));
         }
         let fsid = btrfs::fsid(root)?;
@@ -61,6 +69,20 @@ impl Enforcement {
             btrfs::enable_quotas(root)?;
         }
         Ok(Enforcement::BtrfsQgroups { fsid })
+    }
+
+    /// Whether the pool holds enforced volumes to their capacity.
+    pub fn available(&self) -> bool {
+        !matches!(self, Enforcement::Unavailable(_))
+    }
+
+    /// The mode's name, as logs and metrics show it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Enforcement::BtrfsQgroups { .. } => "btrfs-qgroups",
+            Enforcement::ProjectQuotas => "project-quotas",
+            Enforcement::Unavailable(_) => "tracked",
+        }
     }
 }
 
@@ -83,6 +105,9 @@ pub struct Pool {
     pub enforcement: Enforcement,
     /// Measurements of the directory volumes no limit measures.
     pub usage: UsageCache,
+    /// Held while a project id is chosen and assigned, so that two new
+    /// volumes never get the same one.
+    pub choosing_project: Mutex<()>,
 }
 
 impl Pool {
@@ -115,11 +140,11 @@ impl Pool {
         let enforcement = Enforcement::detect(&root, enable_quotas)
             .map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
         match &enforcement {
-            Enforcement::BtrfsQgroups { .. } => {
-                tracing::info!(pool = %name, "capacity of directory volumes enforced by btrfs qgroups")
-            }
             Enforcement::Unavailable(why) => {
                 tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")
+            }
+            enforced => {
+                tracing::info!(pool = %name, mode = enforced.mode(), "capacity of directory volumes enforced")
             }
         }
         let fs_root =
@@ -135,6 +160,7 @@ impl Pool {
             drain,
             enforcement,
             usage: UsageCache::default(),
+            choosing_project: Mutex::new(()),
         };
         let leftovers = beneath::list(&pool.trash)
             .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;

@@ -134,6 +134,10 @@ async fn an_ext4_file_volume_grows_online_and_takes_the_larger_write() {
         (64 << 20, true)
     );
     if !has_sys_resource() {
+        assert!(
+            !common::full_kernel(),
+            "the full kernel's root has CAP_SYS_RESOURCE"
+        );
         // The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE, which
         // some sandboxes withhold even from root: the driver says so.
         assert_code(

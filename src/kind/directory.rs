@@ -19,7 +19,7 @@ use crate::mounts::{self, MountEntry, MountIndex};
 use crate::pool::Enforcement;
 use crate::pool::Pool;
 use crate::record::VolumeRecord;
-use crate::{beneath, btrfs};
+use crate::{beneath, btrfs, project_quota};
 
 /// The mode of a new volume directory (hostPath's DirectoryOrCreate mode).
 const DIRECTORY_MODE: u32 = 0o755;
@@ -37,21 +37,108 @@ pub(super) fn open_dir(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// Sets the qgroup limit of an enforced volume's subvolume to its capacity
+/// Holds an enforced volume's directory to the record's capacity: its
+/// subvolume's qgroup limit on btrfs, its project's block limit on XFS/ext4
 /// (no limit for a volume that asked for no size).
 fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
     let id = &record.id;
-    let subvolume = btrfs::subvolume_id(dir)?.ok_or_else(|| {
-        Error::FailedPrecondition(format!(
-            "volume {id}: {}/volumes/{id} exists but is not a btrfs subvolume",
+    let bytes = record.capacity_bytes;
+    match &pool.enforcement {
+        Enforcement::BtrfsQgroups { .. } => {
+            let subvolume = btrfs::subvolume_id(dir)?.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "volume {id}: {}/volumes/{id} exists but is not a btrfs subvolume",
+                    pool.shown()
+                ))
+            })?;
+            if bytes > 0 {
+                btrfs::set_limit(dir, subvolume, bytes)
+                    .map_err(|e| Error::Internal(format!("volume {id}: {e}")))?;
+            }
+            Ok(())
+        }
+        Enforcement::ProjectQuotas => {
+            let project = project_of(pool, id, dir)?.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "volume {id}: {}/volumes/{id} exists but carries no project id",
+                    pool.shown()
+                ))
+            })?;
+            project_quota::set_limit(dir, project, bytes).context(|| {
+                format!(
+                    "volume {id}: limit project {project} of {}/volumes/{id} to {bytes} bytes",
+                    pool.shown()
+                )
+            })
+        }
+        Enforcement::Unavailable(why) => Err(Error::FailedPrecondition(format!(
+            "volume {id}: its capacity is to be enforced, but pool {} ({}) cannot: {why}",
+            pool.name,
             pool.shown()
-        ))
-    })?;
-    if record.capacity_bytes > 0 {
-        btrfs::set_limit(dir, subvolume, record.capacity_bytes)
-            .map_err(|e| Error::Internal(format!("volume {id}: {e}")))?;
+        ))),
     }
-    Ok(())
+}
+
+/// The project id the volume directory `dir` hands down, if any.
+fn project_of(pool: &Pool, id: &VolumeId, dir: &OwnedFd) -> Result<Option<u32>> {
+    project_quota::project_of(dir).context(|| {
+        format!(
+            "volume {id}: read the project id of {}/volumes/{id}",
+            pool.shown()
+        )
+    })
+}
+
+/// Gives a new volume directory a project id of its own, unless an earlier,
+/// interrupted call already did.
+fn assign_project(pool: &Pool, id: &VolumeId, dir: &OwnedFd) -> Result<()> {
+    if project_of(pool, id, dir)?.is_some() {
+        return Ok(());
+    }
+    let what = || {
+        format!(
+            "volume {id}: give {}/volumes/{id} a project id",
+            pool.shown()
+        )
+    };
+    // Each volume starts its search at an id of its own, so that choices
+    // rarely meet.
+    let key = id.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let _choosing = pool
+        .choosing_project
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let project = project_quota::choose(dir, key).context(what)?;
+    project_quota::assign(dir, project).context(what)
+}
+
+/// Bytes charged to an enforced volume by its limit, in O(1); `None` when
+/// the volume has no limit to ask.
+fn limited_usage(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Option<u64>> {
+    if !record.enforced {
+        return Ok(None);
+    }
+    let id = &record.id;
+    match &pool.enforcement {
+        Enforcement::BtrfsQgroups { fsid } => match btrfs::subvolume_id(dir)? {
+            Some(subvolume) => btrfs::referenced(fsid, subvolume).map(Some),
+            None => Ok(None),
+        },
+        Enforcement::ProjectQuotas => match project_of(pool, id, dir)? {
+            Some(project) => project_quota::used_bytes(dir, project)
+                .context(|| {
+                    format!(
+                        "volume {id}: read the quota of project {project} of {}/volumes/{id}",
+                        pool.shown()
+                    )
+                })
+                .map(Some),
+            None => Ok(None),
+        },
+        Enforcement::Unavailable(_) => Ok(None),
+    }
 }
 
 impl VolumeKind for Directory {
@@ -64,6 +151,12 @@ impl VolumeKind for Directory {
             return beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE)
                 .map(drop)
                 .context(what);
+        }
+        if let Enforcement::ProjectQuotas = pool.enforcement {
+            let (dir, _) =
+                beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE).context(what)?;
+            assign_project(pool, id, &dir)?;
+            return limit(pool, record, &dir);
         }
         let created = match btrfs::create_subvolume(&pool.volumes, id.as_str()) {
             Ok(()) => true,
@@ -78,9 +171,24 @@ impl VolumeKind for Directory {
         limit(pool, record, &dir)
     }
 
+    /// Moves the directory to the trash; a project's limit is lifted then,
+    /// so that its id is free again once the trash has drained.
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
         pool.usage.forget(id);
-        pool.trash_volume(id.as_str())
+        let project = match (&pool.enforcement, open_dir(pool, id)?) {
+            (Enforcement::ProjectQuotas, Some(dir)) => project_of(pool, id, &dir)?,
+            _ => None,
+        };
+        pool.trash_volume(id.as_str())?;
+        if let Some(project) = project {
+            project_quota::set_limit(&pool.volumes, project, 0).context(|| {
+                format!(
+                    "volume {id}: lift the limit of project {project} in {}",
+                    pool.shown()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     fn open_source(
@@ -115,19 +223,14 @@ impl VolumeKind for Directory {
         Ok(false)
     }
 
-    /// An enforced volume's qgroup; a plain directory would need a walk.
+    /// An enforced volume's qgroup or project; a plain directory would need
+    /// a walk.
     fn used_cheaply(&self, pool: &Pool, record: &VolumeRecord) -> Result<Option<u64>> {
-        let Enforcement::BtrfsQgroups { fsid } = &pool.enforcement else {
-            return Ok(None);
-        };
         if !record.enforced {
             return Ok(None);
         }
-        let Some(dir) = open_dir(pool, &record.id)? else {
-            return Ok(None);
-        };
-        match btrfs::subvolume_id(&dir)? {
-            Some(subvolume) => btrfs::referenced(fsid, subvolume).map(Some),
+        match open_dir(pool, &record.id)? {
+            Some(dir) => limited_usage(pool, record, &dir),
             None => Ok(None),
         }
     }
@@ -162,18 +265,13 @@ impl VolumeKind for Directory {
             .collect())
     }
 
-    /// An enforced volume answers from its qgroup in O(1) (as of the last
-    /// transaction commit); a plain one from a bounded, cached walk (see
-    /// [`crate::usage_cache`]).
+    /// An enforced volume answers from its qgroup (as of the last btrfs
+    /// transaction commit) or its project quota, in O(1); a plain one from a
+    /// bounded, cached walk (see [`crate::usage_cache`]).
     fn stats(&self, pool: &Pool, record: &VolumeRecord, source: &OwnedFd) -> Result<VolumeStats> {
         let id = &record.id;
         let capacity_bytes = record.capacity_bytes;
-        if record.enforced
-            && let Enforcement::BtrfsQgroups { fsid } = &pool.enforcement
-        {
-            let what = || format!("volume {id}: find its subvolume");
-            let subvolume = btrfs::subvolume_id(source)?.ok_or_else(|| Error::Internal(what()))?;
-            let used = btrfs::referenced(fsid, subvolume)?;
+        if let Some(used) = limited_usage(pool, record, source)? {
             let free = pool.space()?.free_bytes;
             let total = if capacity_bytes == 0 {
                 used + free

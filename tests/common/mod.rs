@@ -2,6 +2,8 @@
 //! gRPC client, and cleanup of every mount the test made, even on failure.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod enforced;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use hostpath_csi::csi::{
 };
 use hostpath_csi::driver::{Driver, DriverConfig};
 use hostpath_csi::ids::PoolName;
-use hostpath_csi::{mounts, server};
+use hostpath_csi::{loopdev, mounts, server};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -54,6 +56,58 @@ impl Scratch {
             Some(format!("size={size}").as_str()),
         )
         .unwrap();
+    }
+
+    /// Makes a 512 MiB image `<name>.img` with `mkfs` (program, then its
+    /// arguments; the image path goes last) and mounts it at `<name>` through
+    /// a loop device with `options`. Both are undone when the scratch drops;
+    /// a refused mount is returned.
+    pub fn mount_image(
+        &self,
+        name: &str,
+        mkfs: &[&str],
+        fs_type: &str,
+        options: &str,
+    ) -> nix::Result<PathBuf> {
+        let image = self.path().join(format!("{name}.img"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let status = std::process::Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&image)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("{} is installed: {e}", mkfs[0]));
+        assert!(status.success(), "{mkfs:?} failed");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap();
+        let attached = loopdev::attach(
+            &file.into(),
+            &image,
+            loopdev::Lifetime::UntilDetached,
+            false,
+        )
+        .unwrap();
+        let mount_point = self.path().join(name);
+        std::fs::create_dir(&mount_point).unwrap();
+        let mounted = nix::mount::mount(
+            Some(&attached.device.path),
+            &mount_point,
+            Some(fs_type),
+            nix::mount::MsFlags::empty(),
+            Some(options),
+        );
+        if let Err(errno) = mounted {
+            std::fs::remove_dir(&mount_point).unwrap();
+            loopdev::detach(&attached.device).unwrap();
+            return Err(errno);
+        }
+        Ok(mount_point)
     }
 
     /// Mount points at or under this scratch directory.
@@ -293,6 +347,13 @@ pub fn publish_request(id: &str, target: &str, readonly: bool) -> NodePublishVol
         readonly,
         ..Default::default()
     }
+}
+
+/// Whether the tests run where every kernel feature the driver can use is
+/// present and allowed (scripts/vm-test.sh sets this), so that a missing
+/// one fails the test instead of being checked as reported.
+pub fn full_kernel() -> bool {
+    std::env::var_os("HOSTPATH_CSI_FULL_KERNEL").is_some()
 }
 
 /// Asserts a call failed with `code` and a message containing `needle`.
