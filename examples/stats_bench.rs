@@ -4,7 +4,8 @@
 //!
 //! Run as root: `cargo run --release --example stats_bench [FILES] [CALLS]`.
 //! It makes its own pools (a directory on the scratch disk, a loop-backed
-//! btrfs with quotas, a tmpfs budget) and removes them when it ends.
+//! btrfs with quotas, a loop-backed XFS with project quotas where the kernel
+//! can mount one, a tmpfs budget) and removes them when it ends.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,15 +42,23 @@ async fn main() -> Result<(), Failure> {
 async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> {
     let plain = scratch.join("plain");
     std::fs::create_dir(&plain)?;
-    let btrfs = btrfs_pool(scratch)?;
+    let mut pools = vec![
+        (PoolName::parse("plain")?, plain),
+        (
+            PoolName::parse("btrfs")?,
+            loop_pool(scratch, "btrfs", &["mkfs.btrfs", "-q"], "")?,
+        ),
+    ];
+    match loop_pool(scratch, "xfs", &["mkfs.xfs", "-q"], "prjquota") {
+        Ok(xfs) => pools.push((PoolName::parse("xfs")?, xfs)),
+        Err(e) => println!("(no XFS row: this kernel cannot mount XFS with prjquota: {e})\n"),
+    }
+    let with_xfs = pools.len() == 3;
     let socket = scratch.join("csi.sock");
     let config = DriverConfig {
         driver_name: "hostpath-csi.dev".into(),
         node_id: "bench".into(),
-        pools: vec![
-            (PoolName::parse("plain")?, plain),
-            (PoolName::parse("btrfs")?, btrfs),
-        ],
+        pools,
         max_volumes: 0,
         enable_quotas: true,
         memory_budget: 8 << 30,
@@ -68,7 +77,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         "| volume | measured by | stats p50 | stats p99 | walk p50 | walk p99 | walk/stats (p50) |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let cases = [
+    let mut cases = vec![
         (
             "directory, plain pool",
             "cached bounded walk",
@@ -90,6 +99,16 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
             &[("pool", "plain"), ("kind", "memory")][..],
         ),
     ];
+    if with_xfs {
+        cases.insert(
+            2,
+            (
+                "directory, XFS pool",
+                "project quota",
+                &[("pool", "xfs"), ("enforce", "required")][..],
+            ),
+        );
+    }
     for (i, (label, how, params)) in cases.into_iter().enumerate() {
         let target = scratch.join(format!("target-{i}"));
         let id = create_and_publish(&mut csi, &format!("bench-{i}"), params, &target).await?;
@@ -213,31 +232,33 @@ fn shown(d: Duration) -> String {
     }
 }
 
-/// A loop-backed btrfs of 8 GiB (sparse) mounted at `<scratch>/btrfs`.
-fn btrfs_pool(scratch: &Path) -> Result<PathBuf, Failure> {
-    let image = scratch.join("btrfs.img");
+/// An 8 GiB (sparse) image made by `mkfs` (program, then its arguments) and
+/// mounted through a loop device at `<scratch>/<name>` with `options`; the
+/// filesystem type is `name`.
+fn loop_pool(scratch: &Path, name: &str, mkfs: &[&str], options: &str) -> Result<PathBuf, Failure> {
+    let image = scratch.join(format!("{name}.img"));
     std::fs::File::create(&image)?.set_len(8 << 30)?;
-    let made = Command::new("mkfs.btrfs")
-        .arg("-q")
+    let made = Command::new(mkfs[0])
+        .args(&mkfs[1..])
         .arg(&image)
         .stdout(Stdio::null())
         .status()?;
     if !made.success() {
-        return Err("mkfs.btrfs failed".into());
+        return Err(format!("{} failed", mkfs[0]).into());
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&image)?;
     let device = loopdev::attach(&file.into(), &image, Lifetime::UntilDetached, false)?.device;
-    let mount_point = scratch.join("btrfs");
+    let mount_point = scratch.join(name);
     std::fs::create_dir(&mount_point)?;
     nix::mount::mount(
         Some(&device.path),
         &mount_point,
-        Some("btrfs"),
+        Some(name),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        Some(options),
     )?;
     Ok(mount_point)
 }

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Runs test binaries inside a virtual machine booted from Debian's stock
-# kernel, for what the host's kernel or sandbox may not allow: XFS and ext4
-# project quotas (CONFIG_QUOTA) and growing a mounted ext4 (CAP_SYS_RESOURCE).
+# Runs commands (test binaries, benchmarks) inside a virtual machine booted
+# from Debian's stock kernel, for what the host's kernel or sandbox may not
+# allow: XFS and ext4 project quotas (CONFIG_XFS_QUOTA, CONFIG_QFMT_V2) and
+# growing a mounted ext4 (CAP_SYS_RESOURCE).
 #
-#   scripts/vm-test.sh TEST_BINARY...
+#   scripts/vm-test.sh 'COMMAND [ARG...]'...
 #
 # The guest sees the host's root read-only (virtio-9p) with fresh /tmp, /dev,
-# /proc, /sys and /run of its own, and runs each binary from the repository
-# root with HOSTPATH_CSI_FULL_KERNEL=1, which makes the tests demand those
-# features instead of checking that their absence is reported. The kernel and
+# /proc, /sys and /run of its own, and runs each command line from the
+# repository root, as root, with HOSTPATH_CSI_FULL_KERNEL=1, which makes the
+# tests demand those features instead of checking that their absence is
+# reported. It fails when any command does. The kernel and
 # the initramfs are cached in target/vm. The guest runs under software
 # emulation (TCG): these machines' nested KVM hangs while the kernel boots.
 set -euo pipefail
 
-[ $# -gt 0 ] || { echo "usage: $0 TEST_BINARY..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 'COMMAND [ARG...]'..." >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache="$repo/target/vm"
 mkdir -p "$cache"
@@ -61,7 +63,7 @@ if [ ! -f "$initramfs" ] || [ "$0" -nt "$initramfs" ]; then
     trap 'rm -rf "$staging"' EXIT
     mkdir -p "$staging"/{bin,dev,proc,sys,host,lib/modules/"$version"}
     cp /bin/busybox "$staging/bin/busybox"
-    wanted=(virtio_pci 9pnet_virtio 9p loop xfs ext4 quota_v2 crc32c_generic)
+    wanted=(virtio_pci 9pnet_virtio 9p loop xfs ext4 quota_v2 btrfs crc32c_generic xxhash_generic)
     add_module() { # copies a module and, first, those it depends on
         local path=$1
         [ -f "$staging/lib/modules/$version/$path" ] && return
@@ -87,7 +89,8 @@ mount -t devtmpfs dev /dev
 echo /bin/modprobe > /proc/sys/kernel/modprobe
 for name in ${wanted[*]}; do modprobe \$name || echo "vm-test: modprobe \$name failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host
-mount -t tmpfs tmp /host/tmp
+# Sparse pool images may be larger than the guest's memory.
+mount -t tmpfs -o size=64g tmp /host/tmp
 mount -t tmpfs run /host/run
 mount -t devtmpfs dev /host/dev
 mount -t proc proc /host/proc
@@ -109,9 +112,9 @@ script="$cache/run.sh"
     echo 'export HOME=/tmp HOSTPATH_CSI_FULL_KERNEL=1 RUST_BACKTRACE=0'
     echo "cd '$repo'"
     echo 'status=0'
-    for binary in "$@"; do
-        echo "echo '== $binary'"
-        echo "'$(realpath "$binary")' --test-threads=2 || status=1"
+    for command in "$@"; do
+        printf 'echo %q\n' "== $command"
+        echo "$command || status=1"
     done
     echo 'exit $status'
 } > "$script"

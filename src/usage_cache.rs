@@ -6,7 +6,8 @@
 //! measured. When none is fresh, a walk runs for at most [`BUDGET`] in the
 //! call; if it cannot finish, the call gets the last complete figure (or, the
 //! first time, the lower bound counted so far) and the walk finishes in the
-//! background for the calls that follow.
+//! background for the calls that follow. Calls made while it does get the
+//! same answer at once, without walking again.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,9 +27,17 @@ pub const BUDGET: Duration = Duration::from_millis(200);
 struct Entry {
     /// The last complete measurement and when it was taken.
     complete: Option<(Usage, Instant)>,
+    /// What a walk cut short by the budget counted, while none is complete.
+    lower_bound: Option<Usage>,
     /// A walk is finishing in the background.
     walking: bool,
 }
+
+const NOTHING_KNOWN: Entry = Entry {
+    complete: None,
+    lower_bound: None,
+    walking: false,
+};
 
 /// Measurements of one pool's directory volumes.
 #[derive(Debug, Default)]
@@ -46,13 +55,18 @@ impl UsageCache {
         {
             return Ok(usage);
         }
+        if entry.walking
+            && let Some(bound) = entry.lower_bound
+        {
+            return Ok(bound);
+        }
         let (usage, complete) = beneath::usage_until(dir, Some(Instant::now() + BUDGET))
             .context(|| format!("volume {id}: measure its directory"))?;
         if complete {
             self.store(id, Some((usage, Instant::now())), false);
             return Ok(usage);
         }
-        if self.claim_walk(id) {
+        if self.claim_walk(id, usage) {
             self.finish_in_background(id, dir)?;
         }
         Ok(entry.complete.map_or(usage, |(last, _)| last))
@@ -72,31 +86,25 @@ impl UsageCache {
             .expect("usage cache poisoned")
             .get(id)
             .copied()
-            .unwrap_or(Entry {
-                complete: None,
-                walking: false,
-            })
+            .unwrap_or(NOTHING_KNOWN)
     }
 
     fn store(&self, id: &VolumeId, complete: Option<(Usage, Instant)>, walking: bool) {
         let mut entries = self.entries.lock().expect("usage cache poisoned");
-        let entry = entries.entry(id.clone()).or_insert(Entry {
-            complete: None,
-            walking: false,
-        });
+        let entry = entries.entry(id.clone()).or_insert(NOTHING_KNOWN);
         if complete.is_some() {
             entry.complete = complete;
+            entry.lower_bound = None;
         }
         entry.walking = walking;
     }
 
-    /// Marks a background walk as started; false when one already is.
-    fn claim_walk(&self, id: &VolumeId) -> bool {
+    /// Marks a background walk as started, keeping what the cut-short walk
+    /// counted; false when one already is.
+    fn claim_walk(&self, id: &VolumeId, counted: Usage) -> bool {
         let mut entries = self.entries.lock().expect("usage cache poisoned");
-        let entry = entries.entry(id.clone()).or_insert(Entry {
-            complete: None,
-            walking: false,
-        });
+        let entry = entries.entry(id.clone()).or_insert(NOTHING_KNOWN);
+        entry.lower_bound = Some(counted);
         !std::mem::replace(&mut entry.walking, true)
     }
 
@@ -114,6 +122,7 @@ impl UsageCache {
                 return; // deleted meanwhile
             };
             entry.walking = false;
+            entry.lower_bound = None;
             match measured {
                 Ok(usage) => entry.complete = Some((usage, Instant::now())),
                 Err(errno) => {
@@ -148,5 +157,28 @@ mod tests {
         );
         cache.forget(&id);
         assert_eq!(cache.usage(&id, &dir).unwrap().inodes, 3, "measured again");
+    }
+
+    #[test]
+    fn calls_made_while_a_walk_finishes_in_the_background_do_not_walk_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a"), b"").unwrap();
+        let dir = nix::fcntl::open(tmp.path(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let cache = UsageCache::default();
+        let id = VolumeId::parse("v").unwrap();
+        // As a call whose walk ran out of budget leaves it.
+        let counted = Usage {
+            bytes: 4096,
+            inodes: 1,
+        };
+        assert!(cache.claim_walk(&id, counted));
+        assert!(!cache.claim_walk(&id, counted), "one walk at a time");
+        assert_eq!(cache.usage(&id, &dir).unwrap(), counted);
+        cache.store(&id, None, false);
+        assert_eq!(
+            cache.usage(&id, &dir).unwrap().inodes,
+            2,
+            "with no walk running, the call walks"
+        );
     }
 }
