@@ -6,8 +6,8 @@
 #
 #   scripts/vm-test.sh 'COMMAND [ARG...]'...
 #
-# The guest sees the host's root read-only (virtio-9p) with fresh /tmp, /dev,
-# /proc, /sys and /run of its own, and runs each command line from the
+# The guest sees the host's root read-only (virtio-9p) with fresh /dev,
+# /proc, /sys and /run (its TMPDIR) of its own, and runs each command line from the
 # repository root, as root, with HOSTPATH_CSI_FULL_KERNEL=1, which makes the
 # tests demand those features instead of checking that their absence is
 # reported. It fails when any command does. The kernel and
@@ -89,9 +89,9 @@ mount -t devtmpfs dev /dev
 echo /bin/modprobe > /proc/sys/kernel/modprobe
 for name in ${wanted[*]}; do modprobe \$name || echo "vm-test: modprobe \$name failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host
+# Scratch space (TMPDIR) lives here: the host's /tmp may hold the repository.
 # Sparse pool images may be larger than the guest's memory.
-mount -t tmpfs -o size=64g tmp /host/tmp
-mount -t tmpfs run /host/run
+mount -t tmpfs -o size=64g run /host/run
 mount -t devtmpfs dev /host/dev
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -109,7 +109,8 @@ fi
 script="$cache/run.sh"
 {
     echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-    echo 'export HOME=/tmp HOSTPATH_CSI_FULL_KERNEL=1 RUST_BACKTRACE=0'
+    echo 'mkdir -p /run/tmp'
+    echo 'export TMPDIR=/run/tmp HOME=/run/tmp HOSTPATH_CSI_FULL_KERNEL=1 RUST_BACKTRACE=0'
     echo "cd '$repo'"
     echo 'status=0'
     for command in "$@"; do
