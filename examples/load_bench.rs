@@ -130,19 +130,44 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
             stored = point;
         }
         let before = memory(subject.pid);
-        let floor = floor_run(&floor_dir, options.lifecycles, options.concurrency)?;
-        let run = lifecycles(&subject, &targets, stored, options).await?;
-        let (alone, errors) = creates(
-            &subject,
-            &format!("alone-{stored}"),
-            options.creates,
-            options,
-        )
-        .await?;
-        let creates_floor = floor_creates(&floor_dir, options.creates, options.concurrency)?;
-        stored += options.creates - errors;
+        // Driver and floor take turns, round by round, so that the other
+        // tenants of a shared machine weigh on both sides of each ratio.
+        let mut run = Run::default();
+        let (mut rates, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut alone, mut creates_floor, mut errors) = (Vec::new(), Vec::new(), 0);
+        for round in 0..ROUNDS {
+            let floor = floor_run(&floor_dir, options.lifecycles / ROUNDS, options.concurrency)?;
+            let batch = lifecycles(
+                &subject,
+                &targets,
+                &format!("{point}-{round}"),
+                options.lifecycles / ROUNDS,
+                options,
+            )
+            .await?;
+            rates.push(batch.per_second());
+            floors.push(floor);
+            ratios.push(batch.per_second() / floor);
+            run.absorb(batch);
+            creates_floor.push(floor_creates(
+                &floor_dir,
+                options.creates / ROUNDS,
+                options.concurrency,
+            )?);
+            let (rate, failed) = creates(
+                &subject,
+                &format!("alone-{stored}-{round}"),
+                options.creates / ROUNDS,
+                options,
+            )
+            .await?;
+            alone.push(rate);
+            errors += failed;
+            stored += options.creates / ROUNDS - failed;
+        }
         let after = memory(subject.pid);
-        let rate = run.per_second();
+        let (rate, floor, ratio) = (median(rates), median(floors), median(ratios));
+        let (alone, creates_floor) = (median(alone), median(creates_floor));
         first_rate.get_or_insert(rate);
         let lifecycle = quantiles(&run.latencies["lifecycle"]);
         let phase = |name: &str| {
@@ -151,7 +176,7 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         };
         println!(
             "| {point} | {rate:.0} | {floor:.0} | {:.0}% | {} | {} | {:.1} | {} | {} | {} | {} | {alone:.0} | {creates_floor:.0} | {} → {} ({}) | {} |",
-            100.0 * rate / floor,
+            100.0 * ratio,
             shown(lifecycle.0),
             shown(lifecycle.1),
             lifecycle.1.as_secs_f64() / lifecycle.0.as_secs_f64(),
@@ -348,7 +373,11 @@ async fn creates(
     Ok((rate, errors.load(Ordering::Relaxed)))
 }
 
+/// Rounds each measurement is split into (see `run`).
+const ROUNDS: usize = 5;
+
 /// What a batch of lifecycles measured.
+#[derive(Default)]
 struct Run {
     count: usize,
     took: Duration,
@@ -360,24 +389,38 @@ impl Run {
     fn per_second(&self) -> f64 {
         self.count as f64 / self.took.as_secs_f64()
     }
+
+    fn absorb(&mut self, other: Run) {
+        self.count += other.count;
+        self.took += other.took;
+        self.errors += other.errors;
+        for (name, mut took) in other.latencies {
+            self.latencies.entry(name).or_default().append(&mut took);
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 async fn lifecycles(
     subject: &Subject,
     targets: &Path,
-    point: usize,
+    label: &str,
+    count: usize,
     options: &Options,
 ) -> Result<Run, Failure> {
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(BTreeMap::<&'static str, Vec<Duration>>::new()));
     let errors = Arc::new(AtomicUsize::new(0));
-    let count = options.lifecycles;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..options.concurrency {
         let mut csi = CsiClient::connect(subject.socket.clone()).await?;
         let (next, latencies, errors) = (next.clone(), latencies.clone(), errors.clone());
-        let targets = targets.to_owned();
+        let (targets, label) = (targets.to_owned(), label.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut mine: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
             loop {
@@ -385,8 +428,8 @@ async fn lifecycles(
                 if i >= count {
                     break;
                 }
-                let target = targets.join(format!("{point}-{i}"));
-                match lifecycle(&mut csi, format!("life-{point}-{i}"), &target).await {
+                let target = targets.join(format!("{label}-{i}"));
+                match lifecycle(&mut csi, format!("life-{label}-{i}"), &target).await {
                     Ok(phases) => {
                         for (name, took) in phases {
                             mine.entry(name).or_default().push(took);
