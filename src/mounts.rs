@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -222,10 +223,18 @@ impl MountIndex {
     }
 }
 
+/// Bytes read from /proc/self/mountinfo at a time: the kernel reports its
+/// size as 0, so reading by the size hint would start at 32 bytes.
+const MOUNTINFO_CHUNK: usize = 64 << 10;
+
 /// Reads this process's mount table.
 pub fn mount_table() -> Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::Internal(format!("read /proc/self/mountinfo: {e}")))?;
+    let read = || -> std::io::Result<String> {
+        let mut text = String::with_capacity(MOUNTINFO_CHUNK);
+        std::fs::File::open("/proc/self/mountinfo")?.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = read().map_err(|e| Error::Internal(format!("read /proc/self/mountinfo: {e}")))?;
     Ok(text.lines().filter_map(parse_line).collect())
 }
 

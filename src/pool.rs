@@ -233,9 +233,10 @@ impl Pool {
                 ));
             }
         }
-        nix::unistd::fsync(&self.volumes)
-            .and_then(|()| nix::unistd::fsync(&self.trash))
-            .context(|| format!("fsync {}/volumes", self.shown()))?;
+        // One fsync makes the rename durable as a whole: it is one
+        // transaction of the journal (ext4, XFS) or of the tree (btrfs), so
+        // the entry cannot leave `volumes/` without arriving in `.trash/`.
+        nix::unistd::fsync(&self.volumes).context(|| format!("fsync {}/volumes", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
         self.drain.send(entry).ok();
         Ok(())
