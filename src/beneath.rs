@@ -87,15 +87,22 @@ pub fn write_atomic(dir: impl AsFd, name: &str, bytes: &[u8]) -> nix::Result<()>
     fsync(dir)
 }
 
-/// Reads the whole regular file `name` beneath `dir`.
-pub fn read_file(dir: impl AsFd, name: &CStr) -> nix::Result<Vec<u8>> {
+/// Reads the regular file `name` beneath `dir`, up to `limit` bytes (EFBIG
+/// when it holds more). Small files take one read: no size is asked first.
+pub fn read_file(dir: impl AsFd, name: &CStr, limit: usize) -> nix::Result<Vec<u8>> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(confined());
-    let mut file = std::fs::File::from(openat2(dir, name, how)?);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut bytes)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let file = std::fs::File::from(openat2(dir, name, how)?);
+    let mut bytes = Vec::with_capacity(limit.min(4096) + 1);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, limit as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    if bytes.len() > limit {
+        return Err(Errno::EFBIG);
+    }
     Ok(bytes)
 }
 
@@ -335,7 +342,8 @@ mod tests {
         let root = open(tmp.path());
         write_atomic(&root, "r.json", b"one").unwrap();
         write_atomic(&root, "r.json", b"two").unwrap();
-        assert_eq!(read_file(&root, c"r.json").unwrap(), b"two");
+        assert_eq!(read_file(&root, c"r.json", 3).unwrap(), b"two");
+        assert_eq!(read_file(&root, c"r.json", 2), Err(Errno::EFBIG));
         let names: Vec<_> = list(&root).unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec![c"r.json".to_owned()]);
         remove_file(&root, "r.json").unwrap();
