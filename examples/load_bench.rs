@@ -44,6 +44,10 @@ struct Options {
     /// CreateVolume calls timed alone at each scale point (the volumes stay).
     #[arg(long, default_value_t = 2000)]
     creates: usize,
+    /// Also time start-ups after dropping the page cache (as after a reboot;
+    /// slows everything else on the machine for a while).
+    #[arg(long)]
+    cold_start: bool,
     /// Files in the volume whose DeleteVolume is timed (0: skip).
     #[arg(long, default_value_t = 100_000)]
     delete_files: usize,
@@ -197,22 +201,30 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
     }
     if subject.started.is_some() {
         println!(
-            "\n| start-up with {stored} volumes stored | ready (Probe OK) after | RSS when ready |\n|---|---|---|"
+            "\n| start-up with {stored} volumes stored | ready (Probe OK) after, median of 3 | each | RSS when ready |\n|---|---|---|---|"
         );
-        let mut took = Vec::new();
-        for _ in 0..3 {
-            took.push(restart(&mut subject).await?);
+        let caches: &[bool] = if options.cold_start {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &cold in caches {
+            let mut took = Vec::new();
+            for _ in 0..3 {
+                took.push(restart(&mut subject, cold).await?);
+            }
+            took.sort();
+            println!(
+                "| {} | {} | {} | {} |",
+                if cold { "page cache dropped" } else { "warm" },
+                shown(took[1]),
+                took.iter()
+                    .map(|d| shown(*d))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mib(memory(subject.pid).rss)
+            );
         }
-        took.sort();
-        println!(
-            "| median of 3 | {} (each: {}) | {} |",
-            shown(took[1]),
-            took.iter()
-                .map(|d| shown(*d))
-                .collect::<Vec<_>>()
-                .join(", "),
-            mib(memory(subject.pid).rss)
-        );
     }
     if options.delete_files > 0 {
         big_delete(&subject, &targets, options.delete_files).await?;
@@ -301,9 +313,15 @@ async fn wait_ready(socket: &Path) -> Result<Duration, Failure> {
     Err(format!("no ready Probe at {} within 120 s", socket.display()).into())
 }
 
-async fn restart(subject: &mut Subject) -> Result<Duration, Failure> {
+/// Stops the driver and starts it again (after dropping the page cache when
+/// `cold`); returns how long it took to answer Probe ready.
+async fn restart(subject: &mut Subject, cold: bool) -> Result<Duration, Failure> {
     let started = subject.started.as_mut().ok_or("not ours")?;
     stop(&mut started.child);
+    if cold {
+        nix::unistd::sync();
+        std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    }
     let start = Instant::now();
     started.child = spawn(
         &started.binary,
