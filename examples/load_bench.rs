@@ -121,9 +121,9 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         floor_dir.display()
     );
     println!(
-        "| stored | lifecycles/s | floor/s | driver/floor | lifecycle p50 | p99 | p99/p50 | create p50/p99 | publish p50/p99 | unpublish p50/p99 | delete p50/p99 | creates/s alone | floor/s | RSS before → after (HWM) | errors |"
+        "| stored | lifecycles/s | floor/s | driver/floor | lifecycle p50 | p99 | p99/p50 | create p50/p99 | publish p50/p99 | unpublish p50/p99 | delete p50/p99 | creates/s alone | floor/s | floor with fsync of volumes/ | RSS before → after (HWM) | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut stored = 0;
     let mut first_rate = None;
     for &point in &options.scale {
@@ -138,7 +138,8 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         // tenants of a shared machine weigh on both sides of each ratio.
         let mut run = Run::default();
         let (mut rates, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut alone, mut creates_floor, mut errors) = (Vec::new(), Vec::new(), 0);
+        let (mut alone, mut creates_floor, mut durable_floor, mut errors) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
         for round in 0..ROUNDS {
             let floor = floor_run(&floor_dir, options.lifecycles / ROUNDS, options.concurrency)?;
             let batch = lifecycles(
@@ -157,6 +158,13 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
                 &floor_dir,
                 options.creates / ROUNDS,
                 options.concurrency,
+                false,
+            )?);
+            durable_floor.push(floor_creates(
+                &floor_dir,
+                options.creates / ROUNDS,
+                options.concurrency,
+                true,
             )?);
             let (rate, failed) = creates(
                 &subject,
@@ -171,7 +179,8 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         }
         let after = memory(subject.pid);
         let (rate, floor, ratio) = (median(rates), median(floors), median(ratios));
-        let (alone, creates_floor) = (median(alone), median(creates_floor));
+        let (alone, creates_floor, durable_floor) =
+            (median(alone), median(creates_floor), median(durable_floor));
         first_rate.get_or_insert(rate);
         let lifecycle = quantiles(&run.latencies["lifecycle"]);
         let phase = |name: &str| {
@@ -179,7 +188,7 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
             format!("{}/{}", shown(p50), shown(p99))
         };
         println!(
-            "| {point} | {rate:.0} | {floor:.0} | {:.0}% | {} | {} | {:.1} | {} | {} | {} | {} | {alone:.0} | {creates_floor:.0} | {} → {} ({}) | {} |",
+            "| {point} | {rate:.0} | {floor:.0} | {:.0}% | {} | {} | {:.1} | {} | {} | {} | {} | {alone:.0} | {creates_floor:.0} | {durable_floor:.0} | {} → {} ({}) | {} |",
             100.0 * ratio,
             shown(lifecycle.0),
             shown(lifecycle.1),
@@ -602,13 +611,24 @@ fn floor_run(dir: &Path, count: usize, concurrency: usize) -> Result<f64, Failur
 }
 
 /// The same work as a CreateVolume with no driver: an atomic record write
-/// and mkdir of the volume; the volumes are removed afterwards, untimed.
-fn floor_creates(dir: &Path, count: usize, concurrency: usize) -> Result<f64, Failure> {
+/// and mkdir of the volume, then, when `durable_dir`, an fsync of
+/// `volumes/` as the driver does before it answers; the volumes are removed
+/// afterwards, untimed.
+fn floor_creates(
+    dir: &Path,
+    count: usize,
+    concurrency: usize,
+    durable_dir: bool,
+) -> Result<f64, Failure> {
     let (volumes, meta, _, meta_fd) = floor_layout(dir)?;
+    let volumes_fd = std::fs::File::open(&volumes)?;
     let rate = in_threads(count, concurrency, |i| {
         let name = format!("c{i}");
         beneath::write_atomic(&meta_fd, &format!("{name}.json"), &RECORD)?;
         std::fs::create_dir(volumes.join(&name))?;
+        if durable_dir {
+            nix::unistd::fsync(&volumes_fd)?;
+        }
         Ok(())
     })?;
     for i in 0..count {
