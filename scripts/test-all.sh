@@ -48,7 +48,7 @@ cargo test --locked 2>&1 | tee "$log"
 cargo build --locked
 echo "== the same kernel-dependent tests in a VM with Debian's kernel"
 vm_tests=$(cargo test --locked --no-run --test project_quota --test expansion \
-  --message-format=json 2>/dev/null \
+  --message-format=json \
   | grep -oE '"executable":"[^"]+/deps/[^"]+"' | cut -d'"' -f4)
 # shellcheck disable=SC2086 # one test binary per word
 scripts/vm-test.sh $vm_tests 2>&1 | tee -a "$log"

@@ -22,7 +22,8 @@ mkdir -p "$cache"
 
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-[ -x /bin/busybox ] || missing+=(busybox-static)
+# The guest has no libc of its own: its busybox must be the static one.
+ldd /bin/busybox 2>&1 | grep -q 'not a dynamic executable' || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -31,7 +32,8 @@ fi
 # The kernel package Debian's linux-image-amd64 points at today (the package
 # lists are refreshed once when they name none, or one no longer served).
 kernel_package() {
-    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+    { apt-cache depends linux-image-amd64 2>/dev/null || true; } \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 package=$(kernel_package)
 [ -n "$package" ] || { apt-get update -qq; package=$(kernel_package); }

@@ -88,7 +88,8 @@ pub fn write_atomic(dir: impl AsFd, name: &str, bytes: &[u8]) -> nix::Result<()>
 }
 
 /// Reads the regular file `name` beneath `dir`, up to `limit` bytes (EFBIG
-/// when it holds more). Small files take one read: no size is asked first.
+/// when it holds more). No size is asked first: a small file takes one
+/// read and the read that finds its end.
 pub fn read_file(dir: impl AsFd, name: &CStr, limit: usize) -> nix::Result<Vec<u8>> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)

@@ -223,8 +223,8 @@ impl MountIndex {
     }
 }
 
-/// Bytes read from /proc/self/mountinfo at a time: the kernel reports its
-/// size as 0, so reading by the size hint would start at 32 bytes.
+/// Room made for /proc/self/mountinfo before reading it: the kernel reports
+/// its size as 0, so a read sized by that starts at 32 bytes and doubles.
 const MOUNTINFO_CHUNK: usize = 64 << 10;
 
 /// Reads this process's mount table.

@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -105,9 +105,6 @@ pub struct Pool {
     pub enforcement: Enforcement,
     /// Measurements of the directory volumes no limit measures.
     pub usage: UsageCache,
-    /// Held while a project id is chosen and assigned, so that two new
-    /// volumes never get the same one.
-    pub choosing_project: Mutex<()>,
 }
 
 impl Pool {
@@ -137,8 +134,21 @@ impl Pool {
         };
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
         let drain = spawn_drain(&name, path, &trash)?;
-        let enforcement = Enforcement::detect(&root, enable_quotas)
+        let mut enforcement = Enforcement::detect(&root, enable_quotas)
             .map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
+        if enforcement == Enforcement::ProjectQuotas
+            && let Some(inherited) = [&volumes, &trash]
+                .into_iter()
+                .find_map(|dir| project_quota::project_of(dir).ok().flatten())
+        {
+            // New volumes would start in that project, and the filesystem
+            // refuses renames between projects: one id per volume is
+            // impossible here.
+            enforcement = Enforcement::Unavailable(format!(
+                "no project quotas: {}/volumes or .trash hands down project {inherited} (clear it with `chattr -P -p 0` on both)",
+                path.display()
+            ));
+        }
         match &enforcement {
             Enforcement::Unavailable(why) => {
                 tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")
@@ -160,7 +170,6 @@ impl Pool {
             drain,
             enforcement,
             usage: UsageCache::default(),
-            choosing_project: Mutex::new(()),
         };
         let leftovers = beneath::list(&pool.trash)
             .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;
@@ -233,9 +242,12 @@ impl Pool {
                 ));
             }
         }
-        // One fsync makes the rename durable as a whole: it is one
-        // transaction of the journal (ext4, XFS) or of the tree (btrfs), so
-        // the entry cannot leave `volumes/` without arriving in `.trash/`.
+        // The fsync of `volumes/` is what matters: once it returns, the
+        // volume can never reappear. On the journaled filesystems pools live
+        // on (ext4, XFS, btrfs) it also makes the `.trash/` entry durable,
+        // the rename being logged as one operation; without a journal a
+        // crash could lose that entry, leaving the tree to fsck's
+        // lost+found: space, never a volume.
         nix::unistd::fsync(&self.volumes).context(|| format!("fsync {}/volumes", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
         self.drain.send(entry).ok();

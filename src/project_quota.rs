@@ -34,6 +34,8 @@ const BASIC_BLOCK: u64 = 512;
 /// clear of the small ids administrators number their own projects with.
 const FIRST_ID: u32 = 1 << 24;
 const ID_SPAN: u32 = (1 << 31) - FIRST_ID;
+/// Ids tried before giving up: far more than a pool has volumes.
+const MAX_PROBES: u64 = 1 << 20;
 
 /// `struct fsxattr`.
 #[repr(C)]
@@ -202,12 +204,14 @@ pub fn set_limit(fd: impl AsFd, id: u32, bytes: u64) -> nix::Result<()> {
 
 /// Chooses a project id for the volume named `key`: the first id, from one
 /// derived from `key`, that no file is charged to and no limit is set on.
-/// Callers hold the pool's lock on id choice until the id is assigned.
-/// ENOSPC when every id is taken.
+/// Callers hold a lock on id choice until the id is assigned. ENOSPC when
+/// [`MAX_PROBES`] ids in a row are taken.
 pub fn choose(fd: impl AsFd, key: u32) -> nix::Result<u32> {
     let fd = fd.as_fd();
-    for step in 0..ID_SPAN {
-        let id = FIRST_ID + key.wrapping_add(step) % ID_SPAN;
+    let start = u64::from(key) % u64::from(ID_SPAN);
+    for step in 0..MAX_PROBES {
+        let offset = (start + step) % u64::from(ID_SPAN);
+        let id = FIRST_ID + u32::try_from(offset).expect("below ID_SPAN");
         let quota = quota_of(fd, id)?;
         if quota.icount == 0 && quota.bcount == 0 && quota.blk_hardlimit == 0 {
             return Ok(id);

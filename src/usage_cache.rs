@@ -115,21 +115,29 @@ impl UsageCache {
             .inspect_err(|_| self.store(id, None, false));
         let dir = dir.context(|| format!("volume {id}: dup its directory fd"))?;
         let (entries, id) = (Arc::clone(&self.entries), id.clone());
-        std::thread::spawn(move || {
-            let measured = beneath::usage(&dir);
-            let mut entries = entries.lock().expect("usage cache poisoned");
-            let Some(entry) = entries.get_mut(&id) else {
-                return; // deleted meanwhile
-            };
-            entry.walking = false;
-            entry.lower_bound = None;
-            match measured {
-                Ok(usage) => entry.complete = Some((usage, Instant::now())),
-                Err(errno) => {
-                    tracing::warn!(volume = %id, %errno, "measuring a directory volume failed")
+        let walker = id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("usage-walk".into())
+            .spawn(move || {
+                let measured = beneath::usage(&dir);
+                let mut entries = entries.lock().expect("usage cache poisoned");
+                let Some(entry) = entries.get_mut(&walker) else {
+                    return; // deleted meanwhile
+                };
+                entry.walking = false;
+                entry.lower_bound = None;
+                match measured {
+                    Ok(usage) => entry.complete = Some((usage, Instant::now())),
+                    Err(errno) => {
+                        tracing::warn!(volume = %walker, %errno, "measuring a directory volume failed")
+                    }
                 }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // Without the walk, later calls must walk for themselves.
+            self.store(&id, None, false);
+            tracing::warn!(volume = %id, "no thread to finish measuring a directory volume: {e}");
+        }
         Ok(())
     }
 }

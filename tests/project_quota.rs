@@ -124,6 +124,22 @@ async fn project_quotas_hold_directory_volumes(fs: Fs) {
     assert_eq!(st.blocks() * st.fragment_size(), 8 << 20);
     d.unpublish(&first, &target).await.unwrap();
     assert!(pool.join("volumes").join(&first).is_dir());
+
+    // A pool whose volumes/ already hands down a project cannot give each
+    // volume its own.
+    let nested = pool.join("nested");
+    std::fs::create_dir_all(nested.join("volumes")).unwrap();
+    let volumes = std::fs::File::open(nested.join("volumes")).unwrap();
+    project_quota::assign(&volumes, 77).unwrap();
+    let mut other = driver_on(Scratch::new(), nested).await;
+    let request = create_request_with("must", 16 << 20, &[("enforce", "required")]);
+    assert_code(
+        other.csi.controller.create_volume(request).await,
+        Code::FailedPrecondition,
+        "hands down project 77",
+    );
+    drop(other);
+    drop(d);
 }
 
 /// Mounted without prjquota, the filesystem counts nothing: that is said.

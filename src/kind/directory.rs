@@ -7,6 +7,7 @@
 //! The mode is set once, at creation, so kubelet's changes are never undone.
 
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::sys::stat::{Mode, fchmod};
@@ -89,11 +90,18 @@ fn project_of(pool: &Pool, id: &VolumeId, dir: &OwnedFd) -> Result<Option<u32>> 
     })
 }
 
-/// Gives a new volume directory a project id of its own, unless an earlier,
-/// interrupted call already did.
-fn assign_project(pool: &Pool, id: &VolumeId, dir: &OwnedFd) -> Result<()> {
+/// Held while a project id is chosen and assigned, so that two new volumes,
+/// even in two pools on one filesystem, never get the same one.
+static CHOOSING_PROJECT: Mutex<()> = Mutex::new(());
+
+/// Gives a new volume directory a project id of its own, limited to the
+/// volume's capacity, durably (unless an earlier, interrupted call did).
+/// The limit is set before the id is given: it marks the id as taken, and a
+/// crash in between costs one id, never an unlimited volume.
+fn assign_project(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
+    let id = &record.id;
     if project_of(pool, id, dir)?.is_some() {
-        return Ok(());
+        return limit(pool, record, dir);
     }
     let what = || {
         format!(
@@ -106,12 +114,14 @@ fn assign_project(pool: &Pool, id: &VolumeId, dir: &OwnedFd) -> Result<()> {
     let key = id.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    let _choosing = pool
-        .choosing_project
+    let _choosing = CHOOSING_PROJECT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let project = project_quota::choose(dir, key).context(what)?;
-    project_quota::assign(dir, project).context(what)
+    project_quota::set_limit(dir, project, record.capacity_bytes)
+        .and_then(|()| project_quota::assign(dir, project))
+        .and_then(|()| fsync(dir))
+        .context(what)
 }
 
 /// Bytes charged to an enforced volume by its limit, in O(1); `None` when
@@ -155,8 +165,7 @@ impl VolumeKind for Directory {
         if let Enforcement::ProjectQuotas = pool.enforcement {
             let (dir, _) =
                 beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE).context(what)?;
-            assign_project(pool, id, &dir)?;
-            return limit(pool, record, &dir);
+            return assign_project(pool, record, &dir);
         }
         let created = match btrfs::create_subvolume(&pool.volumes, id.as_str()) {
             Ok(()) => true,
@@ -171,24 +180,22 @@ impl VolumeKind for Directory {
         limit(pool, record, &dir)
     }
 
-    /// Moves the directory to the trash; a project's limit is lifted then,
-    /// so that its id is free again once the trash has drained.
+    /// Moves the directory to the trash. A project's limit is lifted first,
+    /// so that its id is free again once the trash has drained (a retry that
+    /// finds the directory gone could no longer find the id).
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
         pool.usage.forget(id);
-        let project = match (&pool.enforcement, open_dir(pool, id)?) {
-            (Enforcement::ProjectQuotas, Some(dir)) => project_of(pool, id, &dir)?,
-            _ => None,
-        };
-        pool.trash_volume(id.as_str())?;
-        if let Some(project) = project {
-            project_quota::set_limit(&pool.volumes, project, 0).context(|| {
+        if let (Enforcement::ProjectQuotas, Some(dir)) = (&pool.enforcement, open_dir(pool, id)?)
+            && let Some(project) = project_of(pool, id, &dir)?
+        {
+            project_quota::set_limit(&dir, project, 0).context(|| {
                 format!(
-                    "volume {id}: lift the limit of project {project} in {}",
+                    "volume {id}: lift the limit of project {project} of {}/volumes/{id}",
                     pool.shown()
                 )
             })?;
         }
-        Ok(())
+        pool.trash_volume(id.as_str())
     }
 
     fn open_source(
