@@ -9,7 +9,6 @@
 //! `--endpoint` it drives any CSI driver already serving there.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -26,6 +25,9 @@ use hostpath_csi::csi::{
     ProbeRequest, VolumeCapability,
 };
 use tokio::sync::Mutex;
+
+mod support;
+use support::{cleanup, shown};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -731,27 +733,4 @@ fn quantiles(took: &[Duration]) -> (Duration, Duration) {
     }
     let at = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q).round() as usize];
     (at(0.5), at(0.99))
-}
-
-fn shown(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{} µs", d.as_micros())
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    }
-}
-
-/// Takes down every mount under the scratch directory, deepest first.
-fn cleanup(scratch: &Path) {
-    let mut mounts: Vec<PathBuf> = hostpath_csi::mounts::mount_table()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|m| m.starts_with(scratch))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    for m in mounts {
-        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).ok();
-    }
-    std::io::stdout().flush().ok();
 }

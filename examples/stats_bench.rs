@@ -24,6 +24,9 @@ use hostpath_csi::ids::PoolName;
 use hostpath_csi::loopdev::{self, Lifetime};
 use hostpath_csi::{beneath, server};
 
+mod support;
+use support::{cleanup, shown};
+
 type Failure = Box<dyn std::error::Error>;
 
 #[tokio::main]
@@ -224,14 +227,6 @@ where
     Ok((at(0.5), at(0.99)))
 }
 
-fn shown(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{} µs", d.as_micros())
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    }
-}
-
 /// An 8 GiB (sparse) image made by `mkfs` (program, then its arguments) and
 /// mounted through a loop device at `<scratch>/<name>` with `options`; the
 /// filesystem type is `name`.
@@ -261,34 +256,4 @@ fn loop_pool(scratch: &Path, name: &str, mkfs: &[&str], options: &str) -> Result
         Some(options),
     )?;
     Ok(mount_point)
-}
-
-/// Takes down every mount under the scratch directory and the loop devices
-/// of its files, deepest first.
-fn cleanup(scratch: &Path) {
-    let mut mounts: Vec<PathBuf> = hostpath_csi::mounts::mount_table()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|m| m.starts_with(scratch))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    for m in mounts {
-        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).ok();
-    }
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let backing =
-            std::fs::read_to_string(entry.path().join("loop/backing_file")).unwrap_or_default();
-        if Path::new(backing.trim_end()).starts_with(scratch) {
-            let path = PathBuf::from("/dev").join(entry.file_name());
-            loopdev::detach(&loopdev::LoopDevice {
-                path,
-                read_only: false,
-            })
-            .ok();
-        }
-    }
 }
