@@ -6,7 +6,6 @@ mod common;
 use std::path::Path;
 
 use common::{Scratch, TestDriver, assert_code, create_request_with, enforced};
-use hostpath_csi::csi::GetCapacityRequest;
 use tonic::Code;
 
 async fn start(enable_quotas: bool) -> TestDriver {
@@ -31,18 +30,7 @@ async fn a_directory_volume_on_btrfs_is_held_to_its_capacity_and_grows() {
 async fn enforcement_follows_the_pool_and_the_parameter() {
     // Quotas off and not to be turned on: required is refused, best effort tracks.
     let mut d = start(false).await;
-    assert_code(
-        d.csi
-            .controller
-            .create_volume(create_request_with(
-                "must",
-                16 << 20,
-                &[("enforce", "required")],
-            ))
-            .await,
-        Code::FailedPrecondition,
-        "btrfs quotas are off",
-    );
+    enforced::refuses_required(&mut d, "btrfs quotas are off").await;
     let id = d.create("tracked", 16 << 20).await;
     let target = d.target("pod-tracked");
     d.publish(&id, &target, false).await.unwrap();
@@ -82,31 +70,5 @@ async fn enforcement_follows_the_pool_and_the_parameter() {
 #[tokio::test]
 async fn a_pool_without_limits_cannot_be_required_to_enforce() {
     let mut d = TestDriver::start().await;
-    let required = GetCapacityRequest {
-        parameters: [("enforce".to_owned(), "required".to_owned())].into(),
-        ..Default::default()
-    };
-    let offered = d
-        .csi
-        .controller
-        .get_capacity(required)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        offered.available_capacity, 0,
-        "the scheduler must not send such claims here"
-    );
-    assert_code(
-        d.csi
-            .controller
-            .create_volume(create_request_with(
-                "must",
-                16 << 20,
-                &[("enforce", "required")],
-            ))
-            .await,
-        Code::FailedPrecondition,
-        "cannot enforce capacity",
-    );
+    enforced::refuses_required(&mut d, "cannot enforce capacity").await;
 }

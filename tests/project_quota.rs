@@ -9,10 +9,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Scratch, TestDriver, assert_code, create_request_with, enforced};
-use hostpath_csi::csi::GetCapacityRequest;
+use common::{Scratch, TestDriver, create_request_with, enforced};
 use hostpath_csi::project_quota;
-use tonic::Code;
 
 /// A filesystem that can hold project quotas.
 struct Fs {
@@ -54,18 +52,7 @@ fn project(d: &TestDriver, id: &str) -> Option<u32> {
 /// A pool that cannot enforce says why, offers nothing to `enforce:
 /// required` claims and refuses them, and still serves best-effort ones.
 async fn cannot_enforce(mut d: TestDriver, why: &str) {
-    let required = GetCapacityRequest {
-        parameters: [("enforce".to_owned(), "required".to_owned())].into(),
-        ..Default::default()
-    };
-    let offered = d.csi.controller.get_capacity(required).await.unwrap();
-    assert_eq!(offered.into_inner().available_capacity, 0);
-    let request = create_request_with("must", 16 << 20, &[("enforce", "required")]);
-    assert_code(
-        d.csi.controller.create_volume(request).await,
-        Code::FailedPrecondition,
-        why,
-    );
+    enforced::refuses_required(&mut d, why).await;
     let id = d.create("tracked", 16 << 20).await;
     assert_eq!(project(&d, &id), None);
 }
@@ -132,12 +119,7 @@ async fn project_quotas_hold_directory_volumes(fs: Fs) {
     let volumes = std::fs::File::open(nested.join("volumes")).unwrap();
     project_quota::assign(&volumes, 77).unwrap();
     let mut other = driver_on(Scratch::new(), nested).await;
-    let request = create_request_with("must", 16 << 20, &[("enforce", "required")]);
-    assert_code(
-        other.csi.controller.create_volume(request).await,
-        Code::FailedPrecondition,
-        "hands down project 77",
-    );
+    enforced::refuses_required(&mut other, "hands down project 77").await;
     drop(other);
     drop(d);
 }

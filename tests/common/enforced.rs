@@ -70,6 +70,23 @@ pub async fn available(d: &mut TestDriver) -> i64 {
         .available_capacity
 }
 
+/// A pool that cannot enforce offers nothing to `enforce: required` claims
+/// (so the scheduler sends none) and refuses them, saying `why`.
+pub async fn refuses_required(d: &mut TestDriver, why: &str) {
+    let required = GetCapacityRequest {
+        parameters: [("enforce".to_owned(), "required".to_owned())].into(),
+        ..Default::default()
+    };
+    let offered = d.csi.controller.get_capacity(required).await.unwrap();
+    assert_eq!(offered.into_inner().available_capacity, 0);
+    let request = create_request_with("must", 16 << 20, &[("enforce", "required")]);
+    assert_code(
+        d.csi.controller.create_volume(request).await,
+        Code::FailedPrecondition,
+        why,
+    );
+}
+
 /// A 16 MiB volume with `enforce: required` refuses a 32 MiB write, reports
 /// its own usage and its capacity, survives a restart, grows to 64 MiB while
 /// published and then takes 48 MiB; GetCapacity follows its promise.
