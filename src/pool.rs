@@ -46,13 +46,27 @@ pub enum Enforcement {
 
 impl Enforcement {
     /// Finds out what the pool's filesystem offers, enabling btrfs quotas
-    /// first when `enable_quotas` asks for it.
-    fn detect(root: &OwnedFd, enable_quotas: bool) -> Result<Enforcement> {
+    /// first when `enable_quotas` asks for it. `parents` are the directories
+    /// volumes are made in and moved to.
+    fn detect(root: &OwnedFd, parents: [&OwnedFd; 2], enable_quotas: bool) -> Result<Enforcement> {
         if project_quota::is_candidate(root) {
-            return Ok(match project_quota::enforcing(root) {
-                Ok(()) => Enforcement::ProjectQuotas,
-                Err(why) => Enforcement::Unavailable(why),
-            });
+            if let Err(why) = project_quota::enforcing(root) {
+                return Ok(Enforcement::Unavailable(why));
+            }
+            // New volumes would start in an inherited project, and the
+            // filesystem refuses renames between projects: one id per volume
+            // is impossible then.
+            return Ok(
+                match parents
+                    .into_iter()
+                    .find_map(|dir| project_quota::project_of(dir).ok().flatten())
+                {
+                    Some(inherited) => Enforcement::Unavailable(format!(
+                        "no project quotas: volumes/ or .trash/ hands down project {inherited} (clear it with `chattr -P -p 0` on both)"
+                    )),
+                    None => Enforcement::ProjectQuotas,
+                },
+            );
         }
         if !btrfs::is_btrfs(root) {
             return Ok(Enforcement::Unavailable(
@@ -134,21 +148,8 @@ impl Pool {
         };
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
         let drain = spawn_drain(&name, path, &trash)?;
-        let mut enforcement = Enforcement::detect(&root, enable_quotas)
+        let enforcement = Enforcement::detect(&root, [&volumes, &trash], enable_quotas)
             .map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
-        if enforcement == Enforcement::ProjectQuotas
-            && let Some(inherited) = [&volumes, &trash]
-                .into_iter()
-                .find_map(|dir| project_quota::project_of(dir).ok().flatten())
-        {
-            // New volumes would start in that project, and the filesystem
-            // refuses renames between projects: one id per volume is
-            // impossible here.
-            enforcement = Enforcement::Unavailable(format!(
-                "no project quotas: {}/volumes or .trash hands down project {inherited} (clear it with `chattr -P -p 0` on both)",
-                path.display()
-            ));
-        }
         match &enforcement {
             Enforcement::Unavailable(why) => {
                 tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")

@@ -72,12 +72,18 @@ fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
                 )
             })
         }
-        Enforcement::Unavailable(why) => Err(Error::FailedPrecondition(format!(
-            "volume {id}: its capacity is to be enforced, but pool {} ({}) cannot: {why}",
-            pool.name,
-            pool.shown()
-        ))),
+        Enforcement::Unavailable(why) => Err(cannot_enforce(pool, id, why)),
     }
+}
+
+/// The error for an enforced volume in a pool that can no longer enforce
+/// (its quotas were turned off since the volume was made).
+fn cannot_enforce(pool: &Pool, id: &VolumeId, why: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "volume {id}: its capacity is to be enforced, but pool {} ({}) cannot: {why}",
+        pool.name,
+        pool.shown()
+    ))
 }
 
 /// The project id the volume directory `dir` hands down, if any.
@@ -162,10 +168,14 @@ impl VolumeKind for Directory {
                 .map(drop)
                 .context(what);
         }
-        if let Enforcement::ProjectQuotas = pool.enforcement {
-            let (dir, _) =
-                beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE).context(what)?;
-            return assign_project(pool, record, &dir);
+        match &pool.enforcement {
+            Enforcement::BtrfsQgroups { .. } => {}
+            Enforcement::ProjectQuotas => {
+                let (dir, _) = beneath::ensure_dir(&pool.volumes, id.as_str(), DIRECTORY_MODE)
+                    .context(what)?;
+                return assign_project(pool, record, &dir);
+            }
+            Enforcement::Unavailable(why) => return Err(cannot_enforce(pool, id, why)),
         }
         let created = match btrfs::create_subvolume(&pool.volumes, id.as_str()) {
             Ok(()) => true,
