@@ -115,15 +115,27 @@ pub fn remove_file(dir: impl AsFd, name: &str) -> nix::Result<()> {
     }
 }
 
-/// Lists the entry names of a directory, without `.` and `..`.
-pub fn list(dir: impl AsFd) -> nix::Result<Vec<(CString, Option<Type>)>> {
+/// An entry of a directory, as its listing shows it.
+pub struct Entry {
+    pub name: CString,
+    /// The type, when the filesystem tells it without a stat.
+    pub kind: Option<Type>,
+    pub inode: u64,
+}
+
+/// Lists the entries of a directory, without `.` and `..`.
+pub fn list(dir: impl AsFd) -> nix::Result<Vec<Entry>> {
     let fd = open_dir(dir, ".")?;
     let mut entries = Vec::new();
     for entry in Dir::from_fd(fd)?.iter() {
         let entry = entry?;
         let name = entry.file_name();
         if name != c"." && name != c".." {
-            entries.push((name.to_owned(), entry.file_type()));
+            entries.push(Entry {
+                name: name.to_owned(),
+                kind: entry.file_type(),
+                inode: entry.ino(),
+            });
         }
     }
     Ok(entries)
@@ -184,7 +196,10 @@ impl Removal<'_> {
             }
             Err(e) => return Err(e),
         };
-        for (child, kind) in list(&dir)? {
+        for Entry {
+            name: child, kind, ..
+        } in list(&dir)?
+        {
             match kind {
                 Some(Type::Directory) | None => self.remove(dir.as_fd(), &child, depth + 1)?,
                 Some(_) => unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir)?,
@@ -256,7 +271,7 @@ struct UsageWalk {
 impl UsageWalk {
     /// Counts the entries of `dir`; false when the deadline stopped it.
     fn add(&mut self, dir: BorrowedFd<'_>, depth: usize) -> nix::Result<bool> {
-        for (name, _) in list(dir)? {
+        for Entry { name, .. } in list(dir)? {
             if self.total.inodes.is_multiple_of(1024)
                 && self.deadline.is_some_and(|d| Instant::now() >= d)
             {
@@ -345,7 +360,7 @@ mod tests {
         write_atomic(&root, "r.json", b"two").unwrap();
         assert_eq!(read_file(&root, c"r.json", 3).unwrap(), b"two");
         assert_eq!(read_file(&root, c"r.json", 2), Err(Errno::EFBIG));
-        let names: Vec<_> = list(&root).unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<_> = list(&root).unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec![c"r.json".to_owned()]);
         remove_file(&root, "r.json").unwrap();
         remove_file(&root, "r.json").unwrap();

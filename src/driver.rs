@@ -14,6 +14,7 @@ use crate::kind::{Backing, KindName};
 use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
+use crate::snapshot;
 use crate::validate;
 use crate::volumes::{Volume, VolumeTable};
 
@@ -76,7 +77,18 @@ impl Driver {
         let mut table = VolumeTable::default();
         let mut unreadable = HashMap::new();
         for pool in &pools {
-            let loaded = record::load_all(&pool.meta, &pool.shown().to_string())?;
+            let shown = pool.shown().to_string();
+            let listed = record::list(&pool.meta, &shown)?;
+            let (loaded, source) = match snapshot::take(&pool.root, &shown, &listed)? {
+                Some(records) => (
+                    record::Loaded {
+                        records,
+                        unreadable: Vec::new(),
+                    },
+                    "snapshot",
+                ),
+                None => (record::load(&pool.meta, &shown, &listed), "records"),
+            };
             for bad in loaded.unreadable {
                 tracing::error!(pool = %pool.name, problem = %bad.problem, "unreadable volume record left in place");
                 if let Some(id) = bad.id {
@@ -91,7 +103,7 @@ impl Driver {
                 }
                 table.insert(rec);
             }
-            tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = count, "pool open");
+            tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = count, from = source, "pool open");
         }
         let driver = Driver {
             config,
@@ -120,6 +132,27 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Ends the driver's work: refuses new operations, waits up to `patience`
+    /// for those in flight, then writes each pool's snapshot so that the next
+    /// start is quick. With an operation still running, no snapshot is
+    /// written (the next start reads every record).
+    pub fn stop(&self, patience: Duration) {
+        if !self.guards.close(patience) {
+            tracing::warn!("operations still running after {patience:?}: no snapshot written");
+            return;
+        }
+        for pool in &self.pools {
+            let records: Vec<_> = self.table().records_in(&pool.name).collect();
+            let count = records.len();
+            let shown = pool.shown().to_string();
+            match snapshot::write(&pool.root, &pool.meta, &shown, records) {
+                Ok(true) => tracing::info!(pool = %pool.name, volumes = count, "snapshot written"),
+                Ok(false) => {}
+                Err(err) => tracing::error!(pool = %pool.name, "no snapshot written: {err}"),
+            }
+        }
     }
 
     /// Locks the volume table (briefly: never held across I/O).

@@ -1,23 +1,32 @@
-//! One operation at a time per volume id or create name.
+//! One operation at a time per volume id or create name, and none once the
+//! driver is stopping.
 //!
 //! The CSI spec lets a plugin answer ABORTED when an operation is already
 //! pending for a volume; callers (the sidecars, kubelet) retry with backoff.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// The set of keys with an operation in flight.
+/// The keys with an operation in flight.
 #[derive(Clone, Debug, Default)]
 pub struct OperationGuards {
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<Busy>>,
+}
+
+#[derive(Debug, Default)]
+struct Busy {
+    keys: HashSet<String>,
+    /// Set by [`OperationGuards::close`]: no operation starts any more.
+    closed: bool,
 }
 
 /// Held while an operation runs; dropping it frees the key.
 #[derive(Debug)]
 pub struct Held {
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<Busy>>,
     key: String,
 }
 
@@ -27,7 +36,12 @@ impl OperationGuards {
     /// holds it.
     pub fn claim(&self, key: String) -> Result<Held> {
         let mut busy = self.busy.lock().expect("guard set poisoned");
-        if !busy.insert(key.clone()) {
+        if busy.closed {
+            return Err(Error::Aborted(format!(
+                "the driver is stopping; {key} was not touched, retry later"
+            )));
+        }
+        if !busy.keys.insert(key.clone()) {
             return Err(Error::Aborted(format!(
                 "an operation on {key} is already in progress; retry later"
             )));
@@ -37,6 +51,29 @@ impl OperationGuards {
             key,
         })
     }
+
+    /// Refuses every new claim from now on and waits, up to `patience`, for
+    /// the operations in flight to end (a call whose client went away still
+    /// runs to its end). Returns whether they all did.
+    pub fn close(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        self.busy.lock().expect("guard set poisoned").closed = true;
+        loop {
+            if self
+                .busy
+                .lock()
+                .expect("guard set poisoned")
+                .keys
+                .is_empty()
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Held {
@@ -44,6 +81,7 @@ impl Drop for Held {
         self.busy
             .lock()
             .expect("guard set poisoned")
+            .keys
             .remove(&self.key);
     }
 }
@@ -63,5 +101,22 @@ mod tests {
         let _other = guards.claim("volume b".into()).unwrap();
         drop(first);
         guards.claim("volume a".into()).unwrap();
+    }
+
+    #[test]
+    fn close_refuses_new_claims_and_waits_for_held_ones() {
+        let guards = OperationGuards::default();
+        let held = guards.claim("volume a".into()).unwrap();
+        assert!(!guards.close(Duration::from_millis(30)), "a claim is held");
+        assert!(matches!(
+            guards.claim("volume b".into()),
+            Err(Error::Aborted(_))
+        ));
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        assert!(guards.close(Duration::from_secs(10)));
+        releasing.join().unwrap();
     }
 }

@@ -23,6 +23,7 @@ pub mod publish;
 pub mod record;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod usage_cache;
 pub mod validate;
 pub mod volumes;

@@ -2,12 +2,17 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use hostpath_csi::driver::Driver;
 use hostpath_csi::{demo, metrics, server, validate};
 use tracing_subscriber::EnvFilter;
+
+/// How long a stopping driver waits for operations whose callers went away
+/// before it snapshots its records.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -74,7 +79,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(%address, "serving metrics");
     }
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
-    server::serve(driver, listener, &socket, stop)
+    let served = server::serve(Arc::clone(&driver), listener, &socket, stop).await;
+    tokio::task::spawn_blocking(move || driver.stop(STOP_PATIENCE))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    served.map_err(|e| e.to_string())
 }

@@ -105,7 +105,8 @@ impl Enforcement {
 pub struct Pool {
     pub name: PoolName,
     pub path: PathBuf,
-    root: OwnedFd,
+    /// The pool's directory.
+    pub root: OwnedFd,
     /// `volumes/`: one entry per volume.
     pub volumes: OwnedFd,
     /// `meta/`: one record per volume.
@@ -174,8 +175,8 @@ impl Pool {
         };
         let leftovers = beneath::list(&pool.trash)
             .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;
-        for (entry, _) in leftovers {
-            pool.drain.send(entry).ok();
+        for entry in leftovers {
+            pool.drain.send(entry.name).ok();
         }
         Ok(pool)
     }

@@ -4,6 +4,7 @@
 //! the volume's data is out of sight, each time atomically (temp, fsync,
 //! rename, fsync dir). Work per operation is O(1): no global file is rewritten.
 
+use std::ffi::{CStr, CString};
 use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,8 @@ const READERS: usize = 16;
 /// Far more than any record takes; a larger file in `meta/` is not one.
 const MAX_RECORD_BYTES: usize = 64 << 10;
 
-fn file_name(id: &VolumeId) -> String {
+/// `<id>.json`.
+pub fn file_name(id: &VolumeId) -> String {
     format!("{id}{SUFFIX}")
 }
 
@@ -81,14 +83,22 @@ pub struct Unreadable {
     pub problem: String,
 }
 
-/// Reads every record in `meta`, removing temp files left by an interrupted
-/// write. At start, with tens of thousands of volumes, this is most of the
-/// time to ready, so [`READERS`] threads share the reading.
-pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
+/// A file found in `meta/`: a record, or what claims to be one.
+#[derive(Debug)]
+pub struct Listed {
+    pub name: CString,
+    /// The name as text, for messages.
+    pub shown: String,
+    pub inode: u64,
+}
+
+/// Lists the record files in `meta`, removing temp files left by an
+/// interrupted write.
+pub fn list(meta: impl AsFd, pool_path: &str) -> Result<Vec<Listed>> {
     let meta = meta.as_fd();
     let entries = beneath::list(meta).context(|| format!("list {pool_path}/meta"))?;
-    let mut names = Vec::with_capacity(entries.len());
-    for (name, _) in entries {
+    let mut listed = Vec::with_capacity(entries.len());
+    for beneath::Entry { name, inode, .. } in entries {
         let shown = name.to_string_lossy().into_owned();
         // Hidden names are never records: temp files of an interrupted write
         // (removed here) or the writability probe's file.
@@ -99,12 +109,20 @@ pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
             }
             continue;
         }
-        names.push((name, shown));
+        listed.push(Listed { name, shown, inode });
     }
-    let share = names.len().div_ceil(READERS).max(1);
-    let read_share = |share: &[(std::ffi::CString, String)]| {
+    Ok(listed)
+}
+
+/// Reads every listed record. At start, with tens of thousands of volumes
+/// and no snapshot, this is most of the time to ready, so [`READERS`]
+/// threads share the reading.
+pub fn load(meta: impl AsFd, pool_path: &str, listed: &[Listed]) -> Loaded {
+    let meta = meta.as_fd();
+    let share = listed.len().div_ceil(READERS).max(1);
+    let read_share = |share: &[Listed]| {
         let mut loaded = Loaded::default();
-        for (name, shown) in share {
+        for Listed { name, shown, .. } in share {
             match read_one(meta, name, shown) {
                 Ok(record) => loaded.records.push(record),
                 Err(reason) => loaded.unreadable.push(Unreadable {
@@ -118,7 +136,7 @@ pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
         loaded
     };
     let shares: Vec<Loaded> = std::thread::scope(|scope| {
-        let readers: Vec<_> = names
+        let readers: Vec<_> = listed
             .chunks(share)
             .map(|share| scope.spawn(|| read_share(share)))
             .collect();
@@ -132,12 +150,12 @@ pub fn load_all(meta: impl AsFd, pool_path: &str) -> Result<Loaded> {
         loaded.records.append(&mut share.records);
         loaded.unreadable.append(&mut share.unreadable);
     }
-    Ok(loaded)
+    loaded
 }
 
 fn read_one(
     meta: impl AsFd,
-    name: &std::ffi::CStr,
+    name: &CStr,
     shown: &str,
 ) -> std::result::Result<VolumeRecord, String> {
     let bytes = beneath::read_file(meta, name, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
@@ -183,7 +201,8 @@ mod tests {
         )
         .unwrap();
 
-        let mut loaded = load_all(&dir, "p").unwrap();
+        let load_all = || load(&dir, "p", &list(&dir, "p").unwrap());
+        let mut loaded = load_all();
         loaded.records.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(loaded.records, vec![a.clone(), b]);
         assert_eq!(loaded.unreadable.len(), 3, "{:?}", loaded.unreadable);
@@ -195,6 +214,6 @@ mod tests {
 
         remove(&dir, "p", &a.id).unwrap();
         remove(&dir, "p", &a.id).unwrap();
-        assert_eq!(load_all(&dir, "p").unwrap().records.len(), 1);
+        assert_eq!(load_all().records.len(), 1);
     }
 }

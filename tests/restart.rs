@@ -5,7 +5,10 @@ mod common;
 use std::path::Path;
 
 use common::{NODE, TestDriver, assert_code, create_request, mount_options};
-use hostpath_csi::csi::{ControllerGetVolumeRequest, DeleteVolumeRequest, ListVolumesRequest};
+use hostpath_csi::csi::{
+    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest, DeleteVolumeRequest,
+    ListVolumesRequest,
+};
 use tonic::Code;
 
 fn delete(id: &str) -> DeleteVolumeRequest {
@@ -83,7 +86,7 @@ async fn a_create_retried_after_a_crash_returns_the_same_volume_with_one_directo
     let id = d.create("pvc-crash", 1 << 20).await;
     // As if the driver died after writing the record but before mkdir.
     std::fs::remove_dir(d.volume_dir(&id)).unwrap();
-    let mut d = d.restart().await;
+    let mut d = d.restart_after_crash().await;
     assert_eq!(d.create("pvc-crash", 1 << 20).await, id);
     assert!(d.volume_dir(&id).is_dir());
     assert_eq!(
@@ -102,7 +105,7 @@ async fn a_delete_interrupted_after_the_rename_finishes_on_retry_and_at_start() 
     // before removing the record and emptying the trash.
     let trashed = d.pool().join(".trash").join(format!("{id}.1"));
     std::fs::rename(d.volume_dir(&id), &trashed).unwrap();
-    let mut d = d.restart().await;
+    let mut d = d.restart_after_crash().await;
     common::wait_trash_empty(&d.pool());
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
     assert!(!d.pool().join("meta").join(format!("{id}.json")).exists());
@@ -116,7 +119,7 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     let record = d.pool().join("meta").join(format!("{bad}.json"));
     std::fs::write(&record, b"{\"id\":\"vol-").unwrap();
     std::fs::write(d.pool().join("meta").join(".vol-x.json.tmp"), b"half").unwrap();
-    let mut d = d.restart().await;
+    let mut d = d.restart_after_crash().await;
     let listed = d
         .csi
         .controller
@@ -185,4 +188,88 @@ async fn publications_are_found_when_the_pool_path_itself_holds_a_volumes_direct
     );
     d.unpublish(&id, &target).await.unwrap();
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
+}
+
+/// Each volume's id and capacity, as ListVolumes shows them.
+async fn listed(d: &mut TestDriver) -> Vec<(String, i64)> {
+    let mut volumes: Vec<(String, i64)> = d
+        .csi
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap())
+        .map(|v| (v.volume_id, v.capacity_bytes))
+        .collect();
+    volumes.sort();
+    volumes
+}
+
+#[tokio::test]
+async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_set_aside() {
+    let mut d = TestDriver::start().await;
+    let a = d.create("pvc-a", 1 << 20).await;
+    let b = d.create("pvc-b", 2 << 20).await;
+    let c = d.create("pvc-c", 0).await;
+    let snapshot = d.pool().join("records.snapshot");
+    d.shutdown().await;
+    assert!(snapshot.is_file(), "a clean stop writes the snapshot");
+    let old = d.scratch.path().join("old.snapshot");
+    std::fs::copy(&snapshot, &old).unwrap();
+
+    let mut d = d.restart().await;
+    assert!(!snapshot.exists(), "the start that reads it removes it");
+    let mut expected = vec![(a.clone(), 1 << 20), (b.clone(), 2 << 20), (c.clone(), 0)];
+    expected.sort();
+    assert_eq!(listed(&mut d).await, expected);
+
+    // Changed since the old snapshot: one record replaced by another (same
+    // count, other names); then, since the second, one record rewritten in
+    // place (same names, another inode).
+    d.csi.controller.delete_volume(delete(&c)).await.unwrap();
+    let e = d.create("pvc-e", 0).await;
+    d.shutdown().await;
+    let second = d.scratch.path().join("second.snapshot");
+    std::fs::copy(&snapshot, &second).unwrap();
+    let mut d = d.restart().await;
+    d.csi
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: a.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 4 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut expected = vec![(a.clone(), 4 << 20), (b.clone(), 2 << 20), (e.clone(), 0)];
+    expected.sort();
+    let broken = b"{\"version\":1,\"entr".to_vec();
+    for planted in [
+        std::fs::read(&old).unwrap(),
+        std::fs::read(&second).unwrap(),
+        broken,
+    ] {
+        d.shutdown().await;
+        std::fs::write(&snapshot, &planted).unwrap();
+        std::fs::write(d.pool().join(".records.snapshot.tmp"), b"half").unwrap();
+        d = d.restart().await;
+        assert!(!snapshot.exists());
+        assert!(!d.pool().join(".records.snapshot.tmp").exists());
+        assert_eq!(
+            listed(&mut d).await,
+            expected,
+            "a planted snapshot is not believed"
+        );
+    }
+
+    // A crash writes none; the next start reads every record.
+    let mut d = d.restart_after_crash().await;
+    assert!(!snapshot.exists());
+    assert_eq!(listed(&mut d).await, expected);
 }

@@ -58,6 +58,10 @@ fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
         kill(Pid::from_raw(child.id() as i32), signal).unwrap();
         assert!(wait_exit(&mut child).success(), "{signal} exit status");
         assert!(!socket.exists(), "socket left after {signal}");
+        assert!(
+            dir.path().join("pool/records.snapshot").is_file(),
+            "no snapshot of the records after {signal}"
+        );
     }
 }
 

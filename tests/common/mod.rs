@@ -159,6 +159,7 @@ impl Drop for Scratch {
 pub struct TestDriver {
     pub csi: CsiClient,
     pub config: DriverConfig,
+    driver: Arc<Driver>,
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<()>>,
     // Dropped last: its mounts are detached after the server stops.
@@ -195,11 +196,13 @@ impl TestDriver {
             .await
             .unwrap()
             .unwrap();
+        let driver = Arc::new(driver);
         let listener = server::listen(&socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = socket.clone();
+        let serving_driver = Arc::clone(&driver);
         let serving = tokio::spawn(async move {
-            server::serve(Arc::new(driver), listener, &served, async {
+            server::serve(serving_driver, listener, &served, async {
                 stopped.await.ok();
             })
             .await
@@ -209,27 +212,54 @@ impl TestDriver {
         TestDriver {
             csi,
             config,
+            driver,
             stop: Some(stop),
             serving: Some(serving),
             scratch,
         }
     }
 
-    /// Stops the server (as a crash or upgrade would) and starts a new one on
-    /// the same pools; mounts are left as they are.
+    /// Stops the driver as SIGTERM does (it snapshots its records) and
+    /// starts a new one on the same pools; mounts are left as they are.
     pub async fn restart(mut self) -> Self {
         self.shutdown().await;
+        self.start_again().await
+    }
+
+    /// Stops the server without the driver's clean stop, as a crash would,
+    /// and starts a new one on the same pools.
+    pub async fn restart_after_crash(mut self) -> Self {
+        self.stop_serving().await;
+        self.start_again().await
+    }
+
+    async fn start_again(mut self) -> Self {
         let config = self.config.clone();
         let scratch = std::mem::replace(&mut self.scratch, Scratch::new());
         Self::serve(scratch, config).await
     }
 
+    /// A clean stop, as on SIGTERM.
     pub async fn shutdown(&mut self) {
+        if self.stop_serving().await {
+            let driver = Arc::clone(&self.driver);
+            tokio::task::spawn_blocking(move || driver.stop(std::time::Duration::from_secs(10)))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Stops the server; false when it was stopped already.
+    async fn stop_serving(&mut self) -> bool {
         if let Some(stop) = self.stop.take() {
             stop.send(()).ok();
         }
-        if let Some(serving) = self.serving.take() {
-            serving.await.unwrap();
+        match self.serving.take() {
+            Some(serving) => {
+                serving.await.unwrap();
+                true
+            }
+            None => false,
         }
     }
 
