@@ -43,7 +43,7 @@ struct Options {
     /// Concurrent clients, each with a connection of its own.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// CreateVolume calls timed alone at each scale point (the volumes stay).
+    /// CreateVolume calls timed alone at each scale point (deleted again before the memory is read).
     #[arg(long, default_value_t = 2000)]
     creates: usize,
     /// Also time start-ups after dropping the page cache (as after a reboot;
@@ -123,16 +123,16 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         floor_dir.display()
     );
     println!(
-        "| stored | lifecycles/s | floor/s | driver/floor | lifecycle p50 | p99 | p99/p50 | create p50/p99 | publish p50/p99 | unpublish p50/p99 | delete p50/p99 | creates/s alone | floor/s | floor with fsync of volumes/ | RSS before → after (HWM) | errors |"
+        "| stored | lifecycles/s | floor/s | driver/floor | lifecycle p50 | p99 | p99/p50 | create p50/p99 | publish p50/p99 | unpublish p50/p99 | delete p50/p99 | creates/s alone | floor/s | floor with fsync of volumes/ | RSS before → after, settled (HWM) | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut stored = 0;
     let mut first_rate = None;
     for &point in &options.scale {
         if point > stored {
-            let (_, errors) =
+            let (_, made) =
                 creates(&subject, &format!("fill-{stored}"), point - stored, options).await?;
-            check_errors("prefill", errors)?;
+            check_errors("prefill", point - stored - made.len())?;
             stored = point;
         }
         let before = memory(subject.pid);
@@ -142,6 +142,7 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         let (mut rates, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut alone, mut creates_floor, mut durable_floor, mut errors) =
             (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut made_alone = Vec::new();
         for round in 0..ROUNDS {
             let floor = floor_run(&floor_dir, options.lifecycles / ROUNDS, options.concurrency)?;
             let batch = lifecycles(
@@ -168,7 +169,7 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
                 options.concurrency,
                 true,
             )?);
-            let (rate, failed) = creates(
+            let (rate, made) = creates(
                 &subject,
                 &format!("alone-{stored}-{round}"),
                 options.creates / ROUNDS,
@@ -176,10 +177,15 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
             )
             .await?;
             alone.push(rate);
-            errors += failed;
-            stored += options.creates / ROUNDS - failed;
+            errors += options.creates / ROUNDS - made.len();
+            made_alone.extend(made);
         }
+        // Back to `point` stored, so that the memory after the churn is
+        // measured at the same count as before it.
+        errors += deletes(&subject, made_alone, options).await?;
         let after = memory(subject.pid);
+        tokio::time::sleep(SETTLE).await;
+        let settled = memory(subject.pid);
         let (rate, floor, ratio) = (median(rates), median(floors), median(ratios));
         let (alone, creates_floor, durable_floor) =
             (median(alone), median(creates_floor), median(durable_floor));
@@ -190,7 +196,7 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
             format!("{}/{}", shown(p50), shown(p99))
         };
         println!(
-            "| {point} | {rate:.0} | {floor:.0} | {:.0}% | {} | {} | {:.1} | {} | {} | {} | {} | {alone:.0} | {creates_floor:.0} | {durable_floor:.0} | {} → {} ({}) | {} |",
+            "| {point} | {rate:.0} | {floor:.0} | {:.0}% | {} | {} | {:.1} | {} | {} | {} | {} | {alone:.0} | {creates_floor:.0} | {durable_floor:.0} | {} → {}, {} ({}) | {} |",
             100.0 * ratio,
             shown(lifecycle.0),
             shown(lifecycle.1),
@@ -201,7 +207,8 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
             phase("delete"),
             mib(before.rss),
             mib(after.rss),
-            mib(after.hwm),
+            mib(settled.rss),
+            mib(settled.hwm),
             run.errors + errors,
         );
     }
@@ -214,19 +221,26 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         println!(
             "\n| start-up with {stored} volumes stored | ready (Probe OK) after, median of 3 | each | RSS when ready |\n|---|---|---|---|"
         );
-        let caches: &[bool] = if options.cold_start {
-            &[false, true]
+        // (page cache dropped, after a crash): a clean stop leaves a snapshot
+        // of the records; a crash (SIGKILL) leaves every record to be read.
+        let starts: &[(bool, bool)] = if options.cold_start {
+            &[(false, false), (true, false), (false, true), (true, true)]
         } else {
-            &[false]
+            &[(false, false), (false, true)]
         };
-        for &cold in caches {
+        for &(cold, crash) in starts {
             let mut took = Vec::new();
             for _ in 0..3 {
-                took.push(restart(&mut subject, cold).await?);
+                took.push(restart(&mut subject, cold, crash).await?);
             }
             took.sort();
             println!(
-                "| {} | {} | {} | {} |",
+                "| {}, {} | {} | {} | {} |",
+                if crash {
+                    "after a crash"
+                } else {
+                    "after a clean stop"
+                },
                 if cold { "page cache dropped" } else { "warm" },
                 shown(took[1]),
                 took.iter()
@@ -324,11 +338,17 @@ async fn wait_ready(socket: &Path) -> Result<Duration, Failure> {
     Err(format!("no ready Probe at {} within 120 s", socket.display()).into())
 }
 
-/// Stops the driver and starts it again (after dropping the page cache when
-/// `cold`); returns how long it took to answer Probe ready.
-async fn restart(subject: &mut Subject, cold: bool) -> Result<Duration, Failure> {
+/// Stops the driver (with SIGKILL when `crash`) and starts it again (after
+/// dropping the page cache when `cold`); returns how long it took to answer
+/// Probe ready.
+async fn restart(subject: &mut Subject, cold: bool, crash: bool) -> Result<Duration, Failure> {
     let started = subject.started.as_mut().ok_or("not ours")?;
-    stop(&mut started.child);
+    if crash {
+        started.child.kill().ok();
+        started.child.wait().ok();
+    } else {
+        stop(&mut started.child);
+    }
     if cold {
         nix::unistd::sync();
         std::fs::write("/proc/sys/vm/drop_caches", "3")?;
@@ -364,43 +384,77 @@ fn create_request(name: String) -> CreateVolumeRequest {
 }
 
 /// `count` CreateVolume calls from the concurrent clients; returns the rate
-/// and the number that failed.
+/// and the ids of the volumes made (the calls that failed made none).
 async fn creates(
     subject: &Subject,
     prefix: &str,
     count: usize,
     options: &Options,
-) -> Result<(f64, usize), Failure> {
+) -> Result<(f64, Vec<String>), Failure> {
     let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..options.concurrency {
         let mut csi = CsiClient::connect(subject.socket.clone()).await?;
-        let (next, errors, prefix) = (next.clone(), errors.clone(), prefix.to_owned());
+        let (next, prefix) = (next.clone(), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
-                    break;
+                    return made;
                 }
-                if csi
+                if let Ok(answer) = csi
                     .controller
                     .create_volume(create_request(format!("{prefix}-{i}")))
                     .await
-                    .is_err()
+                    && let Some(volume) = answer.into_inner().volume
                 {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    made.push(volume.volume_id);
                 }
             }
         }));
     }
+    let mut made = Vec::with_capacity(count);
     for task in tasks {
-        task.await?;
+        made.extend(task.await?);
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
-    Ok((rate, errors.load(Ordering::Relaxed)))
+    Ok((rate, made))
 }
+
+/// DeleteVolume of each of `ids` from the concurrent clients (not timed);
+/// returns the number that failed.
+async fn deletes(subject: &Subject, ids: Vec<String>, options: &Options) -> Result<usize, Failure> {
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..options.concurrency {
+        let mut csi = CsiClient::connect(subject.socket.clone()).await?;
+        let (ids, next) = (ids.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let request = DeleteVolumeRequest {
+                    volume_id: id.clone(),
+                    secrets: Default::default(),
+                };
+                if csi.controller.delete_volume(request).await.is_err() {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await?;
+    }
+    Ok(failed)
+}
+
+/// How long the driver is left idle before its memory is read again.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Rounds each measurement is split into (see `run`).
 const ROUNDS: usize = 5;

@@ -21,6 +21,8 @@ struct Busy {
     keys: HashSet<String>,
     /// Set by [`OperationGuards::close`]: no operation starts any more.
     closed: bool,
+    /// Claims made so far: a sign of activity.
+    claims: u64,
 }
 
 /// Held while an operation runs; dropping it frees the key.
@@ -41,6 +43,7 @@ impl OperationGuards {
                 "the driver is stopping; {key} was not touched, retry later"
             )));
         }
+        busy.claims += 1;
         if !busy.keys.insert(key.clone()) {
             return Err(Error::Aborted(format!(
                 "an operation on {key} is already in progress; retry later"
@@ -50,6 +53,11 @@ impl OperationGuards {
             busy: Arc::clone(&self.busy),
             key,
         })
+    }
+
+    /// How many claims have been made (whether granted or not).
+    pub fn claims(&self) -> u64 {
+        self.busy.lock().expect("guard set poisoned").claims
     }
 
     /// Refuses every new claim from now on and waits, up to `patience`, for
@@ -101,6 +109,7 @@ mod tests {
         let _other = guards.claim("volume b".into()).unwrap();
         drop(first);
         guards.claim("volume a".into()).unwrap();
+        assert_eq!(guards.claims(), 4);
     }
 
     #[test]

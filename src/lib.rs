@@ -10,6 +10,7 @@ pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod guard;
+pub mod heap;
 pub mod host_path;
 pub mod ids;
 pub mod kind;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use hostpath_csi::driver::Driver;
-use hostpath_csi::{demo, metrics, server, validate};
+use hostpath_csi::{demo, heap, metrics, server, validate};
 use tracing_subscriber::EnvFilter;
 
 /// How long a stopping driver waits for operations whose callers went away
@@ -78,6 +78,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tokio::spawn(metrics::serve(Arc::clone(&driver), metrics));
         tracing::info!(%address, "serving metrics");
     }
+    tokio::spawn(heap::trim_after_bursts(driver.guards.clone()));
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
     let served = server::serve(Arc::clone(&driver), listener, &socket, stop).await;
     tokio::task::spawn_blocking(move || driver.stop(STOP_PATIENCE))
