@@ -9,6 +9,7 @@
 //! `--endpoint` it drives any CSI driver already serving there.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -648,7 +649,7 @@ fn floor_run(dir: &Path, count: usize, concurrency: usize) -> Result<f64, Failur
         let volume = volumes.join(&name);
         let target = targets.join(&name);
         std::fs::create_dir(&volume)?;
-        beneath::write_atomic(&meta_fd, &format!("{name}.json"), &RECORD)?;
+        beneath::write_atomic(&meta_fd.as_fd(), &format!("{name}.json"), &RECORD)?;
         std::fs::create_dir(&target)?;
         nix::mount::mount(
             Some(&volume),
@@ -680,7 +681,7 @@ fn floor_creates(
     let volumes_fd = std::fs::File::open(&volumes)?;
     let rate = in_threads(count, concurrency, |i| {
         let name = format!("c{i}");
-        beneath::write_atomic(&meta_fd, &format!("{name}.json"), &RECORD)?;
+        beneath::write_atomic(&meta_fd.as_fd(), &format!("{name}.json"), &RECORD)?;
         std::fs::create_dir(volumes.join(&name))?;
         if durable_dir {
             nix::unistd::fsync(&volumes_fd)?;

@@ -47,27 +47,42 @@ pub fn open_mount_root(parent: impl AsFd, name: &str) -> nix::Result<OwnedFd> {
     openat2(parent, name, how)
 }
 
+/// A directory whose entry changes can be made durable.
+pub trait SyncDir: AsFd {
+    /// Makes every change to the directory's entries made so far durable.
+    fn sync(&self) -> nix::Result<()> {
+        fsync(self.as_fd())
+    }
+}
+
+impl SyncDir for OwnedFd {}
+impl SyncDir for BorrowedFd<'_> {}
+
 /// Creates directory `name` with exactly `mode` (umask ignored) if it is
-/// missing, and opens it. The flag is true when this call created it; an
-/// existing non-directory is ENOTDIR.
-pub fn ensure_dir(parent: impl AsFd, name: &str, mode: u32) -> nix::Result<(OwnedFd, bool)> {
-    let parent = parent.as_fd();
-    match mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+/// missing, durably, and opens it. The flag is true when this call created
+/// it; an existing non-directory is ENOTDIR.
+pub fn ensure_dir(
+    parent: &(impl SyncDir + ?Sized),
+    name: &str,
+    mode: u32,
+) -> nix::Result<(OwnedFd, bool)> {
+    let fd = parent.as_fd();
+    match mkdirat(fd, name, Mode::from_bits_truncate(mode)) {
         Ok(()) => {
-            let dir = open_dir(parent, name)?;
+            let dir = open_dir(fd, name)?;
             fchmod(&dir, Mode::from_bits_truncate(mode))?;
-            fsync(parent)?;
+            parent.sync()?;
             Ok((dir, true))
         }
-        Err(Errno::EEXIST) => Ok((open_dir(parent, name)?, false)),
+        Err(Errno::EEXIST) => Ok((open_dir(fd, name)?, false)),
         Err(e) => Err(e),
     }
 }
 
 /// Replaces file `name` in `dir` with `bytes` atomically and durably:
 /// temp file, fsync, rename over, fsync of the directory.
-pub fn write_atomic(dir: impl AsFd, name: &str, bytes: &[u8]) -> nix::Result<()> {
-    let dir = dir.as_fd();
+pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> nix::Result<()> {
+    let fd = dir.as_fd();
     let temp = format!(".{name}.tmp");
     let how = OpenHow::new()
         .flags(
@@ -79,12 +94,12 @@ pub fn write_atomic(dir: impl AsFd, name: &str, bytes: &[u8]) -> nix::Result<()>
         )
         .mode(Mode::from_bits_truncate(0o600))
         .resolve(confined());
-    let mut file = std::fs::File::from(openat2(dir, temp.as_str(), how)?);
+    let mut file = std::fs::File::from(openat2(fd, temp.as_str(), how)?);
     file.write_all(bytes)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     fsync(&file)?;
-    renameat(dir, temp.as_str(), dir, name)?;
-    fsync(dir)
+    renameat(fd, temp.as_str(), fd, name)?;
+    dir.sync()
 }
 
 /// Reads the regular file `name` beneath `dir`, up to `limit` bytes (EFBIG
@@ -108,9 +123,9 @@ pub fn read_file(dir: impl AsFd, name: &CStr, limit: usize) -> nix::Result<Vec<u
 }
 
 /// Removes file `name` from `dir` (missing is fine) and makes that durable.
-pub fn remove_file(dir: impl AsFd, name: &str) -> nix::Result<()> {
+pub fn remove_file(dir: &(impl SyncDir + ?Sized), name: &str) -> nix::Result<()> {
     match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => fsync(dir),
+        Ok(()) | Err(Errno::ENOENT) => dir.sync(),
         Err(e) => Err(e),
     }
 }

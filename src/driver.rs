@@ -96,11 +96,12 @@ impl Driver {
                 }
             }
             let count = loaded.records.len();
-            for rec in loaded.records {
+            for mut rec in loaded.records {
                 if rec.pool != pool.name {
                     tracing::error!(volume = %rec.id, pool = %pool.name, "record names pool {}; skipped", rec.pool);
                     continue;
                 }
+                rec.pool = pool.name.clone(); // one copy of the name for all
                 table.insert(rec);
             }
             tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = count, from = source, "pool open");

@@ -24,6 +24,7 @@ pub mod publish;
 pub mod record;
 pub mod server;
 pub mod service;
+pub mod shared_sync;
 pub mod snapshot;
 pub mod usage_cache;
 pub mod validate;

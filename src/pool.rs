@@ -15,9 +15,11 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 
+use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::PoolName;
 use crate::mounts::MountIndex;
+use crate::shared_sync::SharedSyncDir;
 use crate::usage_cache::UsageCache;
 use crate::{beneath, btrfs, project_quota};
 
@@ -108,9 +110,9 @@ pub struct Pool {
     /// The pool's directory.
     pub root: OwnedFd,
     /// `volumes/`: one entry per volume.
-    pub volumes: OwnedFd,
+    pub volumes: SharedSyncDir,
     /// `meta/`: one record per volume.
-    pub meta: OwnedFd,
+    pub meta: SharedSyncDir,
     trash: OwnedFd,
     drain: mpsc::Sender<CString>,
     /// Where the pool lies within its filesystem, as the mount table's
@@ -166,8 +168,8 @@ impl Pool {
             name,
             path: path.to_owned(),
             root,
-            volumes,
-            meta,
+            volumes: SharedSyncDir::new(volumes),
+            meta: SharedSyncDir::new(meta),
             trash,
             drain,
             enforcement,
@@ -250,7 +252,9 @@ impl Pool {
         // the rename being logged as one operation; without a journal a
         // crash could lose that entry, leaving the tree to fsck's
         // lost+found: space, never a volume.
-        nix::unistd::fsync(&self.volumes).context(|| format!("fsync {}/volumes", self.shown()))?;
+        self.volumes
+            .sync()
+            .context(|| format!("fsync {}/volumes", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
         self.drain.send(entry).ok();
         Ok(())

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
 
-use crate::beneath;
+use crate::beneath::{self, SyncDir};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::KindName;
@@ -50,7 +50,7 @@ pub fn file_name(id: &VolumeId) -> String {
 }
 
 /// Writes (or replaces) the record in the pool's `meta` directory.
-pub fn save(meta: impl AsFd, pool_path: &str, record: &VolumeRecord) -> Result<()> {
+pub fn save(meta: &(impl SyncDir + ?Sized), pool_path: &str, record: &VolumeRecord) -> Result<()> {
     let bytes = serde_json::to_vec(record)
         .map_err(|e| Error::Internal(format!("volume {}: encode record: {e}", record.id)))?;
     let name = file_name(&record.id);
@@ -59,7 +59,7 @@ pub fn save(meta: impl AsFd, pool_path: &str, record: &VolumeRecord) -> Result<(
 }
 
 /// Removes the record; a missing record is fine.
-pub fn remove(meta: impl AsFd, pool_path: &str, id: &VolumeId) -> Result<()> {
+pub fn remove(meta: &(impl SyncDir + ?Sized), pool_path: &str, id: &VolumeId) -> Result<()> {
     let name = file_name(id);
     beneath::remove_file(meta, &name)
         .context(|| format!("volume {id}: remove record {pool_path}/meta/{name}"))
@@ -104,7 +104,7 @@ pub fn list(meta: impl AsFd, pool_path: &str) -> Result<Vec<Listed>> {
         // (removed here) or the writability probe's file.
         if shown.starts_with('.') {
             if shown.ends_with(".tmp") {
-                beneath::remove_file(meta, shown.as_str())
+                beneath::remove_file(&meta, shown.as_str())
                     .context(|| format!("remove {pool_path}/meta/{shown}"))?;
             }
             continue;

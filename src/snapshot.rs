@@ -64,7 +64,7 @@ pub fn take(
         Err(Errno::ENOENT) => return Ok(None),
         Err(errno) => Err(errno).context(|| format!("read {pool_path}/{FILE}"))?,
     };
-    beneath::remove_file(root, FILE).context(|| format!("remove {pool_path}/{FILE}"))?;
+    beneath::remove_file(&root, FILE).context(|| format!("remove {pool_path}/{FILE}"))?;
     match matching(&bytes, listed) {
         Ok(records) => Ok(Some(records)),
         Err(why) => {
@@ -131,6 +131,7 @@ pub fn write(
         entries,
     })
     .map_err(|e| Error::Internal(format!("encode the snapshot of {pool_path}: {e}")))?;
-    beneath::write_atomic(root, FILE, &bytes).context(|| format!("write {pool_path}/{FILE}"))?;
+    beneath::write_atomic(&root.as_fd(), FILE, &bytes)
+        .context(|| format!("write {pool_path}/{FILE}"))?;
     Ok(true)
 }

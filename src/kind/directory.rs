@@ -14,6 +14,7 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::fsync;
 
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::mounts::{self, MountEntry, MountIndex};
@@ -185,7 +186,7 @@ impl VolumeKind for Directory {
         let dir = beneath::open_dir(&pool.volumes, id.as_str()).context(what)?;
         if created {
             fchmod(&dir, Mode::from_bits_truncate(DIRECTORY_MODE)).context(what)?;
-            fsync(&pool.volumes).context(what)?;
+            pool.volumes.sync().context(what)?;
         }
         limit(pool, record, &dir)
     }

@@ -24,6 +24,7 @@ use nix::unistd::{fsync, ftruncate};
 use super::own_mount::{self, MountPoint};
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath;
+use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::loopdev::{self, Lifetime, LoopDevice};
@@ -216,7 +217,7 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
         image_name(id).as_str(),
     )
     .context(what)?;
-    fsync(&pool.volumes).context(what)
+    pool.volumes.sync().context(what)
 }
 
 /// Attaches the image to a loop device and mounts its filesystem on `dir`.
