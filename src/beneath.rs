@@ -15,6 +15,8 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
+use crate::failpoint;
+
 fn confined() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -98,7 +100,9 @@ pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> 
     file.write_all(bytes)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     fsync(&file)?;
+    failpoint::hit("write:temp-synced");
     renameat(fd, temp.as_str(), fd, name)?;
+    failpoint::hit("write:renamed");
     dir.sync()
 }
 

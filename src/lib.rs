@@ -9,6 +9,7 @@ pub mod csi;
 pub mod demo;
 pub mod driver;
 pub mod error;
+pub mod failpoint;
 pub mod guard;
 pub mod heap;
 pub mod host_path;

@@ -5,6 +5,7 @@
 use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::kind::{Backing, KindName};
 use crate::mounts::MountIndex;
@@ -39,13 +40,17 @@ pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
     check_accessibility(driver, &request)?;
     check_enforcement(pool, &request)?;
     let record = reserve(driver, pool, &request)?;
-    let made = record::save(&pool.meta, &pool.shown().to_string(), &record)
-        .and_then(|()| record.kind.backend().create(pool, &record));
+    failpoint::hit("create:reserved");
+    let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
+        failpoint::hit("create:record-saved");
+        record.kind.backend().create(pool, &record)
+    });
     if let Err(err) = made {
         driver.table().remove(id);
         record::remove(&pool.meta, &pool.shown().to_string(), id).ok();
         return Err(err);
     }
+    failpoint::hit("create:made");
     tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, "volume created");
     Ok(record)
 }
@@ -244,7 +249,9 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
         )));
     }
     backend.delete(pool, id)?;
+    failpoint::hit("delete:trashed");
     record::remove(&pool.meta, &pool.shown().to_string(), id)?;
+    failpoint::hit("delete:record-removed");
     driver.table().remove(id);
     tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");
     Ok(())
@@ -298,8 +305,10 @@ pub fn expand(
             driver.table().update(old);
             return Err(err);
         }
+        failpoint::hit("expand:record-saved");
         tracing::info!(volume = %id, from = current, to = record.capacity_bytes, "volume expanded");
     }
     let node_step = record.kind.backend().expand(pool, &record)?;
+    failpoint::hit("expand:grown");
     Ok((record, node_step))
 }

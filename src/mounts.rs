@@ -15,6 +15,7 @@ use nix::sys::stat::SFlag;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 
 use crate::error::{Error, Result, SysContext};
+use crate::failpoint;
 
 /// How a bind mount is restricted after it is made.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +93,7 @@ pub fn bind(
         None::<&str>,
     )
     .context(|| format!("volume {volume}: bind mount onto {shown}"))?;
+    failpoint::hit("publish:bound");
     if let Err(err) = restrict(volume, source, target_path, policy) {
         if let Err(errno) = umount2(
             target_path,

@@ -13,6 +13,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Error, Result, SysContext};
+use crate::failpoint;
 use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
 use crate::kind::Access;
@@ -149,6 +150,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
         Some(_) => false,
         None => {
             make_target(id, target, source.is_dir)?;
+            failpoint::hit("publish:target-made");
             true
         }
     };
@@ -170,6 +172,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
         }
         return Err(err);
     }
+    failpoint::hit("publish:done");
     tracing::info!(volume = %id, target = %shown, read_only = request_policy.read_only, "volume published");
     mark_published(driver, request);
     Ok(())
@@ -324,7 +327,10 @@ fn take_down(id: &VolumeId, target: &Path) -> Result<()> {
     for _ in 0..MAX_STACKED_MOUNTS {
         match mounts::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
             None => return Ok(()),
-            Some(state) if state.mount_root => mounts::unmount(id.as_str(), target)?,
+            Some(state) if state.mount_root => {
+                mounts::unmount(id.as_str(), target)?;
+                failpoint::hit("unpublish:unmounted");
+            }
             Some(state) => return remove_target(id, target, state.file_type),
         }
     }

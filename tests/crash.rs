@@ -1,0 +1,578 @@
+//! The real driver killed (SIGKILL, by its own failpoint) at every
+//! side-effect boundary of CreateVolume, DeleteVolume, NodePublishVolume,
+//! NodeUnpublishVolume, expansion and record writes; started again; the call
+//! retried with identical arguments, as Kubernetes does; and the invariants
+//! checked: nothing acknowledged is lost, nothing is leaked.
+//!
+//! Needs a test build (`--features failpoints`, as `scripts/test-all.sh`
+//! runs); the counts go to `target/reliability-summary.txt`.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Scratch, create_request_with, publish_request};
+use hostpath_csi::client::CsiClient;
+use hostpath_csi::csi::{
+    CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest, ListVolumesRequest,
+    NodeUnpublishVolumeRequest,
+};
+
+/// A driver process on a pool in a scratch directory.
+struct Node {
+    scratch: Scratch,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new() -> Self {
+        let scratch = Scratch::new();
+        std::fs::create_dir(scratch.path().join("pool")).unwrap();
+        Node {
+            scratch,
+            child: None,
+        }
+    }
+
+    fn pool(&self) -> PathBuf {
+        self.scratch.path().join("pool")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.scratch.path().join("csi.sock")
+    }
+
+    fn target(&self, name: &str) -> String {
+        self.scratch.path().join(name).display().to_string()
+    }
+
+    /// Starts the driver, armed to die at `failpoint`, and connects to it.
+    async fn start(&mut self, failpoint: Option<&str>) -> CsiClient {
+        assert!(self.child.is_none(), "a driver is running");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hostpath-csi"));
+        command
+            .arg("serve")
+            .arg(format!("--endpoint=unix://{}", self.socket().display()))
+            .arg("--node-id=crash-node")
+            .arg(format!("--pool=default={}", self.pool().display()))
+            .arg(format!("--kubelet-dir={}", self.scratch.path().display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match failpoint {
+            Some(point) => command.env("HOSTPATH_CSI_FAILPOINT", point),
+            None => command.env_remove("HOSTPATH_CSI_FAILPOINT"),
+        };
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "driver exited at start"
+            );
+            assert!(Instant::now() < deadline, "driver never served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.child = Some(child);
+        CsiClient::connect(self.socket()).await.unwrap()
+    }
+
+    /// Waits for the driver to have killed itself at its failpoint.
+    fn expect_killed(&mut self, point: &str) {
+        let mut child = self.child.take().expect("a driver is running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(status.signal(), Some(9), "{point}: {status}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                child.kill().ok();
+                panic!("{point}: the driver never reached it");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the driver as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Directory,
+    File,
+    Memory,
+}
+
+impl Kind {
+    fn parameter(self) -> &'static str {
+        match self {
+            Kind::Directory => "directory",
+            Kind::File => "file",
+            Kind::Memory => "memory",
+        }
+    }
+}
+
+const BYTES: i64 = 16 << 20;
+
+fn create(kind: Kind, name: &str) -> hostpath_csi::csi::CreateVolumeRequest {
+    create_request_with(name, BYTES, &[("kind", kind.parameter())])
+}
+
+fn delete(id: &str) -> DeleteVolumeRequest {
+    DeleteVolumeRequest {
+        volume_id: id.into(),
+        secrets: Default::default(),
+    }
+}
+
+fn unpublish(id: &str, target: &str) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+    }
+}
+
+fn expand(id: &str, bytes: i64) -> ControllerExpandVolumeRequest {
+    ControllerExpandVolumeRequest {
+        volume_id: id.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// What the node must hold after a case: these volumes (id → capacity), and
+/// mounts only on these targets.
+struct Expected {
+    kind: Kind,
+    volumes: Vec<(String, i64)>,
+    published: Vec<String>,
+}
+
+/// Checks every invariant against the running driver; returns the
+/// violations found.
+async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Vec<String> {
+    let mut found = Vec::new();
+    let listed: BTreeSet<(String, i64)> = csi
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap())
+        .map(|v| (v.volume_id, v.capacity_bytes))
+        .collect();
+    let wanted: BTreeSet<(String, i64)> = expected.volumes.iter().cloned().collect();
+    if listed != wanted {
+        found.push(format!("listed {listed:?}, expected {wanted:?}"));
+    }
+    let ids: BTreeSet<&str> = expected.volumes.iter().map(|(id, _)| id.as_str()).collect();
+    for entry in std::fs::read_dir(node.pool().join("meta")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name
+            .strip_suffix(".json")
+            .is_some_and(|id| ids.contains(id))
+        {
+            found.push(format!("meta/{name} belongs to no kept volume"));
+        }
+    }
+    for entry in std::fs::read_dir(node.pool().join("volumes")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let id = name.strip_suffix(".img").unwrap_or(&name);
+        if !ids.contains(id) {
+            found.push(format!(
+                "volumes/{name} belongs to no kept volume (an orphan)"
+            ));
+        }
+    }
+    for id in &ids {
+        if !node
+            .pool()
+            .join("meta")
+            .join(format!("{id}.json"))
+            .is_file()
+        {
+            found.push(format!("the record of kept volume {id} is missing"));
+        }
+    }
+    if !trash_drains(&node.pool()) {
+        found.push("the trash did not drain within 20 s".into());
+    }
+    let targets: BTreeSet<PathBuf> = expected.published.iter().map(PathBuf::from).collect();
+    for mount in node.scratch.mounts() {
+        match mount.strip_prefix(node.pool().join("volumes")) {
+            // A backing: a memory volume's tmpfs lives as long as the volume,
+            // a file volume's image is mounted only while it is in use.
+            Ok(backing) => {
+                let id = backing.to_str().unwrap_or_default();
+                let unused = expected.published.is_empty();
+                if !ids.contains(id) || (!matches!(expected.kind, Kind::Memory) && unused) {
+                    found.push(format!("a backing left mounted at {}", mount.display()));
+                }
+            }
+            Err(_) if !targets.contains(&mount) => {
+                found.push(format!("mount left at {}", mount.display()))
+            }
+            Err(_) => {}
+        }
+    }
+    if expected.published.is_empty() && !node.scratch.loop_devices().is_empty() {
+        found.push(format!(
+            "loop devices left: {:?}",
+            node.scratch.loop_devices()
+        ));
+    }
+    found
+}
+
+fn trash_drains(pool: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::fs::read_dir(pool.join(".trash"))
+            .unwrap()
+            .next()
+            .is_none()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// What the whole run did, for the summary.
+#[derive(Default)]
+struct Tally {
+    kills: usize,
+    retries: usize,
+    violations: Vec<String>,
+}
+
+impl Tally {
+    fn note(&mut self, case: &str, found: Vec<String>) {
+        self.violations
+            .extend(found.into_iter().map(|v| format!("{case}: {v}")));
+    }
+}
+
+/// Data written through a target and fsynced, then read back after a crash.
+fn write_synced(target: &str, bytes: &[u8]) {
+    let path = Path::new(target).join("kept");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+}
+
+async fn create_cases(kind: Kind, tally: &mut Tally) {
+    for point in [
+        "create:reserved",
+        "write:temp-synced",
+        "write:renamed",
+        "create:record-saved",
+        "create:made",
+    ] {
+        let case = format!("CreateVolume {kind:?} killed at {point}");
+        let mut node = Node::new();
+        let request = create(kind, "pvc-crash");
+        let mut csi = node.start(Some(point)).await;
+        assert!(csi.controller.create_volume(request.clone()).await.is_err());
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        let id = csi
+            .controller
+            .create_volume(request.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: retry: {e}"))
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        tally.retries += 1;
+        let again = csi.controller.create_volume(request).await.unwrap();
+        assert_eq!(again.into_inner().volume.unwrap().volume_id, id, "{case}");
+        let expected = Expected {
+            kind,
+            volumes: vec![(id.clone(), BYTES)],
+            published: Vec::new(),
+        };
+        tally.note(&case, violations(&node, &mut csi, &expected).await);
+        // The volume made by the retry works end to end.
+        let target = node.target("pod");
+        csi.node
+            .node_publish_volume(publish_request(&id, &target, false))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: publish: {e}"));
+        csi.node
+            .node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        csi.controller.delete_volume(delete(&id)).await.unwrap();
+        let empty = Expected {
+            kind,
+            volumes: Vec::new(),
+            published: Vec::new(),
+        };
+        tally.note(&case, violations(&node, &mut csi, &empty).await);
+    }
+}
+
+async fn delete_cases(kind: Kind, tally: &mut Tally) {
+    for point in ["delete:trashed", "delete:record-removed"] {
+        let case = format!("DeleteVolume {kind:?} killed at {point}");
+        let mut node = Node::new();
+        let mut csi = node.start(None).await;
+        let id = csi
+            .controller
+            .create_volume(create(kind, "pvc-gone"))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let kept = csi
+            .controller
+            .create_volume(create(kind, "pvc-kept"))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        node.kill();
+        let mut csi = node.start(Some(point)).await;
+        assert!(csi.controller.delete_volume(delete(&id)).await.is_err());
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        csi.controller
+            .delete_volume(delete(&id))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+        tally.retries += 1;
+        let expected = Expected {
+            kind,
+            volumes: vec![(kept, BYTES)],
+            published: Vec::new(),
+        };
+        tally.note(&case, violations(&node, &mut csi, &expected).await);
+    }
+}
+
+async fn publish_cases(kind: Kind, tally: &mut Tally) {
+    for point in ["publish:target-made", "publish:bound", "publish:done"] {
+        let case = format!("NodePublishVolume {kind:?} killed at {point}");
+        let mut node = Node::new();
+        let mut csi = node.start(None).await;
+        let id = csi
+            .controller
+            .create_volume(create(kind, "pvc-pub"))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        node.kill();
+        let target = node.target("pod");
+        let request = publish_request(&id, &target, false);
+        let mut csi = node.start(Some(point)).await;
+        assert!(csi.node.node_publish_volume(request.clone()).await.is_err());
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        csi.node
+            .node_publish_volume(request.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+        tally.retries += 1;
+        let options = common::mount_options(Path::new(&target)).unwrap_or_default();
+        if !options.contains("nosuid") || !options.contains("nodev") {
+            tally.note(&case, vec![format!("target mounted with {options:?}")]);
+        }
+        write_synced(&target, b"acknowledged");
+        let published = Expected {
+            kind,
+            volumes: vec![(id.clone(), BYTES)],
+            published: vec![target.clone()],
+        };
+        tally.note(&case, violations(&node, &mut csi, &published).await);
+        csi.node
+            .node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        let unpublished = Expected {
+            kind,
+            volumes: vec![(id.clone(), BYTES)],
+            published: Vec::new(),
+        };
+        tally.note(&case, violations(&node, &mut csi, &unpublished).await);
+        if !matches!(kind, Kind::Memory) {
+            // Disk-backed data outlives the driver and the mount.
+            node.kill();
+            let mut csi = node.start(None).await;
+            csi.node.node_publish_volume(request).await.unwrap();
+            let read = std::fs::read(Path::new(&target).join("kept")).unwrap_or_default();
+            if read != b"acknowledged" {
+                tally.note(&case, vec![format!("fsynced data read back as {read:?}")]);
+            }
+            csi.node
+                .node_unpublish_volume(unpublish(&id, &target))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn unpublish_cases(kind: Kind, tally: &mut Tally) {
+    let point = "unpublish:unmounted";
+    let case = format!("NodeUnpublishVolume {kind:?} killed at {point}");
+    let mut node = Node::new();
+    let mut csi = node.start(None).await;
+    let id = csi
+        .controller
+        .create_volume(create(kind, "pvc-unpub"))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let target = node.target("pod");
+    csi.node
+        .node_publish_volume(publish_request(&id, &target, false))
+        .await
+        .unwrap();
+    node.kill();
+    let mut csi = node.start(Some(point)).await;
+    assert!(
+        csi.node
+            .node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .is_err()
+    );
+    node.expect_killed(point);
+    tally.kills += 1;
+    let mut csi = node.start(None).await;
+    csi.node
+        .node_unpublish_volume(unpublish(&id, &target))
+        .await
+        .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+    tally.retries += 1;
+    let mut found = Vec::new();
+    if Path::new(&target).exists() {
+        found.push(format!("target {target} left"));
+    }
+    let expected = Expected {
+        kind,
+        volumes: vec![(id.clone(), BYTES)],
+        published: Vec::new(),
+    };
+    found.extend(violations(&node, &mut csi, &expected).await);
+    tally.note(&case, found);
+}
+
+async fn expand_cases(kind: Kind, tally: &mut Tally) {
+    for point in [
+        "write:temp-synced",
+        "write:renamed",
+        "expand:record-saved",
+        "expand:grown",
+    ] {
+        let case = format!("ControllerExpandVolume {kind:?} killed at {point}");
+        let mut node = Node::new();
+        let mut csi = node.start(None).await;
+        let id = csi
+            .controller
+            .create_volume(create(kind, "pvc-grow"))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        node.kill();
+        let mut csi = node.start(Some(point)).await;
+        assert!(
+            csi.controller
+                .controller_expand_volume(expand(&id, 2 * BYTES))
+                .await
+                .is_err()
+        );
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        let grown = csi
+            .controller
+            .controller_expand_volume(expand(&id, 2 * BYTES))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: retry: {e}"))
+            .into_inner();
+        tally.retries += 1;
+        let mut found = Vec::new();
+        if grown.capacity_bytes != 2 * BYTES {
+            found.push(format!("grown to {} bytes", grown.capacity_bytes));
+        }
+        let expected = Expected {
+            kind,
+            volumes: vec![(id.clone(), 2 * BYTES)],
+            published: Vec::new(),
+        };
+        found.extend(violations(&node, &mut csi, &expected).await);
+        tally.note(&case, found);
+    }
+}
+
+#[tokio::test]
+async fn a_kill_at_every_failpoint_then_a_retry_loses_and_leaks_nothing() {
+    let mut tally = Tally::default();
+    for kind in [Kind::Directory, Kind::File, Kind::Memory] {
+        create_cases(kind, &mut tally).await;
+        delete_cases(kind, &mut tally).await;
+        publish_cases(kind, &mut tally).await;
+        unpublish_cases(kind, &mut tally).await;
+    }
+    for kind in [Kind::Directory, Kind::File] {
+        expand_cases(kind, &mut tally).await;
+    }
+    let summary = format!(
+        "crash tests: {} cases (operation × failpoint × kind), each killed once: {} kills, {} retries, {} violations\n",
+        tally.kills,
+        tally.kills,
+        tally.retries,
+        tally.violations.len()
+    );
+    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability-summary.txt");
+    std::fs::write(&report, &summary).unwrap();
+    assert!(
+        tally.violations.is_empty(),
+        "{summary}{}",
+        tally.violations.join("\n")
+    );
+}
