@@ -39,7 +39,7 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
+echo "== cargo clippy --all-targets --features failpoints -- -D warnings"
 cargo clippy --locked --all-targets --features failpoints -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -74,7 +74,7 @@ sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
 passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") ))
 failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") ))
 skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
-cat target/reliability-summary.txt
+cat target/reliability-crash.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
 echo "total: $passed passed, $failed failed, $skipped skipped"

@@ -7,6 +7,7 @@
 use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use nix::dir::{Dir, Type};
@@ -22,6 +23,28 @@ fn confined() -> ResolveFlag {
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
         | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+/// Checks that directory `path` is reached from directory `root` (which it
+/// lies beneath) without a symlink, whatever mounts lie between.
+pub fn reached_without_symlinks(root: &Path, path: &Path) -> nix::Result<()> {
+    let relative = path.strip_prefix(root).map_err(|_| Errno::EXDEV)?;
+    if relative.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let root = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    openat2(&root, relative, how).map(drop)
 }
 
 /// Opens the directory `name` beneath `parent`.
@@ -97,11 +120,19 @@ pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> 
         .mode(Mode::from_bits_truncate(0o600))
         .resolve(confined());
     let mut file = std::fs::File::from(openat2(fd, temp.as_str(), how)?);
-    file.write_all(bytes)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    fsync(&file)?;
-    failpoint::hit("write:temp-synced");
-    renameat(fd, temp.as_str(), fd, name)?;
+    let written = file
+        .write_all(bytes)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| fsync(&file))
+        .and_then(|()| {
+            failpoint::hit("write:temp-synced");
+            renameat(fd, temp.as_str(), fd, name)
+        });
+    if let Err(errno) = written {
+        // A full disk must not leave half a file behind.
+        unlinkat(fd, temp.as_str(), UnlinkatFlags::NoRemoveDir).ok();
+        return Err(errno);
+    }
     failpoint::hit("write:renamed");
     dir.sync()
 }

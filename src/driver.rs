@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::beneath;
 use crate::csi::Topology;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SysContext};
 use crate::guard::OperationGuards;
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::{Backing, KindName};
@@ -17,6 +18,7 @@ use crate::record;
 use crate::snapshot;
 use crate::validate;
 use crate::volumes::{Volume, VolumeTable};
+use nix::errno::Errno;
 
 /// How long CreateVolume and expansion reuse a pool's measured usage.
 pub const USAGE_REFRESH: Duration = Duration::from_secs(10);
@@ -172,7 +174,10 @@ impl Driver {
     }
 
     /// Checks that a target or volume path from a request lies beneath the
-    /// kubelet's directory, the only place kubelet asks for mounts.
+    /// kubelet's directory, the only place kubelet asks for mounts, and that
+    /// its parent is reached from there without a symlink (one planted to
+    /// lead elsewhere on the host is refused). A missing parent is left for
+    /// the operation to report.
     pub fn target_path(&self, field: &str, raw: &str) -> Result<PathBuf> {
         let path = validate::host_path(field, raw)?;
         let dir = &self.config.kubelet_dir;
@@ -182,7 +187,19 @@ impl Driver {
                 dir.display()
             )));
         }
-        Ok(path)
+        let parent = path.parent().unwrap_or(dir);
+        match beneath::reached_without_symlinks(dir, parent) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(path),
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
+                Err(Error::InvalidArgument(format!(
+                    "{field} {raw:?} is reached through a symlink or a non-directory beneath {}",
+                    dir.display()
+                )))
+            }
+            Err(errno) => {
+                Err(errno).context(|| format!("{field} {raw:?}: open {}", parent.display()))
+            }
+        }
     }
 
     /// Records what happened to a volume for its condition to report.

@@ -10,6 +10,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
+use nix::errno::Errno;
+
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Error, Result, SysContext};
@@ -288,7 +290,12 @@ fn make_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<()> {
         )
         .map(drop)
     };
-    made.context(|| format!("volume {id}: create target {shown}"))
+    match made {
+        Err(Errno::ENOENT) => Err(Error::InvalidArgument(format!(
+            "volume {id}: the parent directory of target {shown} does not exist (the caller makes it)"
+        ))),
+        other => other.context(|| format!("volume {id}: create target {shown}")),
+    }
 }
 
 /// Opens the target itself (not a symlink in its place) for mounting onto.

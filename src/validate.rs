@@ -413,11 +413,21 @@ pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
     })
 }
 
+/// Longest path and path component Linux takes (PATH_MAX, NAME_MAX).
+const MAX_PATH_BYTES: usize = 4095;
+const MAX_NAME_BYTES: usize = 255;
+
 /// A host path from a request (a target, a volume path, a static PV's path):
-/// absolute, normal components only.
+/// absolute, normal components only, no longer than Linux takes.
 pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
     if raw.is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is missing")));
+    }
+    if raw.len() > MAX_PATH_BYTES || raw.split('/').any(|c| c.len() > MAX_NAME_BYTES) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} of {} bytes is too long: at most {MAX_PATH_BYTES} bytes, {MAX_NAME_BYTES} per component",
+            raw.len()
+        )));
     }
     let normal = raw
         .split('/')

@@ -5,7 +5,7 @@
 //! checked: nothing acknowledged is lost, nothing is leaked.
 //!
 //! Needs a test build (`--features failpoints`, as `scripts/test-all.sh`
-//! runs); the counts go to `target/reliability-summary.txt`.
+//! runs); the counts go to `target/reliability-crash.txt`.
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -568,7 +568,7 @@ async fn a_kill_at_every_failpoint_then_a_retry_loses_and_leaks_nothing() {
         tally.retries,
         tally.violations.len()
     );
-    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability-summary.txt");
+    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability-crash.txt");
     std::fs::write(&report, &summary).unwrap();
     assert!(
         tally.violations.is_empty(),
