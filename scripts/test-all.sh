@@ -74,7 +74,7 @@ sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
 passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") ))
 failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") ))
 skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
-cat target/reliability-crash.txt target/reliability-hostile.txt
+cat target/reliability-crash.txt target/reliability-soak.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
 echo "total: $passed passed, $failed failed, $skipped skipped"

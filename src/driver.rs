@@ -117,7 +117,41 @@ impl Driver {
             guards: OperationGuards::default(),
         };
         driver.find_published()?;
+        driver.quarantine_orphans()?;
         Ok(driver)
+    }
+
+    /// Sets aside every entry of a pool's `volumes/` that belongs to no
+    /// record (left by an operator, another tool, or a crash on a filesystem
+    /// that reordered writes): reported, never served, never deleted. One
+    /// that cannot be moved (a mount point) is reported and left.
+    fn quarantine_orphans(&self) -> Result<()> {
+        let table = self.table();
+        for pool in &self.pools {
+            let listed = beneath::list(&pool.volumes)
+                .context(|| format!("pool {}: list {}/volumes", pool.name, pool.shown()))?;
+            for entry in listed {
+                let name = entry.name.to_string_lossy().into_owned();
+                let owner = name.trim_start_matches('.');
+                let owner = owner.split('.').next().unwrap_or_default();
+                let known = VolumeId::parse(owner).is_ok_and(|id| {
+                    table.get(&id).is_some_and(|v| v.record.pool == pool.name)
+                        || self.unreadable.contains_key(&id)
+                });
+                if known {
+                    continue;
+                }
+                match pool.quarantine(&name) {
+                    Ok(kept) => {
+                        tracing::error!(pool = %pool.name, quarantined = %kept.display(), "{}/volumes/{name} belongs to no volume record: set aside", pool.shown())
+                    }
+                    Err(err) => {
+                        tracing::error!(pool = %pool.name, "{}/volumes/{name} belongs to no volume record and stays: {err}", pool.shown())
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Marks as published every volume that the mount table shows in use

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
+use nix::unistd::fsync;
 
 use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext};
@@ -124,6 +125,9 @@ pub struct Pool {
     pub usage: UsageCache,
 }
 
+/// Where entries of `volumes/` found with no record are set aside.
+const QUARANTINE: &str = "quarantine";
+
 impl Pool {
     /// Opens the pool at `path` (which must be an existing directory; it is
     /// kept in canonical form, as the mount table shows it), creates
@@ -224,6 +228,29 @@ impl Pool {
             other => other.map(drop),
         };
         written.context(|| format!("pool {}: create a file in {}/meta", self.name, self.shown()))
+    }
+
+    /// Moves `volumes/<name>`, found with no record, to
+    /// `quarantine/<name>.<nanoseconds>` for an operator to inspect: it is
+    /// neither served nor deleted. Returns where it went.
+    pub fn quarantine(&self, name: &str) -> Result<PathBuf> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let kept = format!("{name}.{nanos}");
+        let moved = beneath::ensure_dir(&self.root, QUARANTINE, 0o700)
+            .and_then(|(dir, _)| {
+                renameat(&self.volumes, name, &dir, kept.as_str())?;
+                fsync(&dir)
+            })
+            .and_then(|()| self.volumes.sync());
+        moved.context(|| {
+            format!(
+                "move {0}/volumes/{name} to {0}/{QUARANTINE}/{kept}",
+                self.shown()
+            )
+        })?;
+        Ok(self.path.join(QUARANTINE).join(kept))
     }
 
     /// Moves `volumes/<name>` into the trash (missing is fine) and queues its

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::stat::{Mode, umask};
 use tokio::net::UnixListener;
@@ -93,15 +94,36 @@ pub async fn serve_controller(
     run(router, listener, socket, shutdown).await
 }
 
+/// How long a stopping server waits for clients to close their connections.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+
 async fn run(
     router: Router,
     listener: UnixListener,
     socket: &Path,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let served = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+    let (stopping, stop_seen) = tokio::sync::oneshot::channel::<()>();
+    let signalled = async move {
+        shutdown.await;
+        stopping.send(()).ok();
+    };
+    let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
+    // After the signal, calls in flight finish and clients close their
+    // connections; a client that keeps one open is not waited for forever.
+    let patience = async {
+        match stop_seen.await {
+            Ok(()) => tokio::time::sleep(DRAIN_PATIENCE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = patience => {
+            tracing::warn!("connections still open {DRAIN_PATIENCE:?} after the stop signal: closed");
+            Ok(())
+        }
+    };
     std::fs::remove_file(socket).ok();
     served.map_err(|e| Error::Internal(format!("gRPC server on {}: {e}", socket.display())))
 }

@@ -102,6 +102,20 @@ impl Node {
         }
     }
 
+    /// Stops the driver with SIGTERM and waits for it to exit, leaving the
+    /// runtime free for the clients to see their calls through.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a driver is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
     /// Stops the driver as a crash would.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -219,6 +233,14 @@ async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Ve
             .is_file()
         {
             found.push(format!("the record of kept volume {id} is missing"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(node.pool().join("quarantine")) {
+        for entry in entries {
+            found.push(format!(
+                "quarantined at start: {:?}",
+                entry.unwrap().file_name()
+            ));
         }
     }
     if !trash_drains(&node.pool()) {
@@ -547,6 +569,256 @@ async fn expand_cases(kind: Kind, tally: &mut Tally) {
         found.extend(violations(&node, &mut csi, &expected).await);
         tally.note(&case, found);
     }
+}
+
+/// Every mount under the scratch directory, deepest first, and every loop
+/// device of its files: what a reboot takes away.
+fn reboot(node: &Node) {
+    let mut mounts = node.scratch.mounts();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for mount in mounts {
+        nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    for path in node.scratch.loop_devices() {
+        hostpath_csi::loopdev::detach(&hostpath_csi::loopdev::LoopDevice {
+            path,
+            read_only: false,
+        })
+        .ok();
+    }
+}
+
+#[tokio::test]
+async fn after_a_reboot_stale_targets_unpublish_and_disk_volumes_keep_their_data() {
+    let mut node = Node::new();
+    let mut csi = node.start(None).await;
+    let mut published = Vec::new();
+    for kind in [Kind::Directory, Kind::File, Kind::Memory] {
+        let id = csi
+            .controller
+            .create_volume(create(kind, &format!("pvc-reboot-{}", kind.parameter())))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let target = node.target(&format!("pod-{}", kind.parameter()));
+        csi.node
+            .node_publish_volume(publish_request(&id, &target, false))
+            .await
+            .unwrap();
+        write_synced(&target, b"before the reboot");
+        published.push((kind, id, target));
+    }
+    node.kill();
+    reboot(&node);
+    // What lies on the disk beneath a memory volume's mount point must
+    // never be served.
+    let (_, memory_id, _) = &published[2];
+    std::fs::write(
+        node.pool().join("volumes").join(memory_id).join("beneath"),
+        b"disk",
+    )
+    .unwrap();
+
+    let mut csi = node.start(None).await;
+    for (kind, id, target) in &published {
+        csi.node
+            .node_unpublish_volume(unpublish(id, target))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: unpublish of a stale target: {e}"));
+        assert!(!Path::new(target).exists(), "{kind:?}: stale target left");
+        csi.node
+            .node_publish_volume(publish_request(id, target, false))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: publish after the reboot: {e}"));
+        let names: BTreeSet<String> = std::fs::read_dir(target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != "lost+found")
+            .collect();
+        match kind {
+            Kind::Memory => assert!(names.is_empty(), "memory volume served {names:?}"),
+            _ => assert_eq!(
+                std::fs::read(Path::new(target).join("kept")).unwrap(),
+                b"before the reboot",
+                "{kind:?}"
+            ),
+        }
+        csi.node
+            .node_unpublish_volume(unpublish(id, target))
+            .await
+            .unwrap();
+        csi.controller.delete_volume(delete(id)).await.unwrap();
+    }
+    let empty = Expected {
+        kind: Kind::File,
+        volumes: Vec::new(),
+        published: Vec::new(),
+    };
+    let found = violations(&node, &mut csi, &empty).await;
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// One client's work in the soak: lifecycles on names of its own, every
+/// second volume kept. `step` is where it stands in the current lifecycle.
+struct Client {
+    number: usize,
+    lifecycle: usize,
+    step: usize,
+    /// Volumes created and not deleted, acknowledged.
+    kept: Vec<String>,
+}
+
+/// Create, publish, write and fsync, unpublish, then delete or keep.
+const STEPS: usize = 5;
+
+impl Client {
+    /// Runs the current step; `Err` when the driver did not answer (the step
+    /// is then retried, identically, once the driver is back).
+    async fn step(&mut self, csi: &mut CsiClient, targets: &Path) -> Result<(), tonic::Status> {
+        let name = format!("soak-{}-{}", self.number, self.lifecycle);
+        let id = hostpath_csi::ids::VolumeId::mint(&name).to_string();
+        let target = targets
+            .join(format!("soak-target-{}", self.number))
+            .display()
+            .to_string();
+        match self.step {
+            0 => drop(
+                csi.controller
+                    .create_volume(create(Kind::Directory, &name))
+                    .await?,
+            ),
+            1 => drop(
+                csi.node
+                    .node_publish_volume(publish_request(&id, &target, false))
+                    .await?,
+            ),
+            2 => write_synced(&target, name.as_bytes()),
+            3 => drop(
+                csi.node
+                    .node_unpublish_volume(unpublish(&id, &target))
+                    .await?,
+            ),
+            _ if self.lifecycle.is_multiple_of(2) => {
+                drop(csi.controller.delete_volume(delete(&id)).await?)
+            }
+            _ => self.kept.push(id),
+        }
+        self.step += 1;
+        if self.step == STEPS {
+            self.step = 0;
+            self.lifecycle += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A small xorshift generator: the soak's timing, reproducible from its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test]
+async fn a_soak_of_random_kills_and_stops_under_load_loses_and_leaks_nothing() {
+    const ROUNDS: usize = 12;
+    const CLIENTS: usize = 4;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut dice = Dice(seed);
+    let mut node = Node::new();
+    let targets = node.scratch.path().to_path_buf();
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|number| Client {
+            number,
+            lifecycle: 0,
+            step: 0,
+            kept: Vec::new(),
+        })
+        .collect();
+    let (mut kills, mut stops, mut retries, mut steps) = (0, 0, 0, 0);
+    for round in 0..ROUNDS {
+        let csi = node.start(None).await;
+        let working: Vec<_> = clients
+            .drain(..)
+            .map(|mut client| {
+                let (mut csi, targets) = (csi.clone(), targets.clone());
+                tokio::spawn(async move {
+                    let mut done = 0;
+                    while client.step(&mut csi, &targets).await.is_ok() {
+                        done += 1;
+                    }
+                    (client, done)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20 + dice.below(200))).await;
+        // Every third round is a clean stop under load: calls in flight
+        // finish or fail cleanly, the driver exits 0 and removes its socket.
+        if round % 3 == 2 {
+            let status = node.terminate().await;
+            assert!(
+                status.success(),
+                "seed {seed}: SIGTERM under load: {status}"
+            );
+            assert!(!node.socket().exists(), "seed {seed}: socket left");
+            stops += 1;
+        } else {
+            node.kill();
+            kills += 1;
+        }
+        for task in working {
+            let (client, done) = task.await.unwrap();
+            steps += done;
+            retries += 1; // the step the driver's end interrupted
+            clients.push(client);
+        }
+    }
+    // Back up: every client finishes its lifecycle, retrying what was cut.
+    let mut csi = node.start(None).await;
+    for client in &mut clients {
+        while client.step != 0 {
+            client
+                .step(&mut csi, &targets)
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: a retry failed: {e}"));
+        }
+    }
+    let kept: Vec<String> = clients.iter().flat_map(|c| c.kept.clone()).collect();
+    let expected = Expected {
+        kind: Kind::Directory,
+        volumes: kept.iter().map(|id| (id.clone(), BYTES)).collect(),
+        published: Vec::new(),
+    };
+    let mut found = violations(&node, &mut csi, &expected).await;
+    for client in &clients {
+        for (lifecycle, id) in (1..).step_by(2).zip(&client.kept) {
+            let written = format!("soak-{}-{lifecycle}", client.number);
+            let path = node.pool().join("volumes").join(id).join("kept");
+            if std::fs::read(&path).ok() != Some(written.clone().into_bytes()) {
+                found.push(format!("{} does not hold {written:?}", path.display()));
+            }
+        }
+    }
+    let summary = format!(
+        "soak: {ROUNDS} rounds ({kills} kills, {stops} SIGTERM stops under load) of {CLIENTS} clients, {steps} steps answered, {retries} interrupted steps retried, {} volumes kept, {} violations (seed {seed})\n",
+        kept.len(),
+        found.len()
+    );
+    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability-soak.txt");
+    std::fs::write(&report, &summary).unwrap();
+    assert!(found.is_empty(), "{summary}{}", found.join("\n"));
 }
 
 #[tokio::test]

@@ -273,3 +273,47 @@ async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_se
     assert!(!snapshot.exists());
     assert_eq!(listed(&mut d).await, expected);
 }
+
+#[tokio::test]
+async fn entries_without_a_record_are_quarantined_at_start_never_deleted() {
+    let mut d = TestDriver::start().await;
+    let kept = d.create("pvc-kept", 0).await;
+    std::fs::write(d.volume_dir(&kept).join("data"), b"mine").unwrap();
+    let volumes = d.pool().join("volumes");
+    std::fs::create_dir(volumes.join("vol-orphan")).unwrap();
+    std::fs::write(volumes.join("vol-orphan/data"), b"whose?").unwrap();
+    std::fs::write(volumes.join("stray file"), b"?").unwrap();
+    // A mount point cannot be moved: it is reported and left alone.
+    d.scratch.mount_tmpfs(&volumes.join("vol-mounted"), "1m");
+
+    let mut d = d.restart_after_crash().await;
+    let mut left: Vec<String> = std::fs::read_dir(&volumes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, [kept.clone(), "vol-mounted".to_owned()]);
+    let quarantined: Vec<std::path::PathBuf> = std::fs::read_dir(d.pool().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    let orphan = quarantined
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("vol-orphan.")
+        })
+        .expect("the orphan directory is kept");
+    assert_eq!(std::fs::read(orphan.join("data")).unwrap(), b"whose?");
+    assert_eq!(
+        std::fs::read(d.volume_dir(&kept).join("data")).unwrap(),
+        b"mine"
+    );
+    let target = d.target("pod-kept");
+    d.publish(&kept, &target, false).await.unwrap();
+    d.unpublish(&kept, &target).await.unwrap();
+}

@@ -83,3 +83,23 @@ fn a_stale_socket_is_replaced_but_a_file_is_not() {
     );
     assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
 }
+
+#[test]
+fn a_client_that_keeps_its_connection_open_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("csi.sock");
+    let mut child = start(dir.path());
+    wait_until_serving(&socket, &mut child);
+    // A client that connects and then says nothing, ever.
+    let _silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert!(!socket.exists(), "socket left");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+}
