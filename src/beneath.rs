@@ -224,8 +224,30 @@ struct Removal<'a> {
     held_by_mount: bool,
 }
 
+/// How often one entry's removal starts over when the tree changes under it.
+const REMOVE_ATTEMPTS: usize = 8;
+
 impl Removal<'_> {
+    /// Removes `name` from `parent`. A tree that changes while it is removed
+    /// (an entry swapped between a directory and a symlink, a file appearing)
+    /// makes this entry start over, a bounded number of times; whatever it
+    /// becomes, a symlink is only ever unlinked.
     fn remove(&mut self, parent: BorrowedFd<'_>, name: &CStr, depth: usize) -> nix::Result<()> {
+        for _ in 0..REMOVE_ATTEMPTS {
+            match self.remove_once(parent, name, depth) {
+                Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EISDIR | Errno::ENOTEMPTY) => continue,
+                other => return other,
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    fn remove_once(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        depth: usize,
+    ) -> nix::Result<()> {
         let is_dir = match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
             Err(Errno::ENOENT) => return Ok(()),
@@ -252,7 +274,10 @@ impl Removal<'_> {
         {
             match kind {
                 Some(Type::Directory) | None => self.remove(dir.as_fd(), &child, depth + 1)?,
-                Some(_) => unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir)?,
+                Some(_) => match unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir) {
+                    Err(Errno::EISDIR) => self.remove(dir.as_fd(), &child, depth + 1)?,
+                    other => other?,
+                },
             }
         }
         match unlink_missing_ok(parent, name, UnlinkatFlags::RemoveDir) {

@@ -288,6 +288,9 @@ impl Pool {
     }
 }
 
+/// Further attempts at a trashed tree that kept changing while removed.
+const DRAIN_RETRIES: usize = 20;
+
 /// Starts the thread that removes trashed trees one at a time. It ends when
 /// the pool (the sender) is dropped.
 fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Sender<CString>> {
@@ -302,7 +305,17 @@ fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Se
         .spawn(move || {
             for entry in rx {
                 let path = format!("{shown}/{}", entry.to_string_lossy());
-                match beneath::remove_tree(&trash, &entry) {
+                let mut removed = beneath::remove_tree(&trash, &entry);
+                // A tree still changing under the removal is tried again
+                // a little later, a bounded number of times.
+                for _ in 0..DRAIN_RETRIES {
+                    if removed != Err(nix::errno::Errno::EAGAIN) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    removed = beneath::remove_tree(&trash, &entry);
+                }
+                match removed {
                     Ok(()) => {}
                     Err(nix::errno::Errno::EBUSY) => tracing::error!(%path,
                         "a deleted volume holds a mount; the mount and its parents stay in the trash"),

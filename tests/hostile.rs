@@ -416,3 +416,106 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
     let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability-hostile.txt");
     std::fs::write(report, summary).unwrap();
 }
+
+/// Links a pod could plant in its volume: symlinks out to the sentinel, a
+/// hard link to one of its files.
+/// (through the target; the hard link beside the volume's data, in the
+/// pool, as a link cannot cross the bind mount).
+fn plant_links(target: &Path, volume: &Path, sentinel: &Path) {
+    symlink(sentinel, target.join("out")).unwrap();
+    symlink(sentinel.join("file"), target.join("file-out")).unwrap();
+    std::fs::create_dir(target.join("sub")).unwrap();
+    symlink("../../../sentinel", target.join("sub/up")).unwrap();
+    std::fs::hard_link(sentinel.join("dir/nested"), volume.join("hard")).unwrap();
+}
+
+#[tokio::test]
+async fn links_planted_in_a_volume_lead_nowhere_on_stats_unpublish_or_delete() {
+    let (mut d, root) = setup().await;
+    let sentinel = root.join("sentinel");
+    let before = snapshot(&sentinel);
+    let id = d.create("pvc-links", 1 << 20).await;
+    let target = root.join("kubelet/pods/links").display().to_string();
+    d.publish(&id, &target, false).await.unwrap();
+    plant_links(Path::new(&target), &d.volume_dir(&id), &sentinel);
+    let usage = d.byte_usage(&id, &target).await;
+    assert!(
+        usage.used < 4096 * 8,
+        "the walk followed a link: {} bytes",
+        usage.used
+    );
+    d.unpublish(&id, &target).await.unwrap();
+    d.csi
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: id,
+            secrets: Default::default(),
+        })
+        .await
+        .unwrap();
+    common::wait_trash_empty(&d.pool());
+    // The hard link's file lost one name; its content and the tree are intact.
+    assert_eq!(snapshot(&sentinel), before);
+}
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_while_deleted_never_leads_out() {
+    const ROUNDS: usize = 200;
+    let (mut d, root) = setup().await;
+    let sentinel = root.join("sentinel");
+    let before = snapshot(&sentinel);
+    let mut swaps = 0;
+    for round in 0..ROUNDS {
+        let id = d.create(&format!("pvc-race-{round}"), 0).await;
+        let volume = d.volume_dir(&id);
+        std::fs::create_dir_all(volume.join("d/deeper")).unwrap();
+        for i in 0..8 {
+            std::fs::write(volume.join(format!("d/f{i}")), b"x").unwrap();
+        }
+        symlink(&sentinel, volume.join("d.link")).unwrap();
+        // The racer holds the volume directory by fd, so it follows it into
+        // the trash, and swaps `d` and `d.link` there as fast as it can.
+        let held = std::fs::File::open(&volume).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut swapped = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let exchanged = nix::fcntl::renameat2(
+                        &held,
+                        "d",
+                        &held,
+                        "d.link",
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    );
+                    if exchanged.is_err() {
+                        break;
+                    }
+                    swapped += 1;
+                }
+                swapped
+            })
+        };
+        d.csi
+            .controller
+            .delete_volume(DeleteVolumeRequest {
+                volume_id: id,
+                secrets: Default::default(),
+            })
+            .await
+            .unwrap();
+        // The racer goes on into the drain for a moment, then stops, as a
+        // process holding the old directory would end.
+        tokio::time::sleep(std::time::Duration::from_millis(round as u64 % 7)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swaps += racer.join().unwrap();
+        common::wait_trash_empty(&d.pool());
+        assert_eq!(
+            snapshot(&sentinel),
+            before,
+            "round {round}: the sentinel changed"
+        );
+    }
+    assert!(swaps > ROUNDS, "the racer hardly ran: {swaps} swaps");
+}
