@@ -1,7 +1,7 @@
 //! The state one driver process owns: its configuration, pools, volume table
 //! and operation guards, opened and reconciled at start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,6 +22,23 @@ use nix::errno::Errno;
 
 /// How long CreateVolume and expansion reuse a pool's measured usage.
 pub const USAGE_REFRESH: Duration = Duration::from_secs(10);
+
+/// A volume as ListVolumes shows it.
+#[derive(Debug)]
+pub enum Listed {
+    Served(Volume),
+    /// Its record could not be read at start: the id and the problem.
+    Unreadable(VolumeId, String),
+}
+
+impl Listed {
+    pub fn id(&self) -> &VolumeId {
+        match self {
+            Listed::Served(volume) => &volume.record.id,
+            Listed::Unreadable(id, _) => id,
+        }
+    }
+}
 
 /// Settings of one driver process (see `hostpath-csi serve --help`).
 #[derive(Clone, Debug)]
@@ -53,7 +70,7 @@ pub struct Driver {
     used_cache: Mutex<HashMap<PoolName, (u64, Instant)>>,
     /// Volumes whose record could not be read at start, with the problem:
     /// they are neither served nor overwritten until an operator repairs them.
-    unreadable: HashMap<VolumeId, String>,
+    unreadable: BTreeMap<VolumeId, String>,
     pub guards: OperationGuards,
 }
 
@@ -77,7 +94,7 @@ impl Driver {
             pools.push(Pool::open(name.clone(), path, config.enable_quotas)?);
         }
         let mut table = VolumeTable::default();
-        let mut unreadable = HashMap::new();
+        let mut unreadable = BTreeMap::new();
         for pool in &pools {
             let shown = pool.shown().to_string();
             let listed = record::list(&pool.meta, &shown)?;
@@ -190,6 +207,38 @@ impl Driver {
                 Err(err) => tracing::error!(pool = %pool.name, "no snapshot written: {err}"),
             }
         }
+    }
+
+    /// Up to `max` volumes (all if 0) in id order from `start` on — those
+    /// served and those whose record could not be read — and the id the next
+    /// page starts at.
+    pub fn listing(&self, start: Option<&VolumeId>, max: usize) -> (Vec<Listed>, Option<VolumeId>) {
+        let take = if max == 0 { usize::MAX } else { max };
+        let (served, next) = self.table().page(start, max);
+        let unreadable = self
+            .unreadable
+            .iter()
+            .filter(|(id, _)| {
+                start.is_none_or(|s| *id >= s) && next.as_ref().is_none_or(|n| *id < n)
+            })
+            .map(|(id, problem)| Listed::Unreadable(id.clone(), problem.clone()));
+        let mut page: Vec<Listed> = served
+            .into_iter()
+            .map(Listed::Served)
+            .chain(unreadable)
+            .collect();
+        page.sort_by(|a, b| a.id().cmp(b.id()));
+        if page.len() > take {
+            let next = page[take].id().clone();
+            page.truncate(take);
+            return (page, Some(next));
+        }
+        (page, next)
+    }
+
+    /// The problem with a volume whose record could not be read at start.
+    pub fn unreadable(&self, id: &VolumeId) -> Option<&str> {
+        self.unreadable.get(id).map(String::as_str)
     }
 
     /// Locks the volume table (briefly: never held across I/O).

@@ -120,19 +120,58 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     std::fs::write(&record, b"{\"id\":\"vol-").unwrap();
     std::fs::write(d.pool().join("meta").join(".vol-x.json.tmp"), b"half").unwrap();
     let mut d = d.restart_after_crash().await;
-    let listed = d
+    // Listed, one page at a time, with the unreadable one abnormal.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = d
+            .csi
+            .controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: 1,
+                starting_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 1);
+        for entry in page.entries {
+            let condition = entry.status.unwrap().volume_condition.unwrap();
+            seen.push((
+                entry.volume.unwrap().volume_id,
+                condition.abnormal,
+                condition.message,
+            ));
+        }
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    seen.sort();
+    let mut ids: Vec<&String> = seen.iter().map(|(id, _, _)| id).collect();
+    ids.sort();
+    let mut expected = vec![&bad, &good];
+    expected.sort();
+    assert_eq!(ids, expected);
+    for (id, abnormal, message) in &seen {
+        assert_eq!(*abnormal, id == &bad, "{id}: {message}");
+    }
+    let got = d
         .csi
         .controller
-        .list_volumes(ListVolumesRequest::default())
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: bad.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    let ids: Vec<String> = listed
-        .entries
-        .into_iter()
-        .map(|e| e.volume.unwrap().volume_id)
-        .collect();
-    assert_eq!(ids, vec![good.clone()]);
+    let condition = got.status.unwrap().volume_condition.unwrap();
+    assert!(
+        condition.abnormal && condition.message.contains("could not be read"),
+        "{}",
+        condition.message
+    );
     assert!(record.exists(), "a corrupt record is left for the operator");
     assert!(!d.pool().join("meta").join(".vol-x.json.tmp").exists());
     // The unreadable volume is neither overwritten nor deleted.

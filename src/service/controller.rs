@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, condition};
+use super::{RpcResult, abnormal, condition};
+use crate::csi::VolumeCondition;
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
@@ -19,7 +20,7 @@ use crate::csi::{
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     controller_get_volume_response, list_volumes_response,
 };
-use crate::driver::{Driver, blocking};
+use crate::driver::{Driver, Listed, blocking};
 use crate::error::Error;
 use crate::ids::VolumeId;
 use crate::kind::KindName;
@@ -175,23 +176,35 @@ impl Controller for ControllerService {
                     })?,
             ),
         };
-        let (page, next) = self.driver.table().page(start.as_ref(), max);
+        let (page, next) = self.driver.listing(start.as_ref(), max);
         let driver = Arc::clone(&self.driver);
         let conditions = blocking(move || {
             Ok(page
                 .into_iter()
-                .map(|v| (condition(&driver, &v), v))
+                .map(|listed| match &listed {
+                    Listed::Served(volume) => (condition(&driver, volume), listed),
+                    Listed::Unreadable(_, problem) => (unreadable_condition(problem), listed),
+                })
                 .collect::<Vec<_>>())
         })
         .await?;
         let entries = conditions
             .into_iter()
-            .map(|(condition, volume)| list_volumes_response::Entry {
-                volume: Some(self.volume_message(&volume.record)),
-                status: Some(list_volumes_response::VolumeStatus {
-                    published_node_ids: self.published_nodes(&volume),
-                    volume_condition: Some(condition),
-                }),
+            .map(|(condition, listed)| {
+                let (volume, published_node_ids) = match &listed {
+                    Listed::Served(volume) => (
+                        self.volume_message(&volume.record),
+                        self.published_nodes(volume),
+                    ),
+                    Listed::Unreadable(id, _) => (self.unreadable_message(id), Vec::new()),
+                };
+                list_volumes_response::Entry {
+                    volume: Some(volume),
+                    status: Some(list_volumes_response::VolumeStatus {
+                        published_node_ids,
+                        volume_condition: Some(condition),
+                    }),
+                }
             })
             .collect();
         Ok(Response::new(ListVolumesResponse {
@@ -303,6 +316,15 @@ impl Controller for ControllerService {
         request: Request<ControllerGetVolumeRequest>,
     ) -> RpcResult<ControllerGetVolumeResponse> {
         let id = VolumeId::parse(&request.into_inner().volume_id)?;
+        if let Some(problem) = self.driver.unreadable(&id) {
+            return Ok(Response::new(ControllerGetVolumeResponse {
+                volume: Some(self.unreadable_message(&id)),
+                status: Some(controller_get_volume_response::VolumeStatus {
+                    published_node_ids: Vec::new(),
+                    volume_condition: Some(unreadable_condition(problem)),
+                }),
+            }));
+        }
         let volume = self.driver.volume(&id)?;
         let driver = Arc::clone(&self.driver);
         let snapshot = volume.clone();
@@ -354,6 +376,16 @@ impl ControllerService {
         }
     }
 
+    /// A volume whose record could not be read: its id and place, nothing
+    /// the record would have said.
+    fn unreadable_message(&self, id: &VolumeId) -> Volume {
+        Volume {
+            volume_id: id.to_string(),
+            accessible_topology: vec![self.driver.topology()],
+            ..Volume::default()
+        }
+    }
+
     fn published_nodes(&self, volume: &volumes::Volume) -> Vec<String> {
         if volume.published.is_empty() {
             Vec::new()
@@ -361,4 +393,11 @@ impl ControllerService {
             vec![self.driver.config.node_id.clone()]
         }
     }
+}
+
+/// The condition of a volume whose record could not be read at start.
+fn unreadable_condition(problem: &str) -> VolumeCondition {
+    abnormal(format!(
+        "its record could not be read ({problem}); an operator must repair or remove it"
+    ))
 }
