@@ -20,7 +20,7 @@ use common::{Scratch, create_request_with, publish_request};
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::{
     CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest, ListVolumesRequest,
-    NodeUnpublishVolumeRequest,
+    NodeExpandVolumeRequest, NodeUnpublishVolumeRequest,
 };
 
 /// A driver process on a pool in a scratch directory.
@@ -571,6 +571,83 @@ async fn expand_cases(kind: Kind, tally: &mut Tally) {
     }
 }
 
+/// NodeExpandVolume of a published file volume holding XFS (which grows
+/// online here; ext4 needs CAP_SYS_RESOURCE, see tests/expansion.rs).
+async fn node_expand_cases(tally: &mut Tally) {
+    const XFS_BYTES: i64 = 320 << 20;
+    for point in ["node-expand:device-grown", "node-expand:done"] {
+        let case = format!("NodeExpandVolume File(xfs) killed at {point}");
+        let mut node = Node::new();
+        let mut csi = node.start(None).await;
+        let request = create_request_with(
+            "pvc-node-grow",
+            XFS_BYTES,
+            &[("kind", "file"), ("fsType", "xfs")],
+        );
+        let id = csi
+            .controller
+            .create_volume(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let target = node.target("pod");
+        csi.node
+            .node_publish_volume(publish_request(&id, &target, false))
+            .await
+            .unwrap();
+        csi.controller
+            .controller_expand_volume(expand(&id, 2 * XFS_BYTES))
+            .await
+            .unwrap();
+        node.kill();
+        let on_node = NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: target.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * XFS_BYTES,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        let mut csi = node.start(Some(point)).await;
+        assert!(csi.node.node_expand_volume(on_node.clone()).await.is_err());
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        let grown = csi
+            .node
+            .node_expand_volume(on_node)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: retry: {e}"))
+            .into_inner();
+        tally.retries += 1;
+        let mut found = Vec::new();
+        let size = nix::sys::statvfs::statvfs(target.as_str()).unwrap();
+        let bytes = size.blocks() * size.fragment_size();
+        if grown.capacity_bytes != 2 * XFS_BYTES || bytes < (3 * XFS_BYTES / 2) as u64 {
+            found.push(format!(
+                "answered {} bytes, the filesystem holds {bytes}",
+                grown.capacity_bytes
+            ));
+        }
+        let expected = Expected {
+            kind: Kind::File,
+            volumes: vec![(id.clone(), 2 * XFS_BYTES)],
+            published: vec![target.clone()],
+        };
+        found.extend(violations(&node, &mut csi, &expected).await);
+        csi.node
+            .node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        csi.controller.delete_volume(delete(&id)).await.unwrap();
+        tally.note(&case, found);
+    }
+}
+
 /// Every mount under the scratch directory, deepest first, and every loop
 /// device of its files: what a reboot takes away.
 fn reboot(node: &Node) {
@@ -833,6 +910,7 @@ async fn a_kill_at_every_failpoint_then_a_retry_loses_and_leaks_nothing() {
     for kind in [Kind::Directory, Kind::File] {
         expand_cases(kind, &mut tally).await;
     }
+    node_expand_cases(&mut tally).await;
     let summary = format!(
         "crash tests: {} cases (operation × failpoint × kind), each killed once: {} kills, {} retries, {} violations\n",
         tally.kills,

@@ -26,6 +26,7 @@ use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath;
 use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext};
+use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::loopdev::{self, Lifetime, LoopDevice};
 use crate::mounts::fd_path;
@@ -440,6 +441,7 @@ impl VolumeKind for File {
         for device in &devices {
             loopdev::refresh_capacity(device)?;
         }
+        failpoint::hit("node-expand:device-grown");
         let mounted = matches!(own_mount::look(pool, id)?, MountPoint::Mounted(_));
         if !mounted {
             return Ok(());

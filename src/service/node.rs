@@ -23,6 +23,7 @@ use crate::csi::{
 };
 use crate::driver::{Driver, blocking};
 use crate::error::{Error, Result, SysContext};
+use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle;
@@ -155,6 +156,7 @@ impl Node for NodeService {
             let (record, _) = lifecycle::expand(&driver, &id, range)?;
             let pool = driver.pool(Some(&record.pool))?;
             record.kind.backend().expand_on_node(pool, &record)?;
+            failpoint::hit("node-expand:done");
             Ok(record.capacity_bytes)
         })
         .await?;
