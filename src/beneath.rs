@@ -206,6 +206,7 @@ pub fn remove_tree(top: impl AsFd, name: &CStr) -> nix::Result<()> {
         top,
         pending: vec![name.to_owned()],
         held_by_mount: false,
+        restarts: REMOVE_RESTARTS,
     };
     while let Some(entry) = walk.pending.pop() {
         walk.remove(top, &entry, 0)?;
@@ -222,24 +223,33 @@ struct Removal<'a> {
     /// Entries of `top` still to remove (the first one, then spilled subtrees).
     pending: Vec<CString>,
     held_by_mount: bool,
+    /// Restarts left (see [`REMOVE_RESTARTS`]).
+    restarts: usize,
 }
 
-/// How often one entry's removal starts over when the tree changes under it.
-const REMOVE_ATTEMPTS: usize = 8;
+/// How often a removal starts an entry over, in all, when the tree changes
+/// under it.
+const REMOVE_RESTARTS: usize = 64;
 
 impl Removal<'_> {
     /// Removes `name` from `parent`. A tree that changes while it is removed
     /// (an entry swapped between a directory and a symlink, a file appearing)
-    /// makes this entry start over, a bounded number of times; whatever it
-    /// becomes, a symlink is only ever unlinked.
+    /// makes this entry start over, within one budget for the whole removal
+    /// (then EAGAIN); whatever it becomes, a symlink is only ever unlinked.
     fn remove(&mut self, parent: BorrowedFd<'_>, name: &CStr, depth: usize) -> nix::Result<()> {
-        for _ in 0..REMOVE_ATTEMPTS {
+        loop {
             match self.remove_once(parent, name, depth) {
-                Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EISDIR | Errno::ENOTEMPTY) => continue,
+                Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EISDIR | Errno::ENOTEMPTY)
+                    if self.restarts > 0 =>
+                {
+                    self.restarts -= 1;
+                }
+                Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EISDIR | Errno::ENOTEMPTY) => {
+                    return Err(Errno::EAGAIN);
+                }
                 other => return other,
             }
         }
-        Err(Errno::EAGAIN)
     }
 
     fn remove_once(

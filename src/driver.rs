@@ -1,7 +1,7 @@
 //! The state one driver process owns: its configuration, pools, volume table
 //! and operation guards, opened and reconciled at start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,10 +95,18 @@ impl Driver {
         }
         let mut table = VolumeTable::default();
         let mut unreadable = BTreeMap::new();
+        // Per pool, the ids its meta/ holds a record file of, readable or not.
+        let mut recorded: Vec<HashSet<String>> = Vec::new();
         for pool in &pools {
             let shown = pool.shown().to_string();
             let listed = record::list(&pool.meta, &shown)?;
-            let (loaded, source) = match snapshot::take(&pool.root, &shown, &listed)? {
+            recorded.push(
+                listed
+                    .iter()
+                    .filter_map(|l| l.shown.strip_suffix(".json").map(str::to_owned))
+                    .collect(),
+            );
+            let (loaded, source) = match snapshot::take(&pool.root, &pool.meta, &shown, &listed) {
                 Some(records) => (
                     record::Loaded {
                         records,
@@ -134,7 +142,7 @@ impl Driver {
             guards: OperationGuards::default(),
         };
         driver.find_published()?;
-        driver.quarantine_orphans()?;
+        driver.quarantine_orphans(&recorded)?;
         Ok(driver)
     }
 
@@ -142,20 +150,17 @@ impl Driver {
     /// record (left by an operator, another tool, or a crash on a filesystem
     /// that reordered writes): reported, never served, never deleted. One
     /// that cannot be moved (a mount point) is reported and left.
-    fn quarantine_orphans(&self) -> Result<()> {
-        let table = self.table();
-        for pool in &self.pools {
+    /// `recorded` holds, per pool, the ids of the record files in its
+    /// `meta/`: whatever a record says, its volume's entries are not orphans.
+    fn quarantine_orphans(&self, recorded: &[HashSet<String>]) -> Result<()> {
+        for (pool, recorded) in self.pools.iter().zip(recorded) {
             let listed = beneath::list(&pool.volumes)
                 .context(|| format!("pool {}: list {}/volumes", pool.name, pool.shown()))?;
             for entry in listed {
                 let name = entry.name.to_string_lossy().into_owned();
                 let owner = name.trim_start_matches('.');
                 let owner = owner.split('.').next().unwrap_or_default();
-                let known = VolumeId::parse(owner).is_ok_and(|id| {
-                    table.get(&id).is_some_and(|v| v.record.pool == pool.name)
-                        || self.unreadable.contains_key(&id)
-                });
-                if known {
+                if recorded.contains(owner) {
                     continue;
                 }
                 match pool.quarantine(&name) {

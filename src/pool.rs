@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::fcntl::{Flock, FlockArg, OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 use nix::unistd::fsync;
@@ -110,6 +110,8 @@ pub struct Pool {
     pub path: PathBuf,
     /// The pool's directory.
     pub root: OwnedFd,
+    /// Held while the pool is open: one driver process per pool.
+    _lock: Flock<OwnedFd>,
     /// `volumes/`: one entry per volume.
     pub volumes: SharedSyncDir,
     /// `meta/`: one record per volume.
@@ -148,6 +150,7 @@ impl Pool {
             Mode::empty(),
         )
         .context(|| format!("pool {name}: open {}", path.display()))?;
+        let lock = lock(&name, path, &root)?;
         let sub = |dir: &str| -> Result<OwnedFd> {
             beneath::ensure_dir(&root, dir, 0o700)
                 .map(|(fd, _)| fd)
@@ -172,6 +175,7 @@ impl Pool {
             name,
             path: path.to_owned(),
             root,
+            _lock: lock,
             volumes: SharedSyncDir::new(volumes),
             meta: SharedSyncDir::new(meta),
             trash,
@@ -286,6 +290,22 @@ impl Pool {
         self.drain.send(entry).ok();
         Ok(())
     }
+}
+
+/// Takes the pool's lock (an exclusive flock of its directory), or refuses:
+/// two driver processes on one pool, or one pool given twice, would undo
+/// each other's work.
+fn lock(name: &PoolName, path: &Path, root: &OwnedFd) -> Result<Flock<OwnedFd>> {
+    let fd = root
+        .try_clone()
+        .context(|| format!("pool {name}: dup fd of {}", path.display()))?;
+    Flock::lock(fd, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => Error::FailedPrecondition(format!(
+            "pool {name}: {} is in use by another hostpath-csi process (or given twice)",
+            path.display()
+        )),
+        errno => Error::sys(format!("pool {name}: lock {}", path.display()), errno),
+    })
 }
 
 /// Further attempts at a trashed tree that kept changing while removed.

@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::unistd::fsync;
 
@@ -22,6 +22,9 @@ pub struct SharedSyncDir {
     tickets: AtomicU64,
     /// The highest ticket a completed fsync covers. Held across the fsync.
     covered: Mutex<u64>,
+    /// An fsync failed: what the directory holds may differ from what the
+    /// callers were told.
+    failed: AtomicBool,
 }
 
 impl SharedSyncDir {
@@ -30,7 +33,13 @@ impl SharedSyncDir {
             fd,
             tickets: AtomicU64::new(0),
             covered: Mutex::new(0),
+            failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether any fsync of the directory has failed in this run.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -50,7 +59,10 @@ impl SyncDir for SharedSyncDir {
         // Every ticket up to here was taken after its change was made, so
         // the fsync that starts now covers them all.
         let upto = self.tickets.load(Ordering::SeqCst);
-        fsync(&self.fd)?;
+        if let Err(errno) = fsync(&self.fd) {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(errno);
+        }
         *covered = upto;
         Ok(())
     }

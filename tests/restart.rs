@@ -356,3 +356,55 @@ async fn entries_without_a_record_are_quarantined_at_start_never_deleted() {
     d.publish(&kept, &target, false).await.unwrap();
     d.unpublish(&kept, &target).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_snapshot_is_set_aside_when_meta_changed_even_with_the_same_files() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-edited", 1 << 20).await;
+    d.shutdown().await;
+    assert!(d.pool().join("records.snapshot").is_file());
+    // Edited in place (same inode) by a tool that also left and removed a
+    // file beside it: only meta/'s change time tells.
+    let record = d.pool().join("meta").join(format!("{id}.json"));
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, text.replace("1048576", "2097152")).unwrap();
+    std::fs::write(d.pool().join("meta/.edit.swp"), b"").unwrap();
+    std::fs::remove_file(d.pool().join("meta/.edit.swp")).unwrap();
+    let mut d = d.restart().await;
+    assert_eq!(listed(&mut d).await, vec![(id, 2 << 20)]);
+}
+
+#[tokio::test]
+async fn entries_of_a_record_naming_another_pool_are_not_quarantined() {
+    let d = TestDriver::start().await;
+    let foreign = "vol-foreign";
+    let record = format!(
+        r#"{{"id":"{foreign}","name":"pvc-foreign","pool":"elsewhere","kind":"directory","capacity_bytes":0}}"#
+    );
+    std::fs::write(d.pool().join(format!("meta/{foreign}.json")), record).unwrap();
+    std::fs::create_dir(d.pool().join("volumes").join(foreign)).unwrap();
+    let d = d.restart_after_crash().await;
+    assert!(d.pool().join("volumes").join(foreign).is_dir());
+    assert!(!d.pool().join("quarantine").exists());
+}
+
+#[tokio::test]
+async fn a_pool_serves_one_driver_process_at_a_time() {
+    let d = TestDriver::start().await;
+    let second = hostpath_csi::driver::Driver::open(d.config.clone()).unwrap_err();
+    assert!(second.to_string().contains("in use by another"), "{second}");
+    // Nor one pool under two names.
+    let scratch = common::Scratch::new();
+    let mut twice = d.config.clone();
+    twice.pools = ["a", "b"]
+        .iter()
+        .map(|name| {
+            (
+                hostpath_csi::ids::PoolName::parse(name).unwrap(),
+                scratch.path().to_owned(),
+            )
+        })
+        .collect();
+    let refused = hostpath_csi::driver::Driver::open(twice).unwrap_err();
+    assert!(refused.to_string().contains("given twice"), "{refused}");
+}

@@ -16,9 +16,20 @@ fn start(dir: &Path) -> Child {
         .arg(format!("unix://{}", dir.join("csi.sock").display()))
         .arg("--node-id=n1")
         .arg(format!("--pool=default={}", dir.join("pool").display()))
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("driver.log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap()
+}
+
+/// What the drivers started in `dir` logged, for a failure's message.
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("driver.log")).unwrap_or_default()
 }
 
 fn wait_until_serving(path: &Path, child: &mut Child) {
@@ -56,7 +67,8 @@ fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
         let mode = socket.metadata().unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "socket mode");
         kill(Pid::from_raw(child.id() as i32), signal).unwrap();
-        assert!(wait_exit(&mut child).success(), "{signal} exit status");
+        let status = wait_exit(&mut child);
+        assert!(status.success(), "{signal}: {status}: {}", log(dir.path()));
         assert!(!socket.exists(), "socket left after {signal}");
         assert!(
             dir.path().join("pool/records.snapshot").is_file(),
@@ -73,7 +85,8 @@ fn a_stale_socket_is_replaced_but_a_file_is_not() {
     let mut child = start(dir.path());
     wait_until_serving(&socket, &mut child);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_exit(&mut child).success());
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status}: {}", log(dir.path()));
 
     std::fs::write(&socket, b"not a socket").unwrap();
     let mut child = start(dir.path());
@@ -95,7 +108,8 @@ fn a_client_that_keeps_its_connection_open_does_not_hold_the_stop() {
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_exit(&mut child).success());
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status}: {}", log(dir.path()));
     assert!(!socket.exists(), "socket left");
     assert!(
         asked.elapsed() < Duration::from_secs(15),

@@ -233,9 +233,12 @@ impl TestDriver {
         self.start_again().await
     }
 
+    /// Starts a new driver once the old one is gone (and its pool locks
+    /// with it).
     async fn start_again(mut self) -> Self {
         let config = self.config.clone();
         let scratch = std::mem::replace(&mut self.scratch, Scratch::new());
+        drop(self);
         Self::serve(scratch, config).await
     }
 
