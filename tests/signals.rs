@@ -8,14 +8,41 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn start(dir: &Path) -> Child {
+/// A driver process, killed if a failed test leaves it running (it would
+/// otherwise hold the test runner's output open).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+}
+
+fn start(dir: &Path) -> Running {
     std::fs::create_dir_all(dir.join("pool")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hostpath-csi"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hostpath-csi"))
         .arg("serve")
         .arg("--endpoint")
         .arg(format!("unix://{}", dir.join("csi.sock").display()))
         .arg("--node-id=n1")
         .arg(format!("--pool=default={}", dir.join("pool").display()))
+        .stdout(std::process::Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -24,7 +51,8 @@ fn start(dir: &Path) -> Child {
                 .unwrap(),
         )
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running(child)
 }
 
 /// What the drivers started in `dir` logged, for a failure's message.
@@ -32,17 +60,26 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("driver.log")).unwrap_or_default()
 }
 
-fn wait_until_serving(path: &Path, child: &mut Child) {
+/// Waits until the driver started in `dir` says it serves and its socket
+/// takes connections. (A stale socket file may be there first, and may even
+/// accept for a moment while a process another test thread is spawning
+/// still holds a copy of its listening fd: only the log tells.)
+fn wait_until_serving(dir: &Path, child: &mut Child) {
+    let path = dir.join("csi.sock");
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        // Connectable, not merely present: a stale socket file may be there first.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if log(dir).contains(" serving ") && std::os::unix::net::UnixStream::connect(&path).is_ok()
+        {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "driver exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "driver exited early: {}",
+            log(dir)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("socket {} never appeared", path.display());
+    panic!("socket {} never appeared: {}", path.display(), log(dir));
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -63,7 +100,7 @@ fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
         let mut child = start(dir.path());
-        wait_until_serving(&socket, &mut child);
+        wait_until_serving(dir.path(), &mut child);
         let mode = socket.metadata().unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "socket mode");
         kill(Pid::from_raw(child.id() as i32), signal).unwrap();
@@ -83,7 +120,7 @@ fn a_stale_socket_is_replaced_but_a_file_is_not() {
     let socket = dir.path().join("csi.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let mut child = start(dir.path());
-    wait_until_serving(&socket, &mut child);
+    wait_until_serving(dir.path(), &mut child);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = wait_exit(&mut child);
     assert!(status.success(), "{status}: {}", log(dir.path()));
@@ -102,7 +139,7 @@ fn a_client_that_keeps_its_connection_open_does_not_hold_the_stop() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("csi.sock");
     let mut child = start(dir.path());
-    wait_until_serving(&socket, &mut child);
+    wait_until_serving(dir.path(), &mut child);
     // A client that connects and then says nothing, ever.
     let _silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     std::thread::sleep(Duration::from_millis(100));
