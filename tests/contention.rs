@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{Scratch, TestDriver, create_request, publish_request};
-use hostpath_csi::csi::{ListVolumesRequest, NodeUnpublishVolumeRequest};
+use hostpath_csi::csi::NodeUnpublishVolumeRequest;
 use tonic::Code;
 
 #[tokio::test]
@@ -137,18 +137,7 @@ async fn a_full_pool_refuses_with_resource_exhausted_and_loses_nothing() {
 
     std::fs::remove_file(&filler).unwrap();
     let mut d = d.restart_after_crash().await;
-    let listed: Vec<String> = d
-        .csi
-        .controller
-        .list_volumes(ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .into_iter()
-        .map(|e| e.volume.unwrap().volume_id)
-        .collect();
-    assert_eq!(listed, [kept]);
+    assert_eq!(common::listed(&mut d.csi).await, [(kept, 0)]);
     d.create("pvc-no-room", 0).await;
 }
 

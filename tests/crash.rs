@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, create_request_with, publish_request};
+use common::{Scratch, create_request_with, listed, made, publish_request};
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest, ListVolumesRequest,
-    NodeExpandVolumeRequest, NodeUnpublishVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest, NodeExpandVolumeRequest,
+    NodeUnpublishVolumeRequest,
 };
 
 /// A driver process on a pool in a scratch directory.
@@ -191,17 +191,7 @@ struct Expected {
 /// violations found.
 async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Vec<String> {
     let mut found = Vec::new();
-    let listed: BTreeSet<(String, i64)> = csi
-        .controller
-        .list_volumes(ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .into_iter()
-        .map(|e| e.volume.unwrap())
-        .map(|v| (v.volume_id, v.capacity_bytes))
-        .collect();
+    let listed: BTreeSet<(String, i64)> = listed(csi).await.into_iter().collect();
     let wanted: BTreeSet<(String, i64)> = expected.volumes.iter().cloned().collect();
     if listed != wanted {
         found.push(format!("listed {listed:?}, expected {wanted:?}"));
@@ -369,24 +359,8 @@ async fn delete_cases(kind: Kind, tally: &mut Tally) {
         let case = format!("DeleteVolume {kind:?} killed at {point}");
         let mut node = Node::new();
         let mut csi = node.start(None).await;
-        let id = csi
-            .controller
-            .create_volume(create(kind, "pvc-gone"))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
-        let kept = csi
-            .controller
-            .create_volume(create(kind, "pvc-kept"))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = made(&mut csi, create(kind, "pvc-gone")).await;
+        let kept = made(&mut csi, create(kind, "pvc-kept")).await;
         node.kill();
         let mut csi = node.start(Some(point)).await;
         assert!(csi.controller.delete_volume(delete(&id)).await.is_err());
@@ -412,15 +386,7 @@ async fn publish_cases(kind: Kind, tally: &mut Tally) {
         let case = format!("NodePublishVolume {kind:?} killed at {point}");
         let mut node = Node::new();
         let mut csi = node.start(None).await;
-        let id = csi
-            .controller
-            .create_volume(create(kind, "pvc-pub"))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = made(&mut csi, create(kind, "pvc-pub")).await;
         node.kill();
         let target = node.target("pod");
         let request = publish_request(&id, &target, false);
@@ -477,15 +443,7 @@ async fn unpublish_cases(kind: Kind, tally: &mut Tally) {
     let case = format!("NodeUnpublishVolume {kind:?} killed at {point}");
     let mut node = Node::new();
     let mut csi = node.start(None).await;
-    let id = csi
-        .controller
-        .create_volume(create(kind, "pvc-unpub"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = made(&mut csi, create(kind, "pvc-unpub")).await;
     let target = node.target("pod");
     csi.node
         .node_publish_volume(publish_request(&id, &target, false))
@@ -530,15 +488,7 @@ async fn expand_cases(kind: Kind, tally: &mut Tally) {
         let case = format!("ControllerExpandVolume {kind:?} killed at {point}");
         let mut node = Node::new();
         let mut csi = node.start(None).await;
-        let id = csi
-            .controller
-            .create_volume(create(kind, "pvc-grow"))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = made(&mut csi, create(kind, "pvc-grow")).await;
         node.kill();
         let mut csi = node.start(Some(point)).await;
         assert!(
@@ -584,15 +534,7 @@ async fn node_expand_cases(tally: &mut Tally) {
             XFS_BYTES,
             &[("kind", "file"), ("fsType", "xfs")],
         );
-        let id = csi
-            .controller
-            .create_volume(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = made(&mut csi, request).await;
         let target = node.target("pod");
         csi.node
             .node_publish_volume(publish_request(&id, &target, false))
@@ -671,15 +613,11 @@ async fn after_a_reboot_stale_targets_unpublish_and_disk_volumes_keep_their_data
     let mut csi = node.start(None).await;
     let mut published = Vec::new();
     for kind in [Kind::Directory, Kind::File, Kind::Memory] {
-        let id = csi
-            .controller
-            .create_volume(create(kind, &format!("pvc-reboot-{}", kind.parameter())))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = made(
+            &mut csi,
+            create(kind, &format!("pvc-reboot-{}", kind.parameter())),
+        )
+        .await;
         let target = node.target(&format!("pod-{}", kind.parameter()));
         csi.node
             .node_publish_volume(publish_request(&id, &target, false))

@@ -229,24 +229,6 @@ async fn publications_are_found_when_the_pool_path_itself_holds_a_volumes_direct
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
 }
 
-/// Each volume's id and capacity, as ListVolumes shows them.
-async fn listed(d: &mut TestDriver) -> Vec<(String, i64)> {
-    let mut volumes: Vec<(String, i64)> = d
-        .csi
-        .controller
-        .list_volumes(ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .into_iter()
-        .map(|e| e.volume.unwrap())
-        .map(|v| (v.volume_id, v.capacity_bytes))
-        .collect();
-    volumes.sort();
-    volumes
-}
-
 #[tokio::test]
 async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_set_aside() {
     let mut d = TestDriver::start().await;
@@ -263,7 +245,7 @@ async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_se
     assert!(!snapshot.exists(), "the start that reads it removes it");
     let mut expected = vec![(a.clone(), 1 << 20), (b.clone(), 2 << 20), (c.clone(), 0)];
     expected.sort();
-    assert_eq!(listed(&mut d).await, expected);
+    assert_eq!(common::listed(&mut d.csi).await, expected);
 
     // Changed since the old snapshot: one record replaced by another (same
     // count, other names); then, since the second, one record rewritten in
@@ -301,7 +283,7 @@ async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_se
         assert!(!snapshot.exists());
         assert!(!d.pool().join(".records.snapshot.tmp").exists());
         assert_eq!(
-            listed(&mut d).await,
+            common::listed(&mut d.csi).await,
             expected,
             "a planted snapshot is not believed"
         );
@@ -310,7 +292,7 @@ async fn a_clean_stop_snapshots_the_records_and_a_stale_or_broken_snapshot_is_se
     // A crash writes none; the next start reads every record.
     let mut d = d.restart_after_crash().await;
     assert!(!snapshot.exists());
-    assert_eq!(listed(&mut d).await, expected);
+    assert_eq!(common::listed(&mut d.csi).await, expected);
 }
 
 #[tokio::test]
@@ -371,7 +353,7 @@ async fn a_snapshot_is_set_aside_when_meta_changed_even_with_the_same_files() {
     std::fs::write(d.pool().join("meta/.edit.swp"), b"").unwrap();
     std::fs::remove_file(d.pool().join("meta/.edit.swp")).unwrap();
     let mut d = d.restart().await;
-    assert_eq!(listed(&mut d).await, vec![(id, 2 << 20)]);
+    assert_eq!(common::listed(&mut d.csi).await, vec![(id, 2 << 20)]);
 }
 
 #[tokio::test]

@@ -428,3 +428,32 @@ pub fn wait_trash_empty(pool: &Path) {
     }
     panic!("trash of {} never drained", pool.display());
 }
+
+/// Each volume's id and capacity as ListVolumes shows them, in id order.
+pub async fn listed(csi: &mut CsiClient) -> Vec<(String, i64)> {
+    let mut volumes: Vec<(String, i64)> = csi
+        .controller
+        .list_volumes(hostpath_csi::csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap())
+        .map(|v| (v.volume_id, v.capacity_bytes))
+        .collect();
+    volumes.sort();
+    volumes
+}
+
+/// CreateVolume; the id of the volume made.
+pub async fn made(csi: &mut CsiClient, request: CreateVolumeRequest) -> String {
+    csi.controller
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id
+}
