@@ -2,31 +2,22 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::{
     NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, create_request_with,
-    mount_capability,
+    delete, mount_capability,
 };
 use hostpath_csi::csi::controller_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
 use hostpath_csi::csi::{
     CapacityRange, ControllerGetCapabilitiesRequest, ControllerGetVolumeRequest,
-    DeleteVolumeRequest, GetCapacityRequest, ListVolumesRequest, Topology, TopologyRequirement,
+    GetCapacityRequest, ListVolumesRequest, Topology, TopologyRequirement,
     ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
 };
 use tonic::Code;
 
 /// A change that makes a valid CreateVolume request invalid.
 type Mutation = Box<dyn Fn(&mut hostpath_csi::csi::CreateVolumeRequest)>;
-
-fn delete(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        secrets: HashMap::new(),
-    }
-}
 
 fn topology(node: &str) -> Topology {
     Topology {

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, create_request_with, listed, made, publish_request};
+use common::{Scratch, create_request_with, delete, listed, made, publish_request};
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest, NodeExpandVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest,
     NodeUnpublishVolumeRequest,
 };
 
@@ -152,13 +152,6 @@ const BYTES: i64 = 16 << 20;
 
 fn create(kind: Kind, name: &str) -> hostpath_csi::csi::CreateVolumeRequest {
     create_request_with(name, BYTES, &[("kind", kind.parameter())])
-}
-
-fn delete(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        secrets: Default::default(),
-    }
 }
 
 fn unpublish(id: &str, target: &str) -> NodeUnpublishVolumeRequest {

@@ -8,12 +8,12 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{TestDriver, assert_code, create_request_with, mount_capability, publish_request};
+use common::{
+    TestDriver, assert_code, create_request_with, delete, mount_capability, publish_request,
+};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
-use hostpath_csi::csi::{
-    CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, VolumeCapability,
-};
+use hostpath_csi::csi::{CreateVolumeRequest, NodePublishVolumeRequest, VolumeCapability};
 use tonic::Code;
 
 fn block_capability() -> VolumeCapability {
@@ -43,13 +43,6 @@ async fn create(d: &mut TestDriver, request: CreateVolumeRequest) -> Result<Stri
         .volume
         .unwrap()
         .volume_id)
-}
-
-fn delete(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        secrets: Default::default(),
-    }
 }
 
 fn image(d: &TestDriver, id: &str) -> std::path::PathBuf {

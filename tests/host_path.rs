@@ -6,8 +6,8 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{Scratch, TestDriver, assert_code, mount_options, publish_request};
-use hostpath_csi::csi::DeleteVolumeRequest;
+use common::{Scratch, TestDriver, assert_code, delete, mount_options, publish_request};
+
 use tonic::Code;
 
 /// A driver allowing static volumes beneath `<scratch>/host`.
@@ -266,10 +266,7 @@ async fn read_only_static_volumes_and_delete_never_touches_host_data() {
     d.unpublish("static-pv", &target).await.unwrap();
     d.csi
         .controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: "static-pv".into(),
-            secrets: Default::default(),
-        })
+        .delete_volume(delete("static-pv"))
         .await
         .unwrap();
     assert_eq!(std::fs::read(host.join("keep")).unwrap(), b"admin data");

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
-use common::{Scratch, TestDriver, create_request_with, mount_capability, publish_request};
+use common::{Scratch, TestDriver, create_request_with, delete, mount_capability, publish_request};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, MountVolume};
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest, DeleteVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest,
     NodeExpandVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
     NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
 };
@@ -138,14 +138,7 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
                     id.starts_with("vol-") && d.volume_dir(&id).is_dir(),
                     "{shown}: {id}"
                 );
-                d.csi
-                    .controller
-                    .delete_volume(DeleteVolumeRequest {
-                        volume_id: id,
-                        secrets: Default::default(),
-                    })
-                    .await
-                    .unwrap();
+                d.csi.controller.delete_volume(delete(&id)).await.unwrap();
             }
             Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "name {shown}"),
         }
@@ -170,13 +163,7 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
         let id = text.clone();
         refused(
             &format!("DeleteVolume {shown}"),
-            d.csi
-                .controller
-                .delete_volume(DeleteVolumeRequest {
-                    volume_id: id.clone(),
-                    secrets: Default::default(),
-                })
-                .await,
+            d.csi.controller.delete_volume(delete(&id)).await,
             INVALID,
         );
         refused(
@@ -445,14 +432,7 @@ async fn links_planted_in_a_volume_lead_nowhere_on_stats_unpublish_or_delete() {
         usage.used
     );
     d.unpublish(&id, &target).await.unwrap();
-    d.csi
-        .controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: id,
-            secrets: Default::default(),
-        })
-        .await
-        .unwrap();
+    d.csi.controller.delete_volume(delete(&id)).await.unwrap();
     common::wait_trash_empty(&d.pool());
     // The hard link's file lost one name; its content and the tree are intact.
     assert_eq!(snapshot(&sentinel), before);
@@ -497,14 +477,7 @@ async fn a_directory_swapped_for_a_symlink_while_deleted_never_leads_out() {
                 swapped
             })
         };
-        d.csi
-            .controller
-            .delete_volume(DeleteVolumeRequest {
-                volume_id: id,
-                secrets: Default::default(),
-            })
-            .await
-            .unwrap();
+        d.csi.controller.delete_volume(delete(&id)).await.unwrap();
         // The racer goes on into the drain for a moment, then stops, as a
         // process holding the old directory would end.
         tokio::time::sleep(std::time::Duration::from_millis(round as u64 % 7)).await;

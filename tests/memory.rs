@@ -6,8 +6,8 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use common::{TestDriver, assert_code, create_request_with, publish_request};
-use hostpath_csi::csi::{ControllerGetVolumeRequest, DeleteVolumeRequest, GetCapacityRequest};
+use common::{TestDriver, assert_code, create_request_with, delete, publish_request};
+use hostpath_csi::csi::{ControllerGetVolumeRequest, GetCapacityRequest};
 use tonic::Code;
 
 async fn create_memory(
@@ -41,13 +41,6 @@ async fn condition(d: &mut TestDriver, id: &str) -> (bool, String) {
         .unwrap();
     let c = status.volume_condition.unwrap();
     (c.abnormal, c.message)
-}
-
-fn delete(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        secrets: Default::default(),
-    }
 }
 
 #[tokio::test]

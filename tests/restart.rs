@@ -4,19 +4,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{NODE, TestDriver, assert_code, create_request, mount_options};
+use common::{NODE, TestDriver, assert_code, create_request, delete, mount_options};
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest, DeleteVolumeRequest,
-    ListVolumesRequest,
+    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest, ListVolumesRequest,
 };
 use tonic::Code;
-
-fn delete(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        secrets: Default::default(),
-    }
-}
 
 #[tokio::test]
 async fn volumes_and_published_mounts_survive_a_restart() {

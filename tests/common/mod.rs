@@ -457,3 +457,11 @@ pub async fn made(csi: &mut CsiClient, request: CreateVolumeRequest) -> String {
         .unwrap()
         .volume_id
 }
+
+/// A DeleteVolume request for `id`.
+pub fn delete(id: &str) -> hostpath_csi::csi::DeleteVolumeRequest {
+    hostpath_csi::csi::DeleteVolumeRequest {
+        volume_id: id.into(),
+        secrets: Default::default(),
+    }
+}
