@@ -1,0 +1,336 @@
+# Sourced by e2e/inside.sh: the scenarios of the storage tutorial, each a
+# function that runs in a subshell with its own Kubernetes namespace ($NS)
+# and calls `fail` on the first assertion that does not hold. Pods come from
+# deploy/examples where an example exists.
+
+SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup)
+POOL=/var/lib/hostpath-csi/default
+
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+
+# must CMD...: runs CMD, failing the scenario if it fails.
+must() {
+  "$@" || fail "$*"
+}
+
+k() {
+  kubectl -n "$NS" "$@"
+}
+
+# expect_eq WHAT GOT WANT
+expect_eq() {
+  [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
+}
+
+# example FILE [DOC]: a deploy/examples manifest (only its DOC-th document,
+# from 1, if given) with the image made locally and never pulled, and this
+# node's name.
+example() {
+  sed -E -e "s|^( *)image: busybox:1.36$|\1image: $BUSYBOX_IMAGE\n\1imagePullPolicy: Never|" \
+    -e "s/NODE-NAME/$NODE/" "$REPO/deploy/examples/$1" |
+    awk -v doc="${2:-0}" 'BEGIN {n = 1} /^---$/ {n++; if (doc == 0) print; next} doc == 0 || n == doc'
+}
+
+# claim NAME SIZE [CLASS]: a PVC.
+claim() {
+  local class=""
+  [ -z "${3:-}" ] || class="storageClassName: $3"
+  k apply -f - <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  accessModes: [ReadWriteOnce]
+  $class
+  resources: {requests: {storage: $2}}
+YAML
+}
+
+# pod NAME CLAIM SCRIPT [POD-SECURITY-CONTEXT]: a pod that runs SCRIPT once,
+# with CLAIM at /data.
+pod() {
+  k apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  restartPolicy: Never
+  securityContext: {${4:-}}
+  containers:
+    - name: main
+      image: $BUSYBOX_IMAGE
+      imagePullPolicy: Never
+      command: [sh, -c, '$3']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+    - name: data
+      persistentVolumeClaim: {claimName: $2}
+YAML
+}
+
+ready() {
+  must k wait --for=condition=Ready "pod/$1" --timeout=180s >/dev/null
+}
+
+phase() {
+  k get "$@" -o 'jsonpath={.status.phase}'
+}
+
+# finished POD PHASE: waits for the pod to end, and checks how.
+finished() {
+  wait_for 180 "pod $1 to end" sh -c "kubectl -n $NS get pod $1 -o 'jsonpath={.status.phase}' | grep -qE 'Succeeded|Failed'" ||
+    fail "pod $1 did not end"
+  expect_eq "pod $1's phase" "$(phase pod "$1")" "$2"
+}
+
+gone() {
+  must k delete "$@" --grace-period=1 --wait=true --timeout=120s >/dev/null
+}
+
+# volume_of CLAIM: the driver's directory of a bound claim.
+volume_of() {
+  local pv
+  pv=$(k get pvc "$1" -o 'jsonpath={.spec.volumeName}')
+  [ -n "$pv" ] || fail "claim $1 is not bound"
+  echo "$POOL/volumes/$(kubectl get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')"
+}
+
+# mount_target POD NAME: where kubelet has the driver publish a volume,
+# NAME being its PV's name, or for an inline volume the pod's name for it.
+mount_target() {
+  echo "$KUBELET_DIR/pods/$(k get pod "$1" -o 'jsonpath={.metadata.uid}')/volumes/kubernetes.io~csi/$2/mount"
+}
+
+# 1. emptyDir medium Memory as a CSI ephemeral volume: two containers share
+#    a tmpfs of the requested size; it is unmounted with the pod.
+scenario_memory_ephemeral() {
+  example memory-emptydir.yaml | must k apply -f - >/dev/null
+  ready memory-emptydir
+  wait_for 30 "the reader's output" sh -c "kubectl -n $NS logs memory-emptydir -c reader | grep -q ." ||
+    fail "the reader printed nothing"
+  expect_eq "what the reader read" "$(k logs memory-emptydir -c reader)" "hellok8s!"
+  expect_eq "the volume's size in the pod (KiB)" \
+    "$(k exec memory-emptydir -c reader -- df -k /cache | awk 'NR == 2 {print $2}')" 65536
+  local target
+  target=$(mount_target memory-emptydir cache)
+  expect_eq "the filesystem kubelet got" "$(findmnt -n -o FSTYPE "$target")" tmpfs
+  findmnt -n -o OPTIONS "$target" | grep -q 'size=65536k' || fail "no size=65536k on $target"
+  gone pod memory-emptydir
+  ! findmnt "$target" >/dev/null || fail "$target still mounted after the pod is gone"
+}
+
+# 2. Static hostPath PVs: DirectoryOrCreate makes the host directory and the
+#    pod's writes land in it; FileOrCreate hands a host file in read-only.
+scenario_static_hostpath() {
+  [ ! -e /srv/hostpath/shared ] || fail "/srv/hostpath/shared exists before the PV"
+  example static-hostpath-directory.yaml | must k apply -f - >/dev/null
+  ready static-directory
+  expect_eq "claim static-directory" "$(phase pvc static-directory)" Bound
+  wait_for 30 "the pod's write" test -s /srv/hostpath/shared/written-by-pod ||
+    fail "nothing in /srv/hostpath/shared/written-by-pod"
+  expect_eq "mode of the directory DirectoryOrCreate made" "$(stat -c %a /srv/hostpath/shared)" 755
+  expect_eq "the file as the pod reads it" \
+    "$(k exec static-directory -- cat /data/written-by-pod)" "$(cat /srv/hostpath/shared/written-by-pod)"
+
+  echo "setting=from-the-host" >/srv/hostpath/app.conf
+  example static-hostpath-file.yaml | must k apply -f - >/dev/null
+  ready static-file
+  expect_eq "what the pod read" "$(k logs static-file)" "setting=from-the-host"
+  k exec static-file -- sh -c 'echo x >> /etc/app/app.conf' 2>/dev/null &&
+    fail "a read-only file volume took a write"
+  expect_eq "the host file" "$(cat /srv/hostpath/app.conf)" "setting=from-the-host"
+
+  gone pod static-directory static-file
+  gone pvc static-directory static-file
+  must kubectl delete pv static-directory static-file >/dev/null
+  [ -s /srv/hostpath/shared/written-by-pod ] || fail "the host's data went with the PV"
+}
+
+# 3. The default StorageClass (WaitForFirstConsumer): nothing is made until
+#    a pod is scheduled; then a volume on this node. A claim larger than the
+#    pool keeps its pod Pending, and the scheduler says why.
+scenario_default_class() {
+  example pvc-default-class.yaml 1 | must k apply -f - >/dev/null
+  wait_for 30 "the WaitForFirstConsumer event" sh -c \
+    "kubectl -n $NS get events --field-selector involvedObject.name=data -o 'jsonpath={.items[*].reason}' | grep -q WaitForFirstConsumer" ||
+    fail "no WaitForFirstConsumer event on claim data"
+  expect_eq "claim data before any pod" "$(phase pvc data)" Pending
+  expect_eq "its volume before any pod" "$(k get pvc data -o 'jsonpath={.spec.volumeName}')" ""
+
+  example pvc-default-class.yaml 2 | must k apply -f - >/dev/null
+  ready data-user
+  expect_eq "claim data" "$(phase pvc data)" Bound
+  local pv
+  pv=$(k get pvc data -o 'jsonpath={.spec.volumeName}')
+  expect_eq "PV $pv" "$(kubectl get pv "$pv" -o 'jsonpath={.status.phase}')" Bound
+  expect_eq "PV $pv's node" \
+    "$(kubectl get pv "$pv" -o 'jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')" "$NODE"
+  kubectl get pv,pvc -n "$NS"
+  local volume
+  volume=$(volume_of data)
+  wait_for 30 "the pod's write" test -s "$volume/file" || fail "nothing in $volume/file"
+  expect_eq "the pod's data on the node" "$(cat "$volume/file")" stored
+
+  claim too-big 8Gi
+  pod too-big-user too-big 'echo never'
+  wait_for 120 "the scheduler's verdict" sh -c \
+    "kubectl -n $NS get events --field-selector involvedObject.name=too-big-user,reason=FailedScheduling -o 'jsonpath={.items[*].message}' | grep -q 'enough free storage'" ||
+    fail "no FailedScheduling event saying the node lacks free storage"
+  k get events --field-selector involvedObject.name=too-big-user,reason=FailedScheduling \
+    -o 'jsonpath={.items[0].message}{"\n"}'
+  expect_eq "pod too-big-user" "$(phase pod too-big-user)" Pending
+  expect_eq "claim too-big" "$(phase pvc too-big)" Pending
+  expect_eq "claim too-big's volume" "$(k get pvc too-big -o 'jsonpath={.spec.volumeName}')" ""
+}
+
+# 4. A StatefulSet: each replica has its own claim; a deleted pod comes back
+#    with the same volume and finds what it wrote.
+scenario_statefulset() {
+  example statefulset.yaml | must k apply -f - >/dev/null
+  must k rollout status statefulset/web --timeout=240s >/dev/null
+  local i
+  for i in 0 1; do
+    wait_for 30 "web-$i's line" sh -c "kubectl -n $NS exec web-$i -- cat /www/index.html | grep -q ." ||
+      fail "web-$i wrote nothing"
+    expect_eq "web-$i's file" "$(k exec "web-$i" -- cat /www/index.html)" "This host is web-$i"
+  done
+  local volume0 volume1 uid0
+  volume0=$(k get pvc www-web-0 -o 'jsonpath={.spec.volumeName}')
+  volume1=$(k get pvc www-web-1 -o 'jsonpath={.spec.volumeName}')
+  [ -n "$volume0" ] && [ "$volume0" != "$volume1" ] || fail "replicas share or lack volumes: '$volume0' '$volume1'"
+  uid0=$(k get pod web-0 -o 'jsonpath={.metadata.uid}')
+  gone pod web-0
+  wait_for 120 "web-0 to come back" sh -c \
+    "[ \"\$(kubectl -n $NS get pod web-0 -o 'jsonpath={.metadata.uid}')\" != $uid0 ]" || fail "web-0 did not come back"
+  ready web-0
+  expect_eq "web-0's claim's volume" "$(k get pvc www-web-0 -o 'jsonpath={.spec.volumeName}')" "$volume0"
+  expect_eq "web-0's file after its restart" "$(k exec web-0 -- cat /www/index.html)" \
+    "$(printf 'This host is web-0\nThis host is web-0')"
+}
+
+# 5. Reclaim policies: Delete removes the volume's data with the claim;
+#    Retain leaves the PV Released and the data in place.
+scenario_reclaim() {
+  claim doomed 64Mi
+  pod doomed-user doomed 'echo doomed > /data/file'
+  finished doomed-user Succeeded
+  local doomed
+  doomed=$(volume_of doomed)
+  expect_eq "the data before the claim is deleted" "$(cat "$doomed/file")" doomed
+  local pv
+  pv=$(k get pvc doomed -o 'jsonpath={.spec.volumeName}')
+  gone pod doomed-user
+  gone pvc doomed
+  wait_for 60 "PV $pv to go" sh -c "! kubectl get pv $pv" || fail "PV $pv outlived its claim"
+  [ ! -e "$doomed" ] || fail "$doomed outlived its claim (reclaim policy Delete)"
+
+  example retain.yaml | must k apply -f - >/dev/null
+  ready kept-user
+  local kept
+  kept=$(volume_of kept)
+  pv=$(k get pvc kept -o 'jsonpath={.spec.volumeName}')
+  wait_for 30 "the pod's write" test -s "$kept/file" || fail "nothing in $kept/file"
+  gone pod kept-user
+  gone pvc kept
+  wait_for 60 "PV $pv to be Released" sh -c \
+    "kubectl get pv $pv -o 'jsonpath={.status.phase}' | grep -qx Released" || fail "PV $pv is not Released"
+  expect_eq "the retained data" "$(cat "$kept/file")" survives-the-claim
+  must kubectl delete pv "$pv" >/dev/null
+}
+
+# 6. kubelet and the driver restart under running pods: the pods keep their
+#    mounts and data, and unmount cleanly when deleted afterwards.
+scenario_restarts() {
+  claim steady 64Mi
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: steady-user}
+spec:
+  containers:
+    - name: main
+      image: $BUSYBOX_IMAGE
+      imagePullPolicy: Never
+      command: [sh, -c, 'echo before >> /data/log && sleep 3600']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+    - name: data
+      persistentVolumeClaim: {claimName: steady}
+YAML
+  example memory-emptydir.yaml | must k apply -f - >/dev/null
+  ready steady-user
+  ready memory-emptydir
+  local targets target
+  targets="$(mount_target steady-user "$(k get pvc steady -o 'jsonpath={.spec.volumeName}')")"
+  targets+=" $(mount_target memory-emptydir cache)"
+  for target in $targets; do
+    findmnt "$target" >/dev/null || fail "$target is not mounted"
+  done
+
+  stop kubelet
+  start_kubelet
+  wait_for 60 "kubelet's health after its restart" kubelet_healthy || fail "kubelet is not healthy after its restart"
+  wait_for 60 "node $NODE Ready after kubelet's restart" node_ready || fail "node not Ready after kubelet's restart"
+  stop hostpath-csi
+  start_driver || fail "the driver did not restart"
+  sleep 5
+
+  ready steady-user
+  ready memory-emptydir
+  expect_eq "container restarts" \
+    "$(k get pods -o 'jsonpath={.items[*].status.containerStatuses[*].restartCount}')" "0 0 0"
+  for target in $targets; do
+    findmnt "$target" >/dev/null || fail "$target lost its mount"
+  done
+  expect_eq "the claim's data after the restarts" \
+    "$(k exec steady-user -- sh -c 'echo after >> /data/log && cat /data/log')" "$(printf 'before\nafter')"
+  expect_eq "the memory volume after the restarts" "$(k exec memory-emptydir -c reader -- cat /cache/hello)" "hellok8s!"
+
+  gone pod steady-user memory-emptydir
+  for target in $targets; do
+    ! findmnt "$target" >/dev/null || fail "$target still mounted after its pod is gone"
+  done
+
+  # The provisioner, which exits when the driver's socket goes, is back.
+  claim afterwards 64Mi
+  pod afterwards-user afterwards 'cat /proc/mounts >/dev/null'
+  finished afterwards-user Succeeded
+}
+
+# 7. fsGroup: a non-root pod with fsGroup may write to its new volume (the
+#    CSIDriver's fsGroupPolicy File); without fsGroup it may not.
+scenario_fsgroup() {
+  claim grouped 64Mi
+  pod grouped-writer grouped 'id && echo written > /data/out' 'runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000'
+  finished grouped-writer Succeeded
+  local volume
+  volume=$(volume_of grouped)
+  expect_eq "the file's owner:group on the node" "$(stat -c %u:%g "$volume/out")" 1000:2000
+  expect_eq "its contents" "$(cat "$volume/out")" written
+
+  claim ungrouped 64Mi
+  pod ungrouped-writer ungrouped 'echo written > /data/out' 'runAsUser: 1000, runAsGroup: 1000'
+  finished ungrouped-writer Failed
+  k logs ungrouped-writer | grep -q 'Permission denied' || fail "the pod without fsGroup failed for another reason"
+}
+
+# run_scenario NAME: runs one scenario in a namespace of its own, then
+# deletes the namespace (and with it the scenario's claims and pods).
+run_scenario() {
+  local name=$1 began=$SECONDS rc
+  kubectl create namespace "$name" >/dev/null
+  wait_for 60 "namespace $name's service account" kubectl -n "$name" get serviceaccount default
+  (NS=$name && "scenario_${name//-/_}") >"$LOGS/scenario-$name.log" 2>&1
+  rc=$?
+  kubectl delete namespace "$name" --timeout=180s >/dev/null 2>&1 || rc=1
+  if [ $rc = 0 ]; then
+    echo "ok   $name ($((SECONDS - began))s)"
+  else
+    echo "FAIL $name ($((SECONDS - began))s); its log ($LOGS/scenario-$name.log) ends:"
+    tail -n 15 "$LOGS/scenario-$name.log" | sed 's/^/     /'
+  fi
+  return $rc
+}
