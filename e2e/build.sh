@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by e2e/run.sh: builds (or reuses) every piece of the e2e cluster
 # into target/e2e. Go's and cargo's caches make a warm run a few seconds.
 #   bin/    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,

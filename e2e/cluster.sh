@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by e2e/inside.sh, inside the e2e namespaces: starts and stops the
 # single-node cluster. Every daemon is a host process of this PID namespace,
 # logging to $LOGS/<name>.log; its PID is kept in $STATE/<name>.pid.
@@ -191,16 +192,24 @@ TOML
   done
 }
 
-# kubelet's cgroupRoot must exist in every v1 hierarchy; cpuset's needs
+# kubelet's cgroupRoot must exist in every cgroup hierarchy it uses (the v1
+# ones, or the unified one where /sys/fs/cgroup is v2); v1 cpuset's needs
 # CPUs and memory nodes before any task can join it. (run.sh removes it.)
 make_cgroup_root() {
+  local hierarchies
+  if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    hierarchies=/sys/fs/cgroup
+  else
+    hierarchies=$(awk '$3 == "cgroup" {print $2}' /proc/mounts)
+  fi
   local hierarchy
-  for hierarchy in $(awk '$3 == "cgroup" {print $2}' /proc/mounts); do
+  for hierarchy in $hierarchies; do
     mkdir -p "$hierarchy/$CGROUP_ROOT"
   done
-  if [ -d "/sys/fs/cgroup/cpuset/$CGROUP_ROOT" ]; then
-    cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.cpus"
-    cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.mems"
+  local cpuset=/sys/fs/cgroup/cpuset
+  if [ -f "$cpuset/$CGROUP_ROOT/cpuset.cpus" ]; then
+    cat "$cpuset/cpuset.cpus" >"$cpuset/$CGROUP_ROOT/cpuset.cpus"
+    cat "$cpuset/cpuset.mems" >"$cpuset/$CGROUP_ROOT/cpuset.mems"
   fi
 }
 

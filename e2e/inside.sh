@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Run by e2e/run.sh as PID 1 of fresh PID, mount, network and UTS
-# namespaces: starts the cluster, runs every scenario, deletes what they
-# made, checks that no mount or loop device of theirs is left, and stops the
-# cluster. When this process exits the kernel ends every process left in the
-# namespaces and drops their mounts and network devices.
+# namespaces: starts the cluster, runs every scenario, checks that they left
+# no mount or loop device, and stops the cluster. When this process exits
+# the kernel ends every process left in the namespaces and drops their
+# mounts and network devices.
 set -uo pipefail
 REPO=$1 STATE=$2 LOGS=$3
-export PATH="$REPO/target/e2e/bin:$PATH"
-source "$REPO/e2e/images.env"
-source "$REPO/e2e/cluster.sh"
-source "$REPO/e2e/scenarios.sh"
 E2E_OUT=$REPO/target/e2e
+export PATH="$E2E_OUT/bin:$PATH"
+# shellcheck source=e2e/images.env
+source "$REPO/e2e/images.env"
+# shellcheck source=e2e/cluster.sh
+source "$REPO/e2e/cluster.sh"
+# shellcheck source=e2e/scenarios.sh
+source "$REPO/e2e/scenarios.sh"
 
 hostname "$NODE"
 began=$SECONDS
@@ -21,23 +24,24 @@ if ! start_cluster; then
 fi
 echo "== e2e: cluster up in $((SECONDS - began))s (node $NODE Ready, driver registered)"
 
-failed=0
+passed=0
 for scenario in "${SCENARIOS[@]}"; do
-  run_scenario "$scenario" || failed=$((failed + 1))
+  run_scenario "$scenario" && passed=$((passed + 1))
 done
+echo "== e2e: $passed of ${#SCENARIOS[@]} scenarios passed"
 
-# What all scenarios leave: no CSI mount under kubelet's directory, no loop
-# device, no volume in the pools but the retained one.
+# With every scenario's namespace deleted, no CSI mount may be left under
+# kubelet's directory, nor any loop device on a pool.
+clean=true
 leftovers=$(findmnt -rn -o TARGET | grep -E "^$KUBELET_DIR/pods/" || true)
 if [ -n "$leftovers" ]; then
   echo "FAIL: mounts left under $KUBELET_DIR/pods:" >&2
   echo "$leftovers" >&2
-  failed=$((failed + 1))
+  clean=false
 fi
-if losetup -a | grep -q /var/lib/hostpath-csi; then
-  echo "FAIL: loop devices left: $(losetup -a)" >&2
-  failed=$((failed + 1))
+if losetup -a | grep /var/lib/hostpath-csi >&2; then
+  echo "FAIL: loop devices left on the pools (above)" >&2
+  clean=false
 fi
 stop_cluster
-echo "== e2e: $((${#SCENARIOS[@]} - failed)) of ${#SCENARIOS[@]} scenarios passed"
-[ "$failed" = 0 ]
+[ "$passed" = "${#SCENARIOS[@]}" ] && $clean

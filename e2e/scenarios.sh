@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # Sourced by e2e/inside.sh: the scenarios of the storage tutorial, each a
 # function that runs in a subshell with its own Kubernetes namespace ($NS)
 # and calls `fail` on the first assertion that does not hold. Pods come from
 # deploy/examples where an example exists.
 
+# shellcheck disable=SC2034 # read by inside.sh
 SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup)
 POOL=/var/lib/hostpath-csi/default
 
@@ -200,7 +202,9 @@ scenario_statefulset() {
   local volume0 volume1 uid0
   volume0=$(k get pvc www-web-0 -o 'jsonpath={.spec.volumeName}')
   volume1=$(k get pvc www-web-1 -o 'jsonpath={.spec.volumeName}')
-  [ -n "$volume0" ] && [ "$volume0" != "$volume1" ] || fail "replicas share or lack volumes: '$volume0' '$volume1'"
+  if [ -z "$volume0" ] || [ "$volume0" = "$volume1" ]; then
+    fail "replicas share or lack volumes: '$volume0' '$volume1'"
+  fi
   uid0=$(k get pod web-0 -o 'jsonpath={.metadata.uid}')
   gone pod web-0
   wait_for 120 "web-0 to come back" sh -c \
@@ -242,13 +246,17 @@ scenario_reclaim() {
 }
 
 # 6. kubelet and the driver restart under running pods: the pods keep their
-#    mounts and data, and unmount cleanly when deleted afterwards.
+#    mounts and data, and unmount cleanly when deleted afterwards. A pod
+#    deleted while kubelet is down is unmounted by the restarted kubelet,
+#    which knows of its volume only from what it finds on disk.
 scenario_restarts() {
-  claim steady 64Mi
-  k apply -f - >/dev/null <<YAML
+  local name
+  for name in steady parting; do
+    claim "$name" 64Mi
+    k apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
-metadata: {name: steady-user}
+metadata: {name: $name-user}
 spec:
   containers:
     - name: main
@@ -258,22 +266,29 @@ spec:
       volumeMounts: [{name: data, mountPath: /data}]
   volumes:
     - name: data
-      persistentVolumeClaim: {claimName: steady}
+      persistentVolumeClaim: {claimName: $name}
 YAML
+  done
   example memory-emptydir.yaml | must k apply -f - >/dev/null
   ready steady-user
+  ready parting-user
   ready memory-emptydir
-  local targets target
+  local targets target parting
   targets="$(mount_target steady-user "$(k get pvc steady -o 'jsonpath={.spec.volumeName}')")"
   targets+=" $(mount_target memory-emptydir cache)"
-  for target in $targets; do
+  parting=$(mount_target parting-user "$(k get pvc parting -o 'jsonpath={.spec.volumeName}')")
+  for target in $targets $parting; do
     findmnt "$target" >/dev/null || fail "$target is not mounted"
   done
 
   stop kubelet
+  must k delete pod parting-user --wait=false --grace-period=1 >/dev/null
   start_kubelet
   wait_for 60 "kubelet's health after its restart" kubelet_healthy || fail "kubelet is not healthy after its restart"
   wait_for 60 "node $NODE Ready after kubelet's restart" node_ready || fail "node not Ready after kubelet's restart"
+  wait_for 120 "the pod deleted while kubelet was down to go" sh -c "! kubectl -n $NS get pod parting-user" ||
+    fail "parting-user, deleted while kubelet was down, is still there"
+  ! findmnt "$parting" >/dev/null || fail "$parting still mounted after its pod is gone"
   stop hostpath-csi
   start_driver || fail "the driver did not restart"
   sleep 5

@@ -2,7 +2,10 @@
 # Runs every test of hostpath-csi on this machine (as root: tests mount):
 # format and lint checks, `cargo test` (unit + integration over a real socket
 # with real mounts and loop devices), the checks of deploy/ and the
-# Dockerfile, then csi-sanity against a freshly started driver for each kind.
+# Dockerfile, then csi-sanity against a freshly started driver for each kind,
+# then the tutorial's scenarios on a real single-node Kubernetes
+# (e2e/run.sh, which builds or reuses Kubernetes and installs containerd,
+# runc, etcd and the CNI plugins from Debian; docs/e2e.md).
 # The tests of kernel features this host may lack or forbid (project quotas,
 # growing a mounted ext4) run a second time in a virtual machine booted from
 # Debian's kernel (scripts/vm-test.sh), where they must pass in full.
@@ -65,16 +68,22 @@ sanity memory
 sanity file
 sanity file --csi.testvolumeaccesstype block --csi.testvolumesize $((8 << 20)) \
   --csi.testvolumeexpandsize $((16 << 20))
+echo "== end-to-end: the tutorial's scenarios on a real Kubernetes node (e2e/run.sh)"
+e2e/run.sh 2>&1 | tee -a "$log"
 
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 sum() { grep -oE "[0-9]+ $1" <<<"$2" | awk '{n += $1} END {print n + 0}'; }
 cargo_lines=$(grep '^test result:' <<<"$plain")
 sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
-passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") ))
-failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") ))
+e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain")
+e2e_passed=$(awk '{print $3}' <<<"$e2e_line")
+e2e_failed=$(( $(awk '{print $5}' <<<"$e2e_line") - e2e_passed ))
+passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") + e2e_passed ))
+failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") + e2e_failed ))
 skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
 cat target/reliability-crash.txt target/reliability-soak.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
+echo "end-to-end: ${e2e_line#== e2e: }"
 echo "total: $passed passed, $failed failed, $skipped skipped"
