@@ -32,11 +32,12 @@ fi
 
 began=$SECONDS
 packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 util-linux"
-missing=$(for p in $packages; do
-  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-done)
+missing=""
+for package in $packages; do
+  dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=" $package"
+done
 if [ -n "$missing" ]; then
-  echo "== e2e: installing" "$missing"
+  echo "== e2e: installing$missing"
   apt-get update -qq
   # shellcheck disable=SC2086 # one package per word
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -340,6 +340,11 @@ run_scenario() {
   wait_for 60 "namespace $name's service account" kubectl -n "$name" get serviceaccount default
   (NS=$name && "scenario_${name//-/_}") >"$LOGS/scenario-$name.log" 2>&1
   rc=$?
+  # The examples' shells ignore SIGTERM: their pods go at once rather than
+  # after the 30 s grace period the namespace's deletion would give them
+  # (a StatefulSet first, or it makes them again).
+  kubectl -n "$name" delete statefulsets --all --cascade=orphan >/dev/null 2>&1
+  kubectl -n "$name" delete pods --all --grace-period=1 --wait=false >/dev/null 2>&1
   kubectl delete namespace "$name" --timeout=180s >/dev/null 2>&1 || rc=1
   if [ $rc = 0 ]; then
     echo "ok   $name ($((SECONDS - began))s)"
