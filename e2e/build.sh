@@ -50,8 +50,8 @@ image_archive() {
   local diff_id cmd
   diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
   cmd=$(printf '"%s",' "$@")
-  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":[%s]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "${cmd%,}" "$diff_id" >"$work/config.json"
+  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":[%s]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$(go env GOARCH)" "${cmd%,}" "$diff_id" >"$work/config.json"
   printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$tag" >"$work/manifest.json"
   tar -C "$work" -cf "$out" manifest.json config.json layer.tar
   rm -rf "$work"

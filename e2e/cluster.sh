@@ -20,13 +20,14 @@ start() {
 }
 
 # supervise NAME CMD...: like start, but CMD is started again a second after
-# it exits, as kubelet restarts a pod's containers (the sidecars exit when
-# they lose the driver's socket).
+# it exits, as kubelet restarts a pod's containers (csi-provisioner exits
+# when it loses the driver's socket).
 supervise() {
   local name=$1
   shift
   (
-    trap 'kill "$child" 2>/dev/null; wait "$child"; exit 0' TERM
+    child=""
+    trap '[ -z "$child" ] || kill "$child" 2>/dev/null; wait; exit 0' TERM
     while :; do
       "$@" >>"$LOGS/$name.log" 2>&1 &
       child=$!
@@ -267,6 +268,15 @@ start_sidecars() {
 
 node_ready() {
   kubectl get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
+}
+
+node_heartbeat() {
+  kubectl get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}'
+}
+
+# heartbeat_after TIME: kubelet has posted the node's status since TIME.
+heartbeat_after() {
+  [ "$(node_heartbeat)" != "$1" ]
 }
 
 kubelet_healthy() {

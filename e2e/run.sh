@@ -31,7 +31,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 began=$SECONDS
-packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 util-linux"
+packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 util-linux procps curl"
 missing=""
 for package in $packages; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=" $package"
@@ -46,50 +46,85 @@ build_binaries
 build_images
 echo "== e2e: pieces ready in $((SECONDS - began))s"
 
-STATE=$(mktemp -d /tmp/hostpath-e2e.XXXXXX)
-LOGS=$E2E_OUT/logs
-rm -rf "$LOGS"
-mkdir -p "$LOGS"
-sysctls_before=$(sysctl -e "${KUBELET_SYSCTLS[@]}")
-# The host's firewall rules, counters aside (the cluster's live in its own
+# What the host has before the cluster starts, to compare with afterwards.
+# cluster_processes: the PIDs of the programs the cluster runs (ours, and
+# Debian's containerd and etcd, which the host may run for itself too).
+cluster_processes() {
+  local exe
+  for exe in /proc/[0-9]*/exe; do
+    case "$(readlink "$exe" 2>/dev/null)" in
+      "$E2E_BIN"/* | */etcd | */containerd | */containerd-shim-runc-v2 | */runc)
+        exe=${exe#/proc/}
+        echo "${exe%/exe}"
+        ;;
+    esac
+  done
+}
+# firewall: the host's rules, counters aside (the cluster's live in its own
 # network namespace and must not show up here).
 firewall() {
   if command -v iptables-save >/dev/null; then
     iptables-save | { grep -v '^#' || true; } | sed 's/\[[0-9]*:[0-9]*\]//'
   fi
 }
+processes_before=$(cluster_processes)
+sysctls_before=$(sysctl -e "${KUBELET_SYSCTLS[@]}")
 firewall_before=$(firewall)
 
-restore_host() {
-  # Everything inside has ended with the namespaces' PID 1; what is left
-  # on the host is undone here.
-  echo "$sysctls_before" | while read -r key _ value; do sysctl -qw "$key=$value"; done
+STATE=$(mktemp -d /tmp/hostpath-e2e.XXXXXX)
+LOGS=$E2E_OUT/logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# cgroup_roots: kubelet's cgroupRoot in each hierarchy where it exists.
+cgroup_roots() {
   local dir
   for dir in /sys/fs/cgroup/"$CGROUP_ROOT" /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
-    [ -d "$dir" ] && find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null
+    if [ -d "$dir" ]; then echo "$dir"; fi
+  done
+}
+
+# Undoes what the namespaces could not keep from the host. Failures are
+# reported by the leftover checks below, not here.
+restore_host() {
+  echo "$sysctls_before" | while read -r key _ value; do
+    sysctl -qw "$key=$value" || echo "e2e: could not restore $key" >&2
+  done
+  # The namespaces' processes may take a moment to finish dying after
+  # their PID 1: a cgroup with tasks cannot be removed yet.
+  local dir
+  for _ in $(seq 50); do
+    for dir in $(cgroup_roots); do
+      find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+    [ -z "$(cgroup_roots)" ] && break
+    sleep 0.1
   done
   rm -rf "$STATE"
 }
 trap restore_host EXIT
 
 status=0
-unshare --pid --fork --mount-proc --mount --propagation private --net --uts \
+# --kill-child: should this script be killed, the namespaces go with it.
+unshare --pid --fork --kill-child --mount-proc --mount --propagation private --net --uts \
   "$REPO/e2e/inside.sh" "$REPO" "$STATE" "$LOGS" || status=$?
 restore_host
 trap - EXIT
 
 # Leftovers fail the run even when every scenario passed.
 leftover=""
-for exe in /proc/[0-9]*/exe; do
-  exe=$(readlink "$exe" 2>/dev/null) || continue
-  case "$exe" in
-    "$E2E_BIN"/* | */etcd | */containerd | */containerd-shim-runc-v2) leftover+=" process:$exe" ;;
-  esac
+new_processes=$(comm -13 <(sort <<<"$processes_before") <(cluster_processes | sort))
+[ -z "$new_processes" ] || leftover+=" processes:$(echo "$new_processes" | tr '\n' ' ')"
+for dir in $(cgroup_roots); do
+  leftover+=" cgroup:$dir"
 done
-ls -d /sys/fs/cgroup/"$CGROUP_ROOT" /sys/fs/cgroup/*/"$CGROUP_ROOT" 2>/dev/null && leftover+=" cgroups"
-findmnt -rn -o TARGET | grep -q "$STATE" && leftover+=" mounts"
-losetup -a | grep -qE "$STATE|hostpath-csi" && leftover+=" loop-devices"
-ip link show cni0 >/dev/null 2>&1 && leftover+=" interface-cni0"
+# Every mount the cluster makes is in its mount namespace; the tmpfs mounts
+# it names e2e-* must never be visible here.
+mounts=$(findmnt -rn -o SOURCE,TARGET | grep -E "^e2e-|$STATE" || true)
+[ -z "$mounts" ] || leftover+=" mounts:$(echo "$mounts" | tr '\n' ' ')"
+loops=$(losetup -a | grep -E "$STATE|hostpath-csi" || true)
+[ -z "$loops" ] || leftover+=" loop-devices:$loops"
+if ip link show cni0 >/dev/null 2>&1; then leftover+=" interface:cni0"; fi
 [ "$(firewall)" = "$firewall_before" ] || leftover+=" iptables-rules"
 [ "$(sysctl -e "${KUBELET_SYSCTLS[@]}")" = "$sysctls_before" ] || leftover+=" sysctls"
 if [ -n "$leftover" ]; then

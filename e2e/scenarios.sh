@@ -40,7 +40,7 @@ example() {
 claim() {
   local class=""
   [ -z "${3:-}" ] || class="storageClassName: $3"
-  k apply -f - <<YAML
+  k apply -f - >/dev/null <<YAML || fail "could not apply claim $1"
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: $1}
@@ -54,7 +54,7 @@ YAML
 # pod NAME CLAIM SCRIPT [POD-SECURITY-CONTEXT]: a pod that runs SCRIPT once,
 # with CLAIM at /data.
 pod() {
-  k apply -f - <<YAML
+  k apply -f - >/dev/null <<YAML || fail "could not apply pod $1"
 apiVersion: v1
 kind: Pod
 metadata: {name: $1}
@@ -109,7 +109,7 @@ mount_target() {
 # 1. emptyDir medium Memory as a CSI ephemeral volume: two containers share
 #    a tmpfs of the requested size; it is unmounted with the pod.
 scenario_memory_ephemeral() {
-  example memory-emptydir.yaml | must k apply -f - >/dev/null
+  example memory-emptydir.yaml | k apply -f - >/dev/null || fail "could not apply memory-emptydir.yaml"
   ready memory-emptydir
   wait_for 30 "the reader's output" sh -c "kubectl -n $NS logs memory-emptydir -c reader | grep -q ." ||
     fail "the reader printed nothing"
@@ -128,7 +128,7 @@ scenario_memory_ephemeral() {
 #    pod's writes land in it; FileOrCreate hands a host file in read-only.
 scenario_static_hostpath() {
   [ ! -e /srv/hostpath/shared ] || fail "/srv/hostpath/shared exists before the PV"
-  example static-hostpath-directory.yaml | must k apply -f - >/dev/null
+  example static-hostpath-directory.yaml | k apply -f - >/dev/null || fail "could not apply static-hostpath-directory.yaml"
   ready static-directory
   expect_eq "claim static-directory" "$(phase pvc static-directory)" Bound
   wait_for 30 "the pod's write" test -s /srv/hostpath/shared/written-by-pod ||
@@ -138,11 +138,15 @@ scenario_static_hostpath() {
     "$(k exec static-directory -- cat /data/written-by-pod)" "$(cat /srv/hostpath/shared/written-by-pod)"
 
   echo "setting=from-the-host" >/srv/hostpath/app.conf
-  example static-hostpath-file.yaml | must k apply -f - >/dev/null
+  example static-hostpath-file.yaml | k apply -f - >/dev/null || fail "could not apply static-hostpath-file.yaml"
   ready static-file
   expect_eq "what the pod read" "$(k logs static-file)" "setting=from-the-host"
-  k exec static-file -- sh -c 'echo x >> /etc/app/app.conf' 2>/dev/null &&
+  findmnt -n -o OPTIONS "$(mount_target static-file static-file)" | grep -qE '(^|,)ro(,|$)' ||
+    fail "the driver did not publish the read-only PV read-only"
+  local refused
+  refused=$(k exec static-file -- sh -c 'echo x >> /etc/app/app.conf' 2>&1) &&
     fail "a read-only file volume took a write"
+  grep -q 'Read-only file system' <<<"$refused" || fail "the write failed otherwise: $refused"
   expect_eq "the host file" "$(cat /srv/hostpath/app.conf)" "setting=from-the-host"
 
   gone pod static-directory static-file
@@ -155,14 +159,14 @@ scenario_static_hostpath() {
 #    a pod is scheduled; then a volume on this node. A claim larger than the
 #    pool keeps its pod Pending, and the scheduler says why.
 scenario_default_class() {
-  example pvc-default-class.yaml 1 | must k apply -f - >/dev/null
+  example pvc-default-class.yaml 1 | k apply -f - >/dev/null || fail "could not apply pvc-default-class.yaml 1"
   wait_for 30 "the WaitForFirstConsumer event" sh -c \
     "kubectl -n $NS get events --field-selector involvedObject.name=data -o 'jsonpath={.items[*].reason}' | grep -q WaitForFirstConsumer" ||
     fail "no WaitForFirstConsumer event on claim data"
   expect_eq "claim data before any pod" "$(phase pvc data)" Pending
   expect_eq "its volume before any pod" "$(k get pvc data -o 'jsonpath={.spec.volumeName}')" ""
 
-  example pvc-default-class.yaml 2 | must k apply -f - >/dev/null
+  example pvc-default-class.yaml 2 | k apply -f - >/dev/null || fail "could not apply pvc-default-class.yaml 2"
   ready data-user
   expect_eq "claim data" "$(phase pvc data)" Bound
   local pv
@@ -191,7 +195,7 @@ scenario_default_class() {
 # 4. A StatefulSet: each replica has its own claim; a deleted pod comes back
 #    with the same volume and finds what it wrote.
 scenario_statefulset() {
-  example statefulset.yaml | must k apply -f - >/dev/null
+  example statefulset.yaml | k apply -f - >/dev/null || fail "could not apply statefulset.yaml"
   must k rollout status statefulset/web --timeout=240s >/dev/null
   local i
   for i in 0 1; do
@@ -208,7 +212,8 @@ scenario_statefulset() {
   uid0=$(k get pod web-0 -o 'jsonpath={.metadata.uid}')
   gone pod web-0
   wait_for 120 "web-0 to come back" sh -c \
-    "[ \"\$(kubectl -n $NS get pod web-0 -o 'jsonpath={.metadata.uid}')\" != $uid0 ]" || fail "web-0 did not come back"
+    "uid=\$(kubectl -n $NS get pod web-0 -o 'jsonpath={.metadata.uid}') && [ -n \"\$uid\" ] && [ \"\$uid\" != $uid0 ]" ||
+    fail "web-0 did not come back"
   ready web-0
   expect_eq "web-0's claim's volume" "$(k get pvc www-web-0 -o 'jsonpath={.spec.volumeName}')" "$volume0"
   expect_eq "web-0's file after its restart" "$(k exec web-0 -- cat /www/index.html)" \
@@ -231,7 +236,7 @@ scenario_reclaim() {
   wait_for 60 "PV $pv to go" sh -c "! kubectl get pv $pv" || fail "PV $pv outlived its claim"
   [ ! -e "$doomed" ] || fail "$doomed outlived its claim (reclaim policy Delete)"
 
-  example retain.yaml | must k apply -f - >/dev/null
+  example retain.yaml | k apply -f - >/dev/null || fail "could not apply retain.yaml"
   ready kept-user
   local kept
   kept=$(volume_of kept)
@@ -253,7 +258,7 @@ scenario_restarts() {
   local name
   for name in steady parting; do
     claim "$name" 64Mi
-    k apply -f - >/dev/null <<YAML
+    k apply -f - >/dev/null <<YAML || fail "could not apply pod $name-user"
 apiVersion: v1
 kind: Pod
 metadata: {name: $name-user}
@@ -269,7 +274,7 @@ spec:
       persistentVolumeClaim: {claimName: $name}
 YAML
   done
-  example memory-emptydir.yaml | must k apply -f - >/dev/null
+  example memory-emptydir.yaml | k apply -f - >/dev/null || fail "could not apply memory-emptydir.yaml"
   ready steady-user
   ready parting-user
   ready memory-emptydir
@@ -281,11 +286,15 @@ YAML
     findmnt "$target" >/dev/null || fail "$target is not mounted"
   done
 
+  local heartbeat
   stop kubelet
+  heartbeat=$(node_heartbeat)
   must k delete pod parting-user --wait=false --grace-period=1 >/dev/null
   start_kubelet
   wait_for 60 "kubelet's health after its restart" kubelet_healthy || fail "kubelet is not healthy after its restart"
-  wait_for 60 "node $NODE Ready after kubelet's restart" node_ready || fail "node not Ready after kubelet's restart"
+  wait_for 60 "the restarted kubelet's first node status" heartbeat_after "$heartbeat" ||
+    fail "the restarted kubelet posted no node status"
+  node_ready || fail "node not Ready after kubelet's restart"
   wait_for 120 "the pod deleted while kubelet was down to go" sh -c "! kubectl -n $NS get pod parting-user" ||
     fail "parting-user, deleted while kubelet was down, is still there"
   ! findmnt "$parting" >/dev/null || fail "$parting still mounted after its pod is gone"
