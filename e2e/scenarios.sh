@@ -51,8 +51,8 @@ spec:
 YAML
 }
 
-# pod NAME CLAIM SCRIPT [POD-SECURITY-CONTEXT]: a pod that runs SCRIPT once,
-# with CLAIM at /data.
+# pod NAME CLAIM SCRIPT [POD-SECURITY-CONTEXT]: a pod that runs SCRIPT once
+# (restartPolicy Never), with CLAIM at /data.
 pod() {
   k apply -f - >/dev/null <<YAML || fail "could not apply pod $1"
 apiVersion: v1
@@ -258,21 +258,9 @@ scenario_restarts() {
   local name
   for name in steady parting; do
     claim "$name" 64Mi
-    k apply -f - >/dev/null <<YAML || fail "could not apply pod $name-user"
-apiVersion: v1
-kind: Pod
-metadata: {name: $name-user}
-spec:
-  containers:
-    - name: main
-      image: $BUSYBOX_IMAGE
-      imagePullPolicy: Never
-      command: [sh, -c, 'echo before >> /data/log && sleep 3600']
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes:
-    - name: data
-      persistentVolumeClaim: {claimName: $name}
-YAML
+    # restartPolicy Never: a container the restarts ended would leave its
+    # pod not Ready for good, rather than be quietly started again.
+    pod "$name-user" "$name" 'echo before >> /data/log && sleep 3600'
   done
   example memory-emptydir.yaml | k apply -f - >/dev/null || fail "could not apply memory-emptydir.yaml"
   ready steady-user
