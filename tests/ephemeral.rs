@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{TestDriver, assert_code, publish_request};
+use common::{TestDriver, assert_code, listed_in_pages, publish_request};
 use hostpath_csi::csi::{ControllerGetVolumeRequest, NodePublishVolumeRequest};
 use tonic::Code;
 
@@ -124,7 +124,6 @@ async fn a_failed_inline_publish_leaves_no_volume_behind() {
 
 #[tokio::test]
 async fn pages_of_volumes_cross_inline_and_provisioned_ids() {
-    use hostpath_csi::csi::ListVolumesRequest;
     let mut d = TestDriver::start().await;
     let mut all = vec![d.create("pvc-1", 0).await, d.create("pvc-2", 0).await];
     let target = d.target("pod-inline-list");
@@ -134,29 +133,11 @@ async fn pages_of_volumes_cross_inline_and_provisioned_ids() {
         .await
         .unwrap();
     all.push("csi-aaaa".into());
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = d
-            .csi
-            .controller
-            .list_volumes(ListVolumesRequest {
-                max_entries: 1,
-                starting_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        seen.extend(
-            page.entries
-                .into_iter()
-                .map(|e| e.volume.unwrap().volume_id),
-        );
-        if page.next_token.is_empty() {
-            break;
-        }
-        token = page.next_token;
-    }
+    let seen: Vec<String> = listed_in_pages(&mut d.csi, 1)
+        .await
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect();
     all.sort();
     assert_eq!(seen, all);
     d.unpublish("csi-aaaa", &target).await.unwrap();

@@ -4,7 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{NODE, TestDriver, assert_code, create_request, delete, mount_options};
+use common::{
+    NODE, TestDriver, assert_code, create_request, delete, listed_in_pages, mount_options,
+};
 use hostpath_csi::csi::{
     CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest, ListVolumesRequest,
 };
@@ -114,31 +116,13 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     let mut d = d.restart_after_crash().await;
     // Listed, one page at a time, with the unreadable one abnormal.
     let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = d
-            .csi
-            .controller
-            .list_volumes(ListVolumesRequest {
-                max_entries: 1,
-                starting_token: token.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.entries.len() <= 1);
-        for entry in page.entries {
-            let condition = entry.status.unwrap().volume_condition.unwrap();
-            seen.push((
-                entry.volume.unwrap().volume_id,
-                condition.abnormal,
-                condition.message,
-            ));
-        }
-        if page.next_token.is_empty() {
-            break;
-        }
-        token = page.next_token;
+    for entry in listed_in_pages(&mut d.csi, 1).await {
+        let condition = entry.status.unwrap().volume_condition.unwrap();
+        seen.push((
+            entry.volume.unwrap().volume_id,
+            condition.abnormal,
+            condition.message,
+        ));
     }
     seen.sort();
     let mut ids: Vec<&String> = seen.iter().map(|(id, _, _)| id).collect();

@@ -446,6 +446,33 @@ pub async fn listed(csi: &mut CsiClient) -> Vec<(String, i64)> {
     volumes
 }
 
+/// Every ListVolumes entry, walked `max_entries` at a time (each page is
+/// checked to hold no more).
+pub async fn listed_in_pages(
+    csi: &mut CsiClient,
+    max_entries: i32,
+) -> Vec<hostpath_csi::csi::list_volumes_response::Entry> {
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = csi
+            .controller
+            .list_volumes(hostpath_csi::csi::ListVolumesRequest {
+                max_entries,
+                starting_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= max_entries as usize);
+        entries.extend(page.entries);
+        if page.next_token.is_empty() {
+            return entries;
+        }
+        token = page.next_token;
+    }
+}
+
 /// CreateVolume; the id of the volume made.
 pub async fn made(csi: &mut CsiClient, request: CreateVolumeRequest) -> String {
     csi.controller
