@@ -173,22 +173,42 @@ pub struct Entry {
     pub inode: u64,
 }
 
-/// Lists the entries of a directory, without `.` and `..`.
+/// Lists the entries of a directory, without `.` and `..`. Only for
+/// directories the driver fills itself (`meta/`, `volumes/`): a tenant's
+/// directory is read with [`for_each_entry`], never collected.
 pub fn list(dir: impl AsFd) -> nix::Result<Vec<Entry>> {
-    let fd = open_dir(dir, ".")?;
     let mut entries = Vec::new();
-    for entry in Dir::from_fd(fd)?.iter() {
+    for_each_entry(dir, |name, kind, inode| {
+        entries.push(Entry {
+            name: name.to_owned(),
+            kind,
+            inode,
+        });
+        Ok(true)
+    })?;
+    Ok(entries)
+}
+
+/// Hands each entry of a directory (without `.` and `..`) to `visit` as it
+/// is read, and stops when `visit` answers false (then false is returned).
+/// Memory stays bounded whatever the directory holds: readdir(3) fills one
+/// buffer of fixed size (32 KiB, at most 1 MiB for filesystems that ask for
+/// more) per getdents64 call and hands its entries out one at a time, so a
+/// directory of a million entries never becomes a list. `visit` may remove
+/// the entry it is given.
+pub fn for_each_entry(
+    dir: impl AsFd,
+    mut visit: impl FnMut(&CStr, Option<Type>, u64) -> nix::Result<bool>,
+) -> nix::Result<bool> {
+    let mut listing = Dir::from_fd(open_dir(dir, ".")?)?;
+    for entry in listing.iter() {
         let entry = entry?;
         let name = entry.file_name();
-        if name != c"." && name != c".." {
-            entries.push(Entry {
-                name: name.to_owned(),
-                kind: entry.file_type(),
-                inode: entry.ino(),
-            });
+        if name != c"." && name != c".." && !visit(name, entry.file_type(), entry.ino())? {
+            return Ok(false);
         }
     }
-    Ok(entries)
+    Ok(true)
 }
 
 /// The deepest directory level a walk holds open at once (one fd per level).
@@ -199,17 +219,24 @@ pub const MAX_DEPTH: usize = 64;
 /// never entered: the rest is removed, and the call ends with EBUSY so that
 /// the caller knows something stays. Subtrees deeper than [`MAX_DEPTH`] are
 /// first moved up into `top` and removed in turn, so a hostile tree of any
-/// depth costs a bounded number of fds and stack.
+/// depth costs a bounded number of fds and stack; entries are unlinked as
+/// they are read, so a directory of any width costs bounded memory.
 pub fn remove_tree(top: impl AsFd, name: &CStr) -> nix::Result<()> {
     let top = top.as_fd();
     let mut walk = Removal {
         top,
-        pending: vec![name.to_owned()],
+        spills: Spills::new(),
         held_by_mount: false,
         restarts: REMOVE_RESTARTS,
     };
-    while let Some(entry) = walk.pending.pop() {
-        walk.remove(top, &entry, 0)?;
+    walk.remove(top, name, 0)?;
+    // Spilled subtrees may spill again; each is an entry of `top`, named
+    // by its number, so what is pending is a count, not a list.
+    let mut next = 0;
+    while next < walk.spills.made {
+        let spilled = walk.spills.name(next);
+        walk.remove(top, &spilled, 0)?;
+        next += 1;
     }
     if walk.held_by_mount {
         Err(Errno::EBUSY)
@@ -220,11 +247,35 @@ pub fn remove_tree(top: impl AsFd, name: &CStr) -> nix::Result<()> {
 
 struct Removal<'a> {
     top: BorrowedFd<'a>,
-    /// Entries of `top` still to remove (the first one, then spilled subtrees).
-    pending: Vec<CString>,
+    spills: Spills,
     held_by_mount: bool,
     /// Restarts left (see [`REMOVE_RESTARTS`]).
     restarts: usize,
+}
+
+/// The names deep subtrees of one removal are moved to: `deep-<token>-<n>`
+/// for n = 0, 1, …, with a token no other removal of this process shares.
+struct Spills {
+    token: String,
+    made: u64,
+}
+
+impl Spills {
+    fn new() -> Self {
+        static REMOVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = REMOVALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Spills {
+            token: format!("{nanos}-{n}"),
+            made: 0,
+        }
+    }
+
+    fn name(&self, n: u64) -> CString {
+        CString::new(format!("deep-{}-{n}", self.token)).expect("no NUL")
+    }
 }
 
 /// How often a removal starts an entry over, in all, when the tree changes
@@ -278,18 +329,16 @@ impl Removal<'_> {
             }
             Err(e) => return Err(e),
         };
-        for Entry {
-            name: child, kind, ..
-        } in list(&dir)?
-        {
+        for_each_entry(&dir, |child, kind, _| {
             match kind {
-                Some(Type::Directory) | None => self.remove(dir.as_fd(), &child, depth + 1)?,
-                Some(_) => match unlink_missing_ok(&dir, &child, UnlinkatFlags::NoRemoveDir) {
-                    Err(Errno::EISDIR) => self.remove(dir.as_fd(), &child, depth + 1)?,
+                Some(Type::Directory) | None => self.remove(dir.as_fd(), child, depth + 1)?,
+                Some(_) => match unlink_missing_ok(&dir, child, UnlinkatFlags::NoRemoveDir) {
+                    Err(Errno::EISDIR) => self.remove(dir.as_fd(), child, depth + 1)?,
                     other => other?,
                 },
             }
-        }
+            Ok(true)
+        })?;
         match unlink_missing_ok(parent, name, UnlinkatFlags::RemoveDir) {
             Err(Errno::ENOTEMPTY | Errno::EBUSY) if self.held_by_mount => Ok(()),
             other => other,
@@ -298,14 +347,9 @@ impl Removal<'_> {
 
     /// Moves a deep subtree up into `top` to be removed from there.
     fn spill(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<()> {
-        static SPILLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SPILLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let moved = CString::new(format!("deep-{nanos}-{n}")).expect("no NUL");
+        let moved = self.spills.name(self.spills.made);
         renameat(parent, name, self.top, moved.as_c_str())?;
-        self.pending.push(moved);
+        self.spills.made += 1;
         Ok(())
     }
 }
@@ -354,40 +398,33 @@ struct UsageWalk {
 }
 
 impl UsageWalk {
-    /// Counts the entries of `dir`; false when the deadline stopped it.
+    /// Counts the entries of `dir` as they are read; false when the
+    /// deadline stopped it.
     fn add(&mut self, dir: BorrowedFd<'_>, depth: usize) -> nix::Result<bool> {
-        for Entry { name, .. } in list(dir)? {
+        for_each_entry(dir, |name, _, _| {
             if self.total.inodes.is_multiple_of(1024)
                 && self.deadline.is_some_and(|d| Instant::now() >= d)
             {
                 return Ok(false);
             }
-            let st = match fstatat(
-                dir,
-                name.as_c_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
+            let st = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
-                Err(Errno::ENOENT) => continue,
+                Err(Errno::ENOENT) => return Ok(true),
                 Err(e) => return Err(e),
             };
             self.total.bytes += allocated(&st);
             self.total.inodes += 1;
             let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
             if is_dir && depth < MAX_DEPTH {
-                match open_dir(dir, name.as_c_str()) {
-                    Ok(child) => {
-                        if !self.add(child.as_fd(), depth + 1)? {
-                            return Ok(false);
-                        }
-                    }
+                match open_dir(dir, name) {
+                    Ok(child) => return self.add(child.as_fd(), depth + 1),
                     // A mount point or an entry removed meanwhile: not part of this tree.
                     Err(Errno::EXDEV | Errno::ENOENT) => {}
                     Err(e) => return Err(e),
                 }
             }
-        }
-        Ok(true)
+            Ok(true)
+        })
     }
 }
 

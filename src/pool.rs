@@ -4,7 +4,7 @@
 //! `volumes/<id>` (volume data), `meta/<id>.json` (records) and `.trash/`
 //! (deletions in progress, drained by a background thread).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -117,7 +117,7 @@ pub struct Pool {
     /// `meta/`: one record per volume.
     pub meta: SharedSyncDir,
     trash: OwnedFd,
-    drain: mpsc::Sender<CString>,
+    drain: mpsc::Sender<Trashed>,
     /// Where the pool lies within its filesystem, as the mount table's
     /// roots name it (bind mounts of its volumes are found by it).
     pub fs_root: PathBuf,
@@ -183,11 +183,7 @@ impl Pool {
             enforcement,
             usage: UsageCache::default(),
         };
-        let leftovers = beneath::list(&pool.trash)
-            .context(|| format!("pool {}: list {}/.trash", pool.name, pool.path.display()))?;
-        for entry in leftovers {
-            pool.drain.send(entry.name).ok();
-        }
+        pool.drain.send(Trashed::Leftovers).ok();
         Ok(pool)
     }
 
@@ -287,7 +283,7 @@ impl Pool {
             .sync()
             .context(|| format!("fsync {}/volumes", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
-        self.drain.send(entry).ok();
+        self.drain.send(Trashed::Entry(entry)).ok();
         Ok(())
     }
 }
@@ -311,10 +307,19 @@ fn lock(name: &PoolName, path: &Path, root: &OwnedFd) -> Result<Flock<OwnedFd>> 
 /// Further attempts at a trashed tree that kept changing while removed.
 const DRAIN_RETRIES: usize = 20;
 
+/// Work for the trash drain.
+enum Trashed {
+    /// One entry of `.trash/`, just moved there.
+    Entry(CString),
+    /// Whatever `.trash/` holds (left by an earlier process), read a batch at
+    /// a time and removed as it is read, so its size costs no memory.
+    Leftovers,
+}
+
 /// Starts the thread that removes trashed trees one at a time. It ends when
 /// the pool (the sender) is dropped.
-fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Sender<CString>> {
-    let (tx, rx) = mpsc::channel::<CString>();
+fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Sender<Trashed>> {
+    let (tx, rx) = mpsc::channel::<Trashed>();
     let trash = trash
         .as_fd()
         .try_clone_to_owned()
@@ -323,27 +328,45 @@ fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Se
     std::thread::Builder::new()
         .name(format!("trash-{name}"))
         .spawn(move || {
-            for entry in rx {
-                let path = format!("{shown}/{}", entry.to_string_lossy());
-                let mut removed = beneath::remove_tree(&trash, &entry);
-                // A tree still changing under the removal is tried again
-                // a little later, a bounded number of times.
-                for _ in 0..DRAIN_RETRIES {
-                    if removed != Err(nix::errno::Errno::EAGAIN) {
-                        break;
+            for work in rx {
+                match work {
+                    Trashed::Entry(entry) => drain_one(&trash, &entry, &shown),
+                    Trashed::Leftovers => {
+                        let listed = beneath::for_each_entry(&trash, |entry, _, _| {
+                            drain_one(&trash, entry, &shown);
+                            Ok(true)
+                        });
+                        if let Err(errno) = listed {
+                            tracing::error!(path = %shown, %errno,
+                                "could not read the trash; what it holds stays until the next start");
+                        }
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    removed = beneath::remove_tree(&trash, &entry);
-                }
-                match removed {
-                    Ok(()) => {}
-                    Err(nix::errno::Errno::EBUSY) => tracing::error!(%path,
-                        "a deleted volume holds a mount; the mount and its parents stay in the trash"),
-                    Err(errno) => tracing::error!(%path, %errno,
-                        "could not remove a deleted volume; it stays in the trash until the next start"),
                 }
             }
         })
         .map_err(|e| Error::Internal(format!("pool {name}: start trash thread: {e}")))?;
     Ok(tx)
+}
+
+/// Removes entry `entry` of the trash and everything beneath it; a failure
+/// is logged and the entry stays for the next start.
+fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) {
+    let path = format!("{shown}/{}", entry.to_string_lossy());
+    let mut removed = beneath::remove_tree(trash, entry);
+    // A tree still changing under the removal is tried again a little
+    // later, a bounded number of times.
+    for _ in 0..DRAIN_RETRIES {
+        if removed != Err(Errno::EAGAIN) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        removed = beneath::remove_tree(trash, entry);
+    }
+    match removed {
+        Ok(()) => {}
+        Err(Errno::EBUSY) => tracing::error!(%path,
+            "a deleted volume holds a mount; the mount and its parents stay in the trash"),
+        Err(errno) => tracing::error!(%path, %errno,
+            "could not remove a deleted volume; it stays in the trash until the next start"),
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod enforced;
+pub mod process;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -416,7 +417,7 @@ pub fn mount_options(target: &Path) -> Option<String> {
 
 /// Waits (bounded) until `<pool>/.trash` is empty.
 pub fn wait_trash_empty(pool: &Path) {
-    for _ in 0..200 {
+    for _ in 0..6000 {
         if std::fs::read_dir(pool.join(".trash"))
             .unwrap()
             .next()

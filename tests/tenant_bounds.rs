@@ -1,0 +1,143 @@
+//! A tenant cannot take the node plugin down: whatever a volume holds, the
+//! real binary's peak memory (VmHWM) stays bounded while the volume is
+//! stat'ed, published, unpublished and deleted.
+//!
+//! The bounds asserted here carry generous slack over the figures
+//! docs/benchmarks.md records for the release binary (`examples/tenant_bench.rs`):
+//! this is the debug build, and other tests run beside it.
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::process::DriverProcess;
+use common::{Scratch, create_request, delete, publish_request, wait_trash_empty};
+use hostpath_csi::client::CsiClient;
+use hostpath_csi::csi::{NodeGetVolumeStatsRequest, NodeUnpublishVolumeRequest};
+use nix::sys::stat::{Mode, SFlag, mkdirat, mknodat};
+
+/// Peak memory the debug binary may reach (the release binary's target is 32 MiB).
+const PEAK_MIB: f64 = 64.0;
+
+fn open_dir(path: &Path) -> OwnedFd {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// Makes `dir/wide/` with `entries` empty files of 200-byte names, and
+/// `dir/deep/d/d/…` `levels` deep (through fds: no path is that long).
+fn crowd(dir: &Path, entries: usize, levels: usize) {
+    std::fs::create_dir(dir.join("wide")).unwrap();
+    let wide = open_dir(&dir.join("wide"));
+    for i in 0..entries {
+        let name = format!("{i:0>200}");
+        mknodat(
+            &wide,
+            name.as_str(),
+            SFlag::S_IFREG,
+            Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .unwrap();
+    }
+    std::fs::create_dir(dir.join("deep")).unwrap();
+    let mut fd = open_dir(&dir.join("deep"));
+    for _ in 0..levels {
+        mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+        fd = hostpath_csi::beneath::open_dir(&fd, "d").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowded_volume_is_stated_published_and_deleted_in_bounded_memory() {
+    const ENTRIES: usize = 400_000;
+    const LEVELS: usize = 10_000;
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    scratch.mount_tmpfs(&pool, "4g");
+    let driver = DriverProcess::start(scratch.path(), &pool, &[]);
+    let mut csi = CsiClient::connect(driver.socket.clone()).await.unwrap();
+    let created = csi
+        .controller
+        .create_volume(create_request("crowded", 0))
+        .await
+        .unwrap();
+    let id = created.into_inner().volume.unwrap().volume_id;
+    crowd(&pool.join("volumes").join(&id), ENTRIES, LEVELS);
+    let before = driver.peak_mib();
+
+    let parent = scratch
+        .path()
+        .join("pods/p1/volumes/kubernetes.io~csi/crowded");
+    std::fs::create_dir_all(&parent).unwrap();
+    let target = parent.join("mount").to_string_lossy().into_owned();
+    csi.node
+        .node_publish_volume(publish_request(&id, &target, false))
+        .await
+        .unwrap();
+    // The first calls answer within the walk's budget with a lower bound;
+    // the walk finishes in the background, and then the whole is reported.
+    let stats = NodeGetVolumeStatsRequest {
+        volume_id: id.clone(),
+        volume_path: target.clone(),
+        staging_target_path: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = csi.node.node_get_volume_stats(stats.clone()).await.unwrap();
+        let inodes = answer
+            .into_inner()
+            .usage
+            .iter()
+            .map(|u| u.used)
+            .max()
+            .unwrap();
+        // The root, wide/ and its entries, deep/ and the 64 levels a walk enters.
+        if inodes >= (ENTRIES + 2) as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the walk never finished: {inodes} inodes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    csi.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target,
+        })
+        .await
+        .unwrap();
+    csi.controller.delete_volume(delete(&id)).await.unwrap();
+    wait_trash_empty(&pool);
+
+    let peak = driver.peak_mib();
+    println!("VmHWM: {before:.1} MiB before, {peak:.1} MiB after stats, publish and delete");
+    assert!(
+        peak < PEAK_MIB,
+        "peak memory {peak:.1} MiB (from {before:.1}) with {ENTRIES} entries in one directory"
+    );
+}
+
+#[test]
+fn a_crowded_tree_left_in_the_trash_drains_at_start_in_bounded_memory() {
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    scratch.mount_tmpfs(&pool, "4g");
+    // What a driver killed while deleting a crowded volume leaves behind.
+    let left = pool.join(".trash/vol-left.1");
+    std::fs::create_dir_all(&left).unwrap();
+    crowd(&left, 400_000, 10_000);
+    let driver = DriverProcess::start(scratch.path(), &pool, &[]);
+    wait_trash_empty(&pool);
+    let peak = driver.peak_mib();
+    println!("VmHWM after draining the trash: {peak:.1} MiB");
+    assert!(peak < PEAK_MIB, "peak memory {peak:.1} MiB");
+}
