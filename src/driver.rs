@@ -421,11 +421,23 @@ fn check_kernel() -> Result<()> {
     ))
 }
 
-/// Runs blocking driver work (syscalls, fsync) off the async workers.
+/// Most driver work (syscalls, fsync, tools) running at once. A burst of
+/// calls waits its turn here, each a small future, instead of growing the
+/// runtime's pool of blocking threads to hundreds, each with its stack and
+/// malloc arena.
+pub const MAX_BLOCKING_WORK: usize = 16;
+
+/// Runs blocking driver work (syscalls, fsync) off the async workers, at
+/// most [`MAX_BLOCKING_WORK`] at a time.
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_BLOCKING_WORK);
+    let slot = SLOTS
+        .acquire()
         .await
-        .map_err(|e| Error::Internal(format!("driver task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("driver work queue closed: {e}")))?;
+    let done = tokio::task::spawn_blocking(work).await;
+    drop(slot);
+    done.map_err(|e| Error::Internal(format!("driver task failed: {e}")))?
 }

@@ -49,6 +49,27 @@ impl Error {
     }
 }
 
+/// Most bytes of a caller's string that a message repeats: one request
+/// field can hold megabytes, and neither the answer nor the log should.
+pub const ECHO_LIMIT: usize = 256;
+
+/// A caller's string for a message: quoted and escaped as `{:?}` would, cut
+/// to [`ECHO_LIMIT`] bytes, with its full length told when cut.
+pub struct Echo<'a>(pub &'a str);
+
+impl std::fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= ECHO_LIMIT {
+            return write!(f, "{:?}", self.0);
+        }
+        let cut = (0..=ECHO_LIMIT)
+            .rev()
+            .find(|&i| self.0.is_char_boundary(i))
+            .unwrap_or(0);
+        write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len())
+    }
+}
+
 /// Adds context to a nix result: `mkdirat(..).context(|| format!(..))`.
 pub trait SysContext<T> {
     fn context<F: FnOnce() -> String>(self, what: F) -> Result<T>;
@@ -122,6 +143,15 @@ mod tests {
             assert_eq!(status.code(), code);
             assert!(status.message().starts_with('a'), "{}", status.message());
         }
+    }
+
+    #[test]
+    fn long_strings_are_echoed_cut_with_their_length() {
+        assert_eq!(Echo("a\nb").to_string(), "\"a\\nb\"");
+        let long = "é".repeat(1000);
+        let shown = Echo(&long).to_string();
+        assert!(shown.len() < ECHO_LIMIT + 40, "{shown}");
+        assert!(shown.ends_with("… (2000 bytes)"), "{shown}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
 
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Echo, Error, Result, SysContext};
 use crate::validate;
 
 /// volume_context key holding the host path.
@@ -52,7 +52,8 @@ impl HostPathType {
                 let known: Vec<String> =
                     Self::NAMES.iter().map(|(n, _)| format!("{n:?}")).collect();
                 Error::InvalidArgument(format!(
-                    "hostPath type {raw:?} is not known: types are {}",
+                    "hostPath type {} is not known: types are {}",
+                    Echo(raw),
                     known.join(", ")
                 ))
             })

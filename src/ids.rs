@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Echo, Error, Result};
 
 /// Longest volume id accepted from a caller (CSI allows 128 bytes).
 const MAX_ID_LEN: usize = 128;
@@ -35,7 +35,8 @@ impl VolumeId {
         }
         if raw.len() > MAX_ID_LEN || !is_lower_alnum_dash(raw) {
             return Err(Error::InvalidArgument(format!(
-                "volume id {raw:?} is malformed: expected 1 to {MAX_ID_LEN} characters of [a-z0-9-]"
+                "volume id {} is malformed: expected 1 to {MAX_ID_LEN} characters of [a-z0-9-]",
+                Echo(raw)
             )));
         }
         Ok(VolumeId(raw.into()))
@@ -64,7 +65,8 @@ impl PoolName {
     pub fn parse(raw: &str) -> Result<Self> {
         if raw.is_empty() || raw.len() > 63 || raw.starts_with('-') || !is_lower_alnum_dash(raw) {
             return Err(Error::InvalidArgument(format!(
-                "pool name {raw:?} is malformed: expected 1 to 63 characters of [a-z0-9-], not starting with '-'"
+                "pool name {} is malformed: expected 1 to 63 characters of [a-z0-9-], not starting with '-'",
+                Echo(raw)
             )));
         }
         Ok(PoolName(raw.into()))

@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 /// before it snapshots its records.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Threads the runtime may start for blocking work (tokio's default is 512).
+const MAX_BLOCKING_THREADS: usize = hostpath_csi::driver::MAX_BLOCKING_WORK + 8;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -30,7 +33,13 @@ fn main() -> ExitCode {
     // SAFETY: mallopt only sets an allocator tunable; no allocation races it
     // here, before any thread starts.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    // Driver work is bounded by `driver::MAX_BLOCKING_WORK`; the rest of the
+    // blocking pool serves tokio's own file and signal work.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
     let outcome = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo => runtime.block_on(demo::run()),

@@ -68,7 +68,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let name = driver.config.driver_name.clone();
-    let router = tonic::transport::Server::builder()
+    let router = builder()
         .add_service(IdentityServer::new(IdentityService::new(
             name,
             Some(Arc::clone(&driver)),
@@ -88,10 +88,25 @@ pub async fn serve_controller(
     socket: &Path,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let router = tonic::transport::Server::builder()
+    let router = builder()
         .add_service(IdentityServer::new(IdentityService::new(driver_name, None)))
         .add_service(ControllerServer::new(ExpansionOnlyController));
     run(router, listener, socket, shutdown).await
+}
+
+/// Calls one connection may have open at once (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS): a client with more queues them itself,
+/// as gRPC clients do, instead of the driver holding them all.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// The server every mode builds on: bounded streams per connection, and
+/// HTTP/2 keepalive pings so a peer that vanished is noticed.
+fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
 /// How long a stopping server waits for clients to close their connections.

@@ -11,7 +11,7 @@ use nix::mount::MsFlags;
 use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::volume_capability::{AccessType, MountVolume};
 use crate::csi::{CapacityRange, VolumeCapability};
-use crate::error::{Error, Result};
+use crate::error::{Echo, Error, Result};
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::{Access, KindName};
 
@@ -49,7 +49,8 @@ pub fn volume_name(name: &str) -> Result<&str> {
     }
     if name.len() > 256 || name.chars().any(char::is_control) {
         return Err(Error::InvalidArgument(format!(
-            "volume name {name:?} is malformed: expected 1 to 256 bytes without control characters"
+            "volume name {} is malformed: expected 1 to 256 bytes without control characters",
+            Echo(name)
         )));
     }
     Ok(name)
@@ -67,7 +68,8 @@ pub fn driver_name(name: &str) -> Result<&str> {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !ok {
         return Err(Error::InvalidArgument(format!(
-            "driver name {name:?} is malformed: expected at most 63 characters of [a-zA-Z0-9.-], starting and ending with a letter or digit"
+            "driver name {} is malformed: expected at most 63 characters of [a-zA-Z0-9.-], starting and ending with a letter or digit",
+            Echo(name)
         )));
     }
     Ok(name)
@@ -190,8 +192,8 @@ pub fn serves<'a>(
         }
         (KindName::File, Requested::Mount(m)) if !m.fs_type.is_empty() && m.fs_type != fs_type => {
             return Err(format!(
-                "fs_type {:?} asked for, but the volume holds {fs_type}",
-                m.fs_type
+                "fs_type {} asked for, but the volume holds {fs_type}",
+                Echo(&m.fs_type)
             ));
         }
         _ => {}
@@ -250,12 +252,15 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
     let chosen = named.next().unwrap_or(FILE_SYSTEMS[0]);
     if let Some(other) = named.find(|f| *f != chosen) {
         return Err(Error::InvalidArgument(format!(
-            "fsType {chosen:?} and fs_type {other:?} disagree"
+            "fsType {} and fs_type {} disagree",
+            Echo(chosen),
+            Echo(other)
         )));
     }
     if !FILE_SYSTEMS.contains(&chosen) {
         return Err(Error::InvalidArgument(format!(
-            "fsType {chosen:?} is not supported: supported filesystems are {}",
+            "fsType {} is not supported: supported filesystems are {}",
+            Echo(chosen),
             FILE_SYSTEMS.join(", ")
         )));
     }
@@ -299,7 +304,8 @@ impl Enforce {
             "best-effort" => Ok(Enforce::BestEffort),
             "none" => Ok(Enforce::None),
             other => Err(Error::InvalidArgument(format!(
-                "parameter enforce={other:?} is not known: values are required, best-effort, none"
+                "parameter enforce={} is not known: values are required, best-effort, none",
+                Echo(other)
             ))),
         }
     }
@@ -321,7 +327,8 @@ pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
                 return Err(Error::InvalidArgument(format!(
-                    "parameter {unknown:?} is not known: known parameters are {} and {SIDECAR_PREFIX}*",
+                    "parameter {} is not known: known parameters are {} and {SIDECAR_PREFIX}*",
+                    Echo(unknown),
                     PARAMETER_KEYS.join(", ")
                 )));
             }
@@ -348,7 +355,8 @@ pub fn ephemeral_attributes(context: &HashMap<String, String>) -> Result<(Volume
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
                 return Err(Error::InvalidArgument(format!(
-                    "ephemeral volume attribute {unknown:?} is not known: known attributes are {}",
+                    "ephemeral volume attribute {} is not known: known attributes are {}",
+                    Echo(unknown),
                     EPHEMERAL_KEYS.join(", ")
                 )));
             }
@@ -390,7 +398,8 @@ pub fn quantity(field: &str, raw: &str) -> Result<u64> {
         .and_then(|n| n.checked_mul(unit))
         .ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "{field} {raw:?} is not a quantity of bytes: expected whole numbers such as 1073741824, 512Mi or 1Gi"
+                "{field} {} is not a quantity of bytes: expected whole numbers such as 1073741824, 512Mi or 1Gi",
+                Echo(raw)
             ))
         })
 }
@@ -406,7 +415,8 @@ pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
             .ok_or_else(|| {
                 let allowed: Vec<_> = MOUNT_FLAGS.iter().map(|(n, _)| *n).collect();
                 Error::InvalidArgument(format!(
-                    "mount flag {flag:?} is not allowed: allowed flags are {}",
+                    "mount flag {} is not allowed: allowed flags are {}",
+                    Echo(flag),
                     allowed.join(", ")
                 ))
             })
@@ -435,7 +445,8 @@ pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
         .all(|c| !c.is_empty() && c != "." && c != "..");
     if !raw.starts_with('/') || !normal || raw.contains('\0') {
         return Err(Error::InvalidArgument(format!(
-            "{field} {raw:?} must be an absolute path without '.' or '..' components"
+            "{field} {} must be an absolute path without '.' or '..' components",
+            Echo(raw)
         )));
     }
     Ok(PathBuf::from(raw))

@@ -141,3 +141,77 @@ fn a_crowded_tree_left_in_the_trash_drains_at_start_in_bounded_memory() {
     println!("VmHWM after draining the trash: {peak:.1} MiB");
     assert!(peak < PEAK_MIB, "peak memory {peak:.1} MiB");
 }
+
+/// Threads the driver may run at once, whatever arrives: tokio's workers,
+/// the bounded pool of blocking work, and the driver's own few threads.
+const MAX_THREADS: u64 = 48;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_15000_calls_is_answered_with_bounded_threads_and_memory() {
+    const CALLS: usize = 15_000;
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    let driver = DriverProcess::start(scratch.path(), &pool, &[]);
+    let csi = CsiClient::connect(driver.socket.clone()).await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let mut controller = csi.controller.clone();
+        calls.spawn(async move {
+            controller
+                .delete_volume(delete(&format!("vol-{i:032x}")))
+                .await
+        });
+    }
+    let mut most_threads = 0;
+    let mut answered = 0;
+    let mut sampled = Instant::now();
+    while let Some(answer) = calls.join_next().await {
+        answer.unwrap().unwrap();
+        answered += 1;
+        if sampled.elapsed() > Duration::from_millis(5) {
+            most_threads = most_threads.max(driver.status("Threads"));
+            sampled = Instant::now();
+        }
+    }
+    let peak = driver.peak_mib();
+    println!("{answered} calls answered; at most {most_threads} threads; VmHWM {peak:.1} MiB");
+    assert_eq!(answered, CALLS);
+    assert!(most_threads <= MAX_THREADS, "{most_threads} threads");
+    assert!(peak < PEAK_MIB, "peak memory {peak:.1} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_megabyte_in_a_request_field_is_not_echoed_back() {
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    let driver = DriverProcess::start(scratch.path(), &pool, &[]);
+    let mut csi = CsiClient::connect(driver.socket.clone()).await.unwrap();
+    let huge = "X".repeat(1 << 20);
+    let refused = csi
+        .controller
+        .delete_volume(delete(&huge))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().len() < 1024,
+        "{} bytes",
+        refused.message().len()
+    );
+    assert!(
+        refused.message().contains("(1048576 bytes)"),
+        "{}",
+        refused.message()
+    );
+    let mut request = create_request("v", 0);
+    request.parameters.insert(huge.clone(), "x".into());
+    let refused = csi.controller.create_volume(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().len() < 1024,
+        "{} bytes",
+        refused.message().len()
+    );
+}

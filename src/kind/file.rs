@@ -13,7 +13,8 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
@@ -79,6 +80,14 @@ fn run(id: &VolumeId, program: &str, args: &[&str], path: &std::path::Path) -> R
     run_allowing(id, program, args, path, &[0])
 }
 
+/// How long a filesystem tool may run before it is killed: a tool stuck on
+/// a hung device must not hold the volume's guard, and a blocking slot,
+/// for ever.
+const TOOL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Most of a tool's stderr kept for the error message.
+const TOOL_STDERR: usize = 4096;
+
 /// [`run`], counting the exit codes in `ok` as success.
 fn run_allowing(
     id: &VolumeId,
@@ -87,25 +96,54 @@ fn run_allowing(
     path: &std::path::Path,
     ok: &[i32],
 ) -> Result<()> {
-    let output = Command::new(program)
+    let what = || format!("volume {id}: {program} {}", path.display());
+    let stderr = tempfile::tempfile().context(|| format!("{}: make a file for stderr", what()))?;
+    let mut child = Command::new(program)
         .args(args)
         .arg(path)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            stderr
+                .try_clone()
+                .context(|| format!("{}: dup stderr", what()))?,
+        )
+        .spawn()
         .map_err(|e| {
             Error::FailedPrecondition(format!(
                 "volume {id}: cannot run {program} (is it installed?): {e}"
             ))
         })?;
-    if output.status.code().is_some_and(|code| ok.contains(&code)) {
+    let deadline = Instant::now() + TOOL_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().context(|| format!("{}: wait", what()))? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            child.wait().ok();
+            return Err(Error::Internal(format!(
+                "{}: still running after {TOOL_DEADLINE:?}, killed",
+                what()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if status.code().is_some_and(|code| ok.contains(&code)) {
         return Ok(());
     }
-    let message = format!(
-        "volume {id}: {program} {} failed ({}): {}",
-        path.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Err(Error::Internal(message))
+    let mut said = Vec::new();
+    std::io::Seek::rewind(&mut &stderr).ok();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&stderr, TOOL_STDERR as u64),
+        &mut said,
+    )
+    .ok();
+    Err(Error::Internal(format!(
+        "{} failed ({status}): {}",
+        what(),
+        String::from_utf8_lossy(&said).trim()
+    )))
 }
 
 /// Reads a filesystem's size from the first KiB of its superblock.

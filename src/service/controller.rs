@@ -21,7 +21,7 @@ use crate::csi::{
     controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, Listed, blocking};
-use crate::error::Error;
+use crate::error::{Echo, Error};
 use crate::ids::VolumeId;
 use crate::kind::KindName;
 use crate::lifecycle::{self, NewVolume};
@@ -171,7 +171,8 @@ impl Controller for ControllerService {
                     .and_then(|id| VolumeId::parse(id).ok())
                     .ok_or_else(|| {
                         Error::Aborted(format!(
-                            "starting_token {token:?} was not issued by this driver"
+                            "starting_token {} was not issued by this driver",
+                            Echo(token)
                         ))
                     })?,
             ),

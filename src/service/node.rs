@@ -22,7 +22,7 @@ use crate::csi::{
     NodeUnpublishVolumeResponse, VolumeUsage,
 };
 use crate::driver::{Driver, blocking};
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::kind::Access;
@@ -195,7 +195,12 @@ impl Node for NodeService {
 /// mount there is of this very source); NOT_FOUND otherwise. Sets nothing up.
 fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> Result<OwnedFd> {
     let id = &record.id;
-    let not_here = || Error::NotFound(format!("volume {id} is not published at {raw_path:?}"));
+    let not_here = || {
+        Error::NotFound(format!(
+            "volume {id} is not published at {}",
+            Echo(raw_path)
+        ))
+    };
     let path = driver
         .target_path("volume_path", raw_path)
         .map_err(|_| not_here())?;
