@@ -28,7 +28,7 @@ done
 
 echo "== hostpath-csi accepts the command lines of deploy/"
 "$venv/bin/python" - "$driver_bin" $manifests <<'PY'
-import subprocess, sys, yaml
+import re, subprocess, sys, yaml
 binary, files = sys.argv[1], sys.argv[2:]
 checked = 0
 for path in files:
@@ -38,8 +38,15 @@ for path in files:
         for container in pod.get("containers", []) or []:
             if not container.get("image", "").startswith("hostpath-csi:"):
                 continue
+            # $(VAR) is expanded by the kubelet from the container's env; a
+            # field reference gets a value of the kind the kubelet would put.
+            sample = {"spec.nodeName": "node-1", "status.podIP": "192.0.2.7"}
+            env = {e["name"]: sample.get(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"), e.get("value", ""))
+                   for e in container.get("env", [])}
+            args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+                    for a in container.get("args", [])]
             # --help last: clap rejects any unknown or malformed flag before it.
-            run = subprocess.run([binary, *container.get("args", []), "--help"], capture_output=True, text=True)
+            run = subprocess.run([binary, *args, "--help"], capture_output=True, text=True)
             if run.returncode != 0:
                 sys.exit(f"{path}: {container['name']}: {run.stderr.strip()}")
             checked += 1

@@ -1,58 +1,107 @@
-//! Prometheus metrics over plain HTTP (`GET /metrics`): each pool's
+//! Prometheus metrics over HTTP/1.1 (`GET /metrics`): each pool's
 //! enforcement mode, room and promises, the memory budget, volume counts.
-//! Read-only; meant for a scrape on the node's own network.
+//!
+//! Any pod may reach the port, so the server is hyper's with hard bounds: at
+//! most [`MAX_CONNECTIONS`] open at once (more are closed as soon as they are
+//! accepted), request headers within [`HEADER_TIMEOUT`], a whole connection
+//! within [`CONNECTION_TIMEOUT`], one request per connection, and a pause
+//! after a failed accept (out of fds) instead of a busy loop.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::driver::{Driver, blocking};
 use crate::error::Result;
 use crate::kind::Backing;
 
-/// Largest request read; anything longer is answered from what was read.
-const MAX_REQUEST: usize = 8192;
+/// Connections served at once; a scraper needs one.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a whole connection may last, answer included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause after failed accepts, doubling from 10 ms.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Answers scrapes on `listener` for as long as the process runs.
 pub async fn serve(driver: Arc<Driver>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::ZERO;
     loop {
-        match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(Arc::clone(&driver), stream));
+                backoff = Duration::ZERO;
+                stream
             }
-            Err(err) => tracing::warn!(%err, "metrics: accept failed"),
-        }
+            Err(err) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                tracing::warn!(%err, ?backoff, "metrics: accept failed; pausing");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        // Over the cap, the connection is closed at once (dropped): it
+        // costs nothing further, and the client sees why.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_CONNECTIONS} connections open; one refused");
+            continue;
+        };
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move {
+            let _slot = slot;
+            connection(driver, stream).await;
+        });
     }
 }
 
-async fn answer(driver: Arc<Driver>, mut stream: TcpStream) {
-    let mut request = vec![0u8; MAX_REQUEST];
-    let mut read = 0;
-    while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut request[read..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
+/// Serves one request on `stream` within the timeouts.
+async fn connection(driver: Arc<Driver>, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |request| answer(Arc::clone(&driver), request));
+    let serving = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(8192)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, serving).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "metrics: connection ended"),
+        Err(_) => tracing::debug!("metrics: connection outlived {CONNECTION_TIMEOUT:?}; closed"),
     }
-    let wanted = request[..read].starts_with(b"GET /metrics ");
-    let (status, body) = if wanted {
+}
+
+async fn answer(
+    driver: Arc<Driver>,
+    request: Request<hyper::body::Incoming>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
         match blocking(move || render(&driver)).await {
-            Ok(text) => ("200 OK", text),
-            Err(err) => ("500 Internal Server Error", format!("{err}\n")),
+            Ok(text) => (StatusCode::OK, text),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
         }
     } else {
-        ("404 Not Found", "only GET /metrics is served\n".to_owned())
+        (
+            StatusCode::NOT_FOUND,
+            "only GET /metrics is served\n".to_owned(),
+        )
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    if let Err(err) = stream.write_all(format!("{head}{body}").as_bytes()).await {
-        tracing::debug!(%err, "metrics: client went away");
-    }
+    Ok(response)
 }
 
 /// The metrics in the Prometheus text format.
