@@ -138,13 +138,23 @@ pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> 
 }
 
 /// Reads the regular file `name` beneath `dir`, up to `limit` bytes (EFBIG
-/// when it holds more). No size is asked first: a small file takes one
-/// read and the read that finds its end.
+/// when it holds more; EINVAL when it is not a regular file: a FIFO, a
+/// socket or a device is never read, and opening one never blocks). No size
+/// is asked first: a small file takes one read and the read that finds its
+/// end.
 pub fn read_file(dir: impl AsFd, name: &CStr, limit: usize) -> nix::Result<Vec<u8>> {
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(confined());
-    let file = std::fs::File::from(openat2(dir, name, how)?);
+    // A unix socket cannot be opened at all (ENXIO): not a regular file either.
+    let fd = openat2(dir, name, how).map_err(|e| match e {
+        Errno::ENXIO => Errno::EINVAL,
+        e => e,
+    })?;
+    if SFlag::from_bits_truncate(fstat(&fd)?.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(Errno::EINVAL);
+    }
+    let file = std::fs::File::from(fd);
     let mut bytes = Vec::with_capacity(limit.min(4096) + 1);
     std::io::Read::read_to_end(
         &mut std::io::Read::take(&file, limit as u64 + 1),

@@ -158,7 +158,10 @@ fn read_one(
     name: &CStr,
     shown: &str,
 ) -> std::result::Result<VolumeRecord, String> {
-    let bytes = beneath::read_file(meta, name, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
+    let bytes = beneath::read_file(meta, name, MAX_RECORD_BYTES).map_err(|e| match e {
+        nix::errno::Errno::EINVAL => "not a regular file".to_owned(),
+        e => e.to_string(),
+    })?;
     let record: VolumeRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     if shown != file_name(&record.id) {
         return Err(format!("holds the record of volume {}", record.id));

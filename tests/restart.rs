@@ -3,6 +3,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{
     NODE, TestDriver, assert_code, create_request, delete, listed_in_pages, mount_options,
@@ -103,6 +104,47 @@ async fn a_delete_interrupted_after_the_rename_finishes_on_retry_and_at_start() 
     common::wait_trash_empty(&d.pool());
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
     assert!(!d.pool().join("meta").join(format!("{id}.json")).exists());
+}
+
+#[tokio::test]
+async fn a_fifo_or_socket_named_as_a_record_is_reported_and_does_not_hang_the_start() {
+    let mut d = TestDriver::start().await;
+    let good = d.create("pvc-good", 0).await;
+    let meta = d.pool().join("meta");
+    nix::unistd::mkfifo(
+        &meta.join("vol-fifo.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(meta.join("vol-socket.json")).unwrap();
+    let restarted = tokio::time::timeout(Duration::from_secs(30), d.restart_after_crash()).await;
+    let mut d = restarted.expect("the driver started within 30 s");
+    let mut seen: Vec<(String, bool, String)> = listed_in_pages(&mut d.csi, 10)
+        .await
+        .into_iter()
+        .map(|entry| {
+            let condition = entry.status.unwrap().volume_condition.unwrap();
+            (
+                entry.volume.unwrap().volume_id,
+                condition.abnormal,
+                condition.message,
+            )
+        })
+        .collect();
+    seen.sort();
+    let ids: Vec<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
+    let mut expected = vec![good.as_str(), "vol-fifo", "vol-socket"];
+    expected.sort();
+    assert_eq!(ids, expected);
+    for (id, abnormal, message) in &seen {
+        let odd = id != &good;
+        assert_eq!(*abnormal, odd, "{id}: {message}");
+        assert_eq!(
+            message.contains("not a regular file"),
+            odd,
+            "{id}: {message}"
+        );
+    }
 }
 
 #[tokio::test]
