@@ -11,7 +11,7 @@
 # Debian's kernel (scripts/vm-test.sh), where they must pass in full.
 # Installs what is missing (csi-sanity by `go install`; e2fsprogs, xfsprogs,
 # btrfs-progs, and for the VM qemu-system-x86, busybox-static and the kernel
-# package, by apt; kubernetes-validate by pip into target/).
+# package, by apt; kubernetes-validate and grpcio by pip into target/).
 # Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,15 @@ fi
 if ! go version -m "$GOBIN_DIR/csi-sanity" 2>/dev/null | grep -q "$CSI_SANITY_VERSION"; then
   echo "== installing csi-sanity $CSI_SANITY_VERSION"
   go install "$CSI_SANITY_MODULE@$CSI_SANITY_VERSION"
+fi
+
+# tests/clients.rs talks to the driver with Python's grpcio (gRPC C-core),
+# as a new user would; it lives in a venv of its own under target/.
+if ! target/grpc-venv/bin/python -c 'import grpc' 2>/dev/null; then
+  echo "== installing grpcio into target/grpc-venv"
+  rm -rf target/grpc-venv
+  python3 -m venv target/grpc-venv
+  target/grpc-venv/bin/pip install -q grpcio==1.85.3
 fi
 
 echo "== cargo fmt --check"

@@ -1,6 +1,7 @@
 //! hostpath-csi: a CSI driver that serves node-local directories, image
 //! files and tmpfs as Kubernetes volumes.
 
+pub mod authority;
 pub mod beneath;
 pub mod btrfs;
 pub mod cli;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use nix::sys::stat::{Mode, umask};
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Router;
 
+use crate::authority::LocalAuthority;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
@@ -123,7 +125,9 @@ async fn run(
         shutdown.await;
         stopping.send(()).ok();
     };
-    let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
+    // Every client is served whatever :authority it sends (see authority.rs).
+    let incoming = UnixListenerStream::new(listener).map(|c| c.map(LocalAuthority::new));
+    let serving = router.serve_with_incoming_shutdown(incoming, signalled);
     // After the signal, calls in flight finish and clients close their
     // connections; a client that keeps one open is not waited for forever.
     let patience = async {

@@ -1,0 +1,177 @@
+//! Every standard gRPC client is served on the unix socket, whatever
+//! `:authority` it sends: Python's grpcio (gRPC C-core) with default options
+//! sends the percent-encoded socket path, grpc-java the raw path, Go
+//! clients `localhost`. Here the real binary answers grpcio from PyPI and a
+//! raw HTTP/2 request whose `:authority` is the percent-encoded socket path.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::Scratch;
+use common::process::DriverProcess;
+use loona_hpack::Decoder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The Python with grpcio that scripts/test-all.sh installs.
+fn grpcio_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/grpc-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test-all.sh installs grpcio there (python3 -m venv target/grpc-venv; target/grpc-venv/bin/pip install grpcio==1.85.3)",
+        python.display()
+    );
+    python
+}
+
+fn driver(scratch: &Scratch) -> DriverProcess {
+    let pool = scratch.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    DriverProcess::start(scratch.path(), &pool, &[])
+}
+
+#[test]
+fn grpcio_with_default_options_is_served() {
+    let scratch = Scratch::new();
+    let driver = driver(&scratch);
+    // Messages go as raw bytes (no generated stubs): an empty
+    // GetPluginInfoRequest, and a DeleteVolumeRequest whose volume_id
+    // (field 1) is "BAD", which must be refused as malformed.
+    let script = r#"
+import grpc, sys
+channel = grpc.insecure_channel("unix://" + sys.argv[1])
+info = channel.unary_unary("/csi.v1.Identity/GetPluginInfo")(b"", timeout=20)
+print("info", info.decode("latin-1"))
+try:
+    channel.unary_unary("/csi.v1.Controller/DeleteVolume")(b"\n\x03BAD", timeout=20)
+    print("delete OK")
+except grpc.RpcError as e:
+    print("delete", e.code().name, e.details())
+"#;
+    let out = std::process::Command::new(grpcio_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&driver.socket)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("info") && said.contains("hostpath-csi.dev"),
+        "{said}"
+    );
+    assert!(
+        said.contains("delete INVALID_ARGUMENT volume id \"BAD\" is malformed"),
+        "{said}"
+    );
+}
+
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HPACK "literal without indexing, new name", plain strings (< 127 bytes).
+fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0);
+    for s in [name, value] {
+        block.push(u8::try_from(s.len()).unwrap());
+        block.extend_from_slice(s.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_raw_http2_request_with_the_socket_path_as_authority_is_served() {
+    let scratch = Scratch::new();
+    let driver = driver(&scratch);
+    let authority = driver.socket.to_string_lossy().replace('/', "%2F");
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/csi.v1.Identity/GetPluginInfo"),
+        (":authority", authority.as_str()),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        literal(&mut block, name, value);
+    }
+    let mut stream = tokio::net::UnixStream::connect(&driver.socket)
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(HEADERS, END_HEADERS, 1, &block));
+    // One gRPC message: not compressed, 0 bytes (an empty request).
+    hello.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    stream.write_all(&hello).await.unwrap();
+
+    let mut decoder = Decoder::new();
+    let (mut headers, mut body) = (Vec::new(), Vec::new());
+    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.unwrap();
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            let (kind, flags) = (head[3], head[4]);
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    stream
+                        .write_all(&frame(SETTINGS, ACK, 0, &[]))
+                        .await
+                        .unwrap();
+                }
+                HEADERS => {
+                    for (name, value) in decoder.decode(&payload).unwrap() {
+                        headers.push((
+                            String::from_utf8_lossy(&name).into_owned(),
+                            String::from_utf8_lossy(&value).into_owned(),
+                        ));
+                    }
+                    if flags & END_STREAM != 0 {
+                        return "answered";
+                    }
+                }
+                DATA => body.extend_from_slice(&payload),
+                RST_STREAM => return "reset",
+                GOAWAY => return "goaway",
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer within 20 s");
+    assert_eq!(answer, "answered", "{headers:?}");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header(":status"), Some("200"), "{headers:?}");
+    assert_eq!(header("grpc-status"), Some("0"), "{headers:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("hostpath-csi.dev"),
+        "{body:?}"
+    );
+}
