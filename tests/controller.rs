@@ -436,6 +436,43 @@ async fn validate_volume_capabilities_confirms_only_what_is_supported() {
 }
 
 #[tokio::test]
+async fn validation_compares_only_the_parameters_given() {
+    let mut d = TestDriver::start().await;
+    let id = d
+        .create_from(create_request_with(
+            "pvc-mem",
+            1 << 20,
+            &[("kind", "memory")],
+        ))
+        .await;
+    let mut validate = async |params: &[(&str, &str)]| {
+        let request = ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![mount_capability(Mode::SingleNodeWriter)],
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let answer = d.csi.controller.validate_volume_capabilities(request).await;
+        answer.unwrap().into_inner()
+    };
+    // No parameters, or only the sidecars' keys: nothing to compare.
+    for params in [&[][..], &[("csi.storage.k8s.io/pv/name", "pv-1")]] {
+        let answer = validate(params).await;
+        assert!(answer.confirmed.is_some(), "{params:?}: {}", answer.message);
+    }
+    let answer = validate(&[("pool", "default")]).await;
+    assert!(answer.confirmed.is_some(), "{}", answer.message);
+    let answer = validate(&[("kind", "memory"), ("pool", "default")]).await;
+    assert!(answer.confirmed.is_some(), "{}", answer.message);
+    let answer = validate(&[("kind", "directory")]).await;
+    assert!(answer.confirmed.is_none());
+    assert!(answer.message.contains("kind memory"), "{}", answer.message);
+}
+
+#[tokio::test]
 async fn list_volumes_pages_through_everything_once() {
     let mut d = TestDriver::start().await;
     let mut made = Vec::new();

@@ -26,7 +26,7 @@ use crate::ids::VolumeId;
 use crate::kind::KindName;
 use crate::lifecycle::{self, NewVolume};
 use crate::record::VolumeRecord;
-use crate::validate;
+use crate::validate::{self, Enforce};
 use crate::volumes;
 
 pub struct ControllerService {
@@ -342,24 +342,39 @@ impl Controller for ControllerService {
 
 impl ControllerService {
     /// Whether `parameters` describe the volume as it was created.
+    /// Whether the parameters given (only those: an absent key is not read
+    /// as its default) describe volume `record`.
     fn same_parameters(
         &self,
         record: &VolumeRecord,
         parameters: &HashMap<String, String>,
     ) -> std::result::Result<(), String> {
         let params = validate::parameters(parameters).map_err(|e| e.to_string())?;
-        let pool = self
-            .driver
-            .pool(params.pool.as_ref())
-            .map_err(|e| e.to_string())?;
-        if params.kind != record.kind || pool.name != record.pool {
+        if parameters.contains_key("kind") && params.kind != record.kind {
             return Err(format!(
-                "parameters ask for kind {} in pool {}, but the volume is kind {} in pool {}",
+                "parameters ask for kind {}, but the volume is kind {}",
                 params.kind.as_str(),
-                pool.name,
-                record.kind.as_str(),
+                record.kind.as_str()
+            ));
+        }
+        if let Some(pool) = params.pool.as_ref().filter(|p| **p != record.pool) {
+            return Err(format!(
+                "parameters ask for pool {pool}, but the volume is in pool {}",
                 record.pool
             ));
+        }
+        if let Some(fs_type) = params.fs_type.as_ref().filter(|f| **f != record.fs_type) {
+            return Err(format!(
+                "parameters ask for fsType {}, but the volume holds {:?}",
+                Echo(fs_type),
+                record.fs_type
+            ));
+        }
+        if params.enforce == Enforce::Required && !record.enforced {
+            return Err(
+                "parameters ask for enforce=required, but the volume's capacity is not enforced"
+                    .into(),
+            );
         }
         Ok(())
     }
