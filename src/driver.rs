@@ -214,12 +214,16 @@ impl Driver {
         }
     }
 
-    /// Up to `max` volumes (all if 0) in id order from `start` on — those
+    /// Up to `max` volumes (at most [`LIST_PAGE_MAX`], also when `max` is 0) in id order from `start` on — those
     /// served and those whose record could not be read — and the id the next
     /// page starts at.
     pub fn listing(&self, start: Option<&VolumeId>, max: usize) -> (Vec<Listed>, Option<VolumeId>) {
-        let take = if max == 0 { usize::MAX } else { max };
-        let (served, next) = self.table().page(start, max);
+        let take = if max == 0 {
+            LIST_PAGE_MAX
+        } else {
+            max.min(LIST_PAGE_MAX)
+        };
+        let (served, next) = self.table().page(start, take);
         let unreadable = self
             .unreadable
             .iter()
@@ -420,6 +424,11 @@ fn check_kernel() -> Result<()> {
         "this kernel does not report mount roots through statx (STATX_ATTR_MOUNT_ROOT, Linux 5.8 or later is needed)".into(),
     ))
 }
+
+/// Most entries one ListVolumes page holds, whatever `max_entries` asks (0
+/// included): the rest follow through `next_token`, so no answer outgrows
+/// a client's receive limit (grpc-go's is 4 MiB) or holds the table long.
+pub const LIST_PAGE_MAX: usize = 1000;
 
 /// Most driver work (syscalls, fsync, tools) running at once. A burst of
 /// calls waits its turn here, each a small future, instead of growing the

@@ -473,6 +473,48 @@ async fn validation_compares_only_the_parameters_given() {
 }
 
 #[tokio::test]
+async fn a_list_volumes_page_is_capped_and_hands_a_token_for_the_rest() {
+    let d = TestDriver::start().await;
+    let total = hostpath_csi::driver::LIST_PAGE_MAX + 1;
+    let mut creating = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut controller = d.csi.controller.clone();
+        creating.spawn(async move {
+            for i in (worker..total).step_by(8) {
+                controller
+                    .create_volume(create_request(&format!("pvc-{i}"), 0))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    creating.join_all().await;
+    let mut controller = d.csi.controller.clone();
+    for max_entries in [0, 5000] {
+        let first = controller
+            .list_volumes(ListVolumesRequest {
+                max_entries,
+                starting_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.entries.len(), hostpath_csi::driver::LIST_PAGE_MAX);
+        assert!(!first.next_token.is_empty(), "max_entries {max_entries}");
+        let rest = controller
+            .list_volumes(ListVolumesRequest {
+                max_entries,
+                starting_token: first.next_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rest.entries.len(), 1);
+        assert!(rest.next_token.is_empty());
+    }
+}
+
+#[tokio::test]
 async fn list_volumes_pages_through_everything_once() {
     let mut d = TestDriver::start().await;
     let mut made = Vec::new();

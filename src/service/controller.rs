@@ -97,7 +97,7 @@ impl Controller for ControllerService {
         })
         .await?;
         Ok(Response::new(CreateVolumeResponse {
-            volume: Some(self.volume_message(&record)),
+            volume: Some(volume_message(&self.driver, &record)),
         }))
     }
 
@@ -177,37 +177,15 @@ impl Controller for ControllerService {
                     })?,
             ),
         };
-        let (page, next) = self.driver.listing(start.as_ref(), max);
+        // Off the async workers: a page reads the table under its lock and
+        // stats each volume for its condition.
         let driver = Arc::clone(&self.driver);
-        let conditions = blocking(move || {
-            Ok(page
-                .into_iter()
-                .map(|listed| match &listed {
-                    Listed::Served(volume) => (condition(&driver, volume), listed),
-                    Listed::Unreadable(_, problem) => (unreadable_condition(problem), listed),
-                })
-                .collect::<Vec<_>>())
+        let (entries, next) = blocking(move || {
+            let (page, next) = driver.listing(start.as_ref(), max);
+            let entries = page.iter().map(|listed| list_entry(&driver, listed));
+            Ok((entries.collect::<Vec<_>>(), next))
         })
         .await?;
-        let entries = conditions
-            .into_iter()
-            .map(|(condition, listed)| {
-                let (volume, published_node_ids) = match &listed {
-                    Listed::Served(volume) => (
-                        self.volume_message(&volume.record),
-                        self.published_nodes(volume),
-                    ),
-                    Listed::Unreadable(id, _) => (self.unreadable_message(id), Vec::new()),
-                };
-                list_volumes_response::Entry {
-                    volume: Some(volume),
-                    status: Some(list_volumes_response::VolumeStatus {
-                        published_node_ids,
-                        volume_condition: Some(condition),
-                    }),
-                }
-            })
-            .collect();
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token: next
@@ -319,7 +297,7 @@ impl Controller for ControllerService {
         let id = VolumeId::parse(&request.into_inner().volume_id)?;
         if let Some(problem) = self.driver.unreadable(&id) {
             return Ok(Response::new(ControllerGetVolumeResponse {
-                volume: Some(self.unreadable_message(&id)),
+                volume: Some(unreadable_message(&self.driver, &id)),
                 status: Some(controller_get_volume_response::VolumeStatus {
                     published_node_ids: Vec::new(),
                     volume_condition: Some(unreadable_condition(problem)),
@@ -331,9 +309,9 @@ impl Controller for ControllerService {
         let snapshot = volume.clone();
         let condition = blocking(move || Ok(condition(&driver, &snapshot))).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
-            volume: Some(self.volume_message(&volume.record)),
+            volume: Some(volume_message(&self.driver, &volume.record)),
             status: Some(controller_get_volume_response::VolumeStatus {
-                published_node_ids: self.published_nodes(&volume),
+                published_node_ids: published_nodes(&self.driver, &volume),
                 volume_condition: Some(condition),
             }),
         }))
@@ -378,36 +356,60 @@ impl ControllerService {
         }
         Ok(())
     }
+}
 
-    fn volume_message(&self, record: &VolumeRecord) -> Volume {
-        Volume {
-            capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
-            volume_id: record.id.to_string(),
-            volume_context: HashMap::from([
-                ("kind".to_owned(), record.kind.as_str().to_owned()),
-                ("pool".to_owned(), record.pool.to_string()),
-            ]),
-            content_source: None,
-            accessible_topology: vec![self.driver.topology()],
-        }
+/// The Volume message of a served volume.
+fn volume_message(driver: &Driver, record: &VolumeRecord) -> Volume {
+    Volume {
+        capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
+        volume_id: record.id.to_string(),
+        volume_context: HashMap::from([
+            ("kind".to_owned(), record.kind.as_str().to_owned()),
+            ("pool".to_owned(), record.pool.to_string()),
+        ]),
+        content_source: None,
+        accessible_topology: vec![driver.topology()],
     }
+}
 
-    /// A volume whose record could not be read: its id and place, nothing
-    /// the record would have said.
-    fn unreadable_message(&self, id: &VolumeId) -> Volume {
-        Volume {
-            volume_id: id.to_string(),
-            accessible_topology: vec![self.driver.topology()],
-            ..Volume::default()
-        }
+/// A volume whose record could not be read: its id and place, nothing the
+/// record would have said.
+fn unreadable_message(driver: &Driver, id: &VolumeId) -> Volume {
+    Volume {
+        volume_id: id.to_string(),
+        accessible_topology: vec![driver.topology()],
+        ..Volume::default()
     }
+}
 
-    fn published_nodes(&self, volume: &volumes::Volume) -> Vec<String> {
-        if volume.published.is_empty() {
-            Vec::new()
-        } else {
-            vec![self.driver.config.node_id.clone()]
-        }
+fn published_nodes(driver: &Driver, volume: &volumes::Volume) -> Vec<String> {
+    if volume.published.is_empty() {
+        Vec::new()
+    } else {
+        vec![driver.config.node_id.clone()]
+    }
+}
+
+/// One ListVolumes entry, with its condition.
+fn list_entry(driver: &Driver, listed: &Listed) -> list_volumes_response::Entry {
+    let (volume, published_node_ids, condition) = match listed {
+        Listed::Served(volume) => (
+            volume_message(driver, &volume.record),
+            published_nodes(driver, volume),
+            condition(driver, volume),
+        ),
+        Listed::Unreadable(id, problem) => (
+            unreadable_message(driver, id),
+            Vec::new(),
+            unreadable_condition(problem),
+        ),
+    };
+    list_volumes_response::Entry {
+        volume: Some(volume),
+        status: Some(list_volumes_response::VolumeStatus {
+            published_node_ids,
+            volume_condition: Some(condition),
+        }),
     }
 }
 

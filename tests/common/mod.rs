@@ -432,13 +432,8 @@ pub fn wait_trash_empty(pool: &Path) {
 
 /// Each volume's id and capacity as ListVolumes shows them, in id order.
 pub async fn listed(csi: &mut CsiClient) -> Vec<(String, i64)> {
-    let mut volumes: Vec<(String, i64)> = csi
-        .controller
-        .list_volumes(hostpath_csi::csi::ListVolumesRequest::default())
+    let mut volumes: Vec<(String, i64)> = listed_in_pages(csi, 0)
         .await
-        .unwrap()
-        .into_inner()
-        .entries
         .into_iter()
         .map(|e| e.volume.unwrap())
         .map(|v| (v.volume_id, v.capacity_bytes))
@@ -465,7 +460,7 @@ pub async fn listed_in_pages(
             .await
             .unwrap()
             .into_inner();
-        assert!(page.entries.len() <= max_entries as usize);
+        assert!(max_entries == 0 || page.entries.len() <= max_entries as usize);
         entries.extend(page.entries);
         if page.next_token.is_empty() {
             return entries;
