@@ -131,38 +131,35 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         )));
     }
     let available = total.saturating_sub(table.promised(&backing));
-    let capacity_bytes = match (request.range.required, request.range.limit) {
-        (0, 0) => kind.default_capacity(),
-        (0, limit) => limit.min(available),
-        (required, _) => required,
-    };
-    let minimum = kind.minimum_capacity(&request.fs_type);
-    if capacity_bytes < minimum {
-        return Err(Error::OutOfRange(format!(
-            "volume {}: {capacity_bytes} bytes asked for, but a {} volume{} needs at least {minimum} bytes",
-            request.name,
-            kind.as_str(),
-            if request.fs_type.is_empty() {
-                String::new()
-            } else {
-                format!(" holding {}", request.fs_type)
+    let capacity_bytes = choose_capacity(kind, &request.fs_type, request.range, available)
+        .map_err(|shortfall| match shortfall {
+            Shortfall::BelowMinimum(minimum) => Error::OutOfRange(format!(
+                "volume {}: at most {} bytes allowed (limit_bytes), but a {} volume{} needs at least {minimum} bytes",
+                request.name,
+                request.range.limit,
+                kind.as_str(),
+                if request.fs_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" holding {}", request.fs_type)
+                }
+            )),
+            Shortfall::NoRoom(needed) => {
+                let message = format!(
+                    "volume {}: {needed} bytes needed but {} can give {available} bytes",
+                    request.name,
+                    match &backing {
+                        Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
+                        Backing::Memory =>
+                            format!("the memory budget of node {}", driver.config.node_id),
+                    }
+                );
+                match backing {
+                    Backing::Disk(_) => Error::OutOfRange(message),
+                    Backing::Memory => Error::ResourceExhausted(message),
+                }
             }
-        )));
-    }
-    if capacity_bytes > available || (kind.sized() && capacity_bytes == 0) {
-        let message = format!(
-            "volume {}: {capacity_bytes} bytes needed but {} can give {available} bytes",
-            request.name,
-            match &backing {
-                Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
-                Backing::Memory => format!("the memory budget of node {}", driver.config.node_id),
-            }
-        );
-        return Err(match backing {
-            Backing::Disk(_) => Error::OutOfRange(message),
-            Backing::Memory => Error::ResourceExhausted(message),
-        });
-    }
+        })?;
     let record = VolumeRecord {
         id: request.id.clone(),
         name: request.name.clone(),
@@ -175,6 +172,57 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
     };
     table.insert(record.clone());
     Ok(record)
+}
+
+/// Volume sizes are whole blocks of this many bytes.
+const GRANULE: u64 = 4096;
+
+/// Why no capacity fits a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Shortfall {
+    /// The limit is below the kind's minimum (this many bytes).
+    BelowMinimum(u64),
+    /// This many bytes are needed, more than there is room for.
+    NoRoom(u64),
+}
+
+/// The capacity of a new volume of `kind` (holding `fs_type`) for `range`
+/// with `available` bytes of room: nothing asked → the kind's default (0, no
+/// limit, for a directory); a limit alone → as much of it as there is room
+/// for; a size → that size, raised to the kind's minimum and rounded up to
+/// [`GRANULE`] where the limit allows. A sized request never gets 0 (which
+/// would mean "no limit"), however little room is left.
+fn choose_capacity(
+    kind: KindName,
+    fs_type: &str,
+    range: CapacityRequest,
+    available: u64,
+) -> std::result::Result<u64, Shortfall> {
+    let sized = range.required != 0 || range.limit != 0;
+    let minimum = kind
+        .minimum_capacity(fs_type)
+        .max(if sized { GRANULE } else { 0 });
+    let limit = if range.limit == 0 {
+        u64::MAX
+    } else {
+        range.limit
+    };
+    if limit < minimum {
+        return Err(Shortfall::BelowMinimum(minimum));
+    }
+    let capacity = match (range.required, range.limit) {
+        (0, 0) => kind.default_capacity(),
+        (0, _) => limit.min(available) / GRANULE * GRANULE,
+        (required, _) => {
+            let wanted = required.max(minimum);
+            let rounded = wanted.div_ceil(GRANULE).saturating_mul(GRANULE);
+            if rounded <= limit { rounded } else { wanted }
+        }
+    };
+    if capacity > available || (sized || kind.sized()) && capacity < minimum.max(1) {
+        return Err(Shortfall::NoRoom(capacity.max(minimum)));
+    }
+    Ok(capacity)
 }
 
 /// An existing volume answers a repeated request only if it satisfies it:
@@ -311,4 +359,61 @@ pub fn expand(
     let node_step = record.kind.backend().expand(pool, &record)?;
     failpoint::hit("expand:grown");
     Ok((record, node_step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(required: u64, limit: u64) -> CapacityRequest {
+        CapacityRequest { required, limit }
+    }
+
+    #[test]
+    fn sizes_round_up_to_blocks_and_the_kind_minimum_within_the_limit() {
+        let room = 1 << 40;
+        let dir = KindName::Directory;
+        assert_eq!(choose_capacity(dir, "", range(0, 0), room), Ok(0));
+        assert_eq!(choose_capacity(dir, "", range(1000, 0), room), Ok(4096));
+        assert_eq!(choose_capacity(dir, "", range(4097, 0), room), Ok(8192));
+        assert_eq!(choose_capacity(dir, "", range(4097, 5000), room), Ok(4097));
+        assert_eq!(
+            choose_capacity(dir, "", range(0, 1000), room),
+            Err(Shortfall::BelowMinimum(4096))
+        );
+        assert_eq!(choose_capacity(dir, "", range(0, 10_000), room), Ok(8192));
+        let xfs_minimum = KindName::File.minimum_capacity("xfs");
+        assert_eq!(
+            choose_capacity(KindName::File, "xfs", range(100 << 20, 0), room),
+            Ok(xfs_minimum)
+        );
+        assert_eq!(
+            choose_capacity(KindName::File, "xfs", range(0, 100 << 20), room),
+            Err(Shortfall::BelowMinimum(xfs_minimum))
+        );
+        assert_eq!(
+            choose_capacity(KindName::Memory, "", range(100, 0), room),
+            Ok(4096)
+        );
+    }
+
+    #[test]
+    fn a_sized_request_never_gets_zero_from_a_full_pool() {
+        let dir = KindName::Directory;
+        assert_eq!(
+            choose_capacity(dir, "", range(0, 1 << 30), 0),
+            Err(Shortfall::NoRoom(4096))
+        );
+        assert_eq!(
+            choose_capacity(dir, "", range(0, 1 << 30), 4095),
+            Err(Shortfall::NoRoom(4096))
+        );
+        assert_eq!(choose_capacity(dir, "", range(0, 1 << 30), 5000), Ok(4096));
+        assert_eq!(
+            choose_capacity(dir, "", range(8192, 0), 5000),
+            Err(Shortfall::NoRoom(8192))
+        );
+        // Nothing asked: no limit, whatever the room.
+        assert_eq!(choose_capacity(dir, "", range(0, 0), 0), Ok(0));
+    }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     NODE, Scratch, TOPOLOGY_KEY, TestDriver, assert_code, create_request, create_request_with,
-    delete, mount_capability,
+    delete, listed, mount_capability,
 };
 use hostpath_csi::csi::controller_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
@@ -832,6 +832,49 @@ async fn a_limit_alone_gets_what_the_pool_can_give() {
         "{}",
         volume.capacity_bytes
     );
+}
+
+#[tokio::test]
+async fn a_limit_alone_on_a_full_pool_is_refused_never_unlimited() {
+    let scratch = Scratch::new();
+    let small = scratch.path().join("small");
+    scratch.mount_tmpfs(&small, "16m");
+    let mut d = TestDriver::start_in(scratch, |c| c.pools[0].1 = small.clone()).await;
+    let limit_only = |name: &str| {
+        let mut request = create_request(name, 0);
+        request.capacity_range = Some(CapacityRange {
+            required_bytes: 0,
+            limit_bytes: 1 << 30,
+        });
+        request
+    };
+    // The first takes all the pool can give; nothing is left to promise.
+    let first = d.csi.controller.create_volume(limit_only("pvc-all")).await;
+    let first = first.unwrap().into_inner().volume.unwrap();
+    assert_code(
+        d.csi
+            .controller
+            .create_volume(limit_only("pvc-none-left"))
+            .await,
+        Code::OutOfRange,
+        "4096 bytes needed",
+    );
+    let volumes = listed(&mut d.csi).await;
+    assert_eq!(volumes, vec![(first.volume_id, first.capacity_bytes)]);
+}
+
+#[tokio::test]
+async fn sizes_are_rounded_up_to_whole_blocks() {
+    let mut d = TestDriver::start().await;
+    for (name, params) in [("pvc-dir", &[][..]), ("pvc-mem", &[("kind", "memory")])] {
+        let request = create_request_with(name, 1000, params);
+        let created = d.csi.controller.create_volume(request).await.unwrap();
+        assert_eq!(
+            created.into_inner().volume.unwrap().capacity_bytes,
+            4096,
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]

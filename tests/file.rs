@@ -13,7 +13,9 @@ use common::{
 };
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
-use hostpath_csi::csi::{CreateVolumeRequest, NodePublishVolumeRequest, VolumeCapability};
+use hostpath_csi::csi::{
+    CapacityRange, CreateVolumeRequest, NodePublishVolumeRequest, VolumeCapability,
+};
 use tonic::Code;
 
 fn block_capability() -> VolumeCapability {
@@ -217,29 +219,27 @@ async fn a_block_volume_reads_and_writes_through_the_published_device() {
 #[tokio::test]
 async fn xfs_on_request_and_block_only_for_kind_file() {
     let mut d = TestDriver::start().await;
-    assert_code(
-        create(
-            &mut d,
-            create_request_with(
-                "file-xfs-small",
-                16 << 20,
-                &[("kind", "file"), ("fsType", "xfs")],
-            ),
-        )
-        .await,
-        Code::OutOfRange,
-        "xfs needs",
+    // Below the xfs minimum: refused only where the limit forbids raising it.
+    let mut small =
+        create_request_with("file-xfs-small", 0, &[("kind", "file"), ("fsType", "xfs")]);
+    small.capacity_range = Some(CapacityRange {
+        required_bytes: 16 << 20,
+        limit_bytes: 16 << 20,
+    });
+    assert_code(create(&mut d, small).await, Code::OutOfRange, "xfs needs");
+    let request = create_request_with(
+        "file-xfs",
+        100 << 20,
+        &[("kind", "file"), ("fsType", "xfs")],
     );
-    let id = create(
-        &mut d,
-        create_request_with(
-            "file-xfs",
-            300 << 20,
-            &[("kind", "file"), ("fsType", "xfs")],
-        ),
-    )
-    .await
-    .unwrap();
+    let created = d.csi.controller.create_volume(request).await.unwrap();
+    let volume = created.into_inner().volume.unwrap();
+    assert_eq!(
+        volume.capacity_bytes,
+        300 << 20,
+        "raised to the xfs minimum"
+    );
+    let id = volume.volume_id;
     let target = d.target("pod-xfs");
     d.publish(&id, &target, false).await.unwrap();
     let st = nix::sys::statfs::statfs(Path::new(&target)).unwrap();
