@@ -16,6 +16,11 @@ use crate::validate;
 pub const PATH_KEY: &str = "path";
 /// volume_context key holding the hostPath type.
 pub const TYPE_KEY: &str = "type";
+/// What a static volume's id (the PV's `volumeHandle`) must start with: the
+/// positive sign that an admin wrote it. Only a PV's author chooses a
+/// volume id; a pod's inline `csi:` volume gets one minted by kubelet
+/// (`csi-` and a hash), and the volumes this driver makes are `vol-…`.
+pub const STATIC_ID_PREFIX: &str = "static-";
 
 /// The eight hostPath types Kubernetes defines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
 use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
@@ -213,6 +213,22 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             driver.config.node_id
         )));
     };
+    // Never the absence of a key: kubelet sends none of its own keys when
+    // the CSIDriver has podInfoOnMount off, and a pod's inline volume then
+    // passes whatever attributes its author wrote.
+    if !id.as_str().starts_with(host_path::STATIC_ID_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "volume {id} names host path {}, but only a PersistentVolume whose volumeHandle starts with {:?} may publish one (an inline volume cannot choose its id)",
+            Echo(path),
+            host_path::STATIC_ID_PREFIX
+        )));
+    }
+    if let Some(ephemeral) = request.context.get(EPHEMERAL_KEY).filter(|v| *v != "false") {
+        return Err(Error::InvalidArgument(format!(
+            "volume {id}: {EPHEMERAL_KEY}={} with a host path: only a PersistentVolume may publish one",
+            Echo(ephemeral)
+        )));
+    }
     if !matches!(
         validate::capability(&request.capability),
         Ok(Requested::Mount(_))

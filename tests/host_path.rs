@@ -46,6 +46,60 @@ fn mknod(path: &Path, kind: nix::sys::stat::SFlag, major: u64, minor: u64) {
 }
 
 #[tokio::test]
+async fn only_a_pv_whose_handle_says_static_publishes_a_host_path() {
+    let (mut d, host) = driver().await;
+    std::fs::create_dir(host.join("secret")).unwrap();
+    std::fs::write(host.join("secret/key"), b"admin's").unwrap();
+    let path = host.join("secret").to_string_lossy().into_owned();
+    // An inline volume as kubelet sends it with podInfoOnMount off: a
+    // minted id and the pod author's attributes, no ephemeral key; then the
+    // same with the key forged, and an admin's handle without the prefix.
+    let inline_id = format!("csi-{}", "ab".repeat(32));
+    let cases = [
+        (inline_id.as_str(), None, "static-"),
+        (inline_id.as_str(), Some("false"), "static-"),
+        ("shared-data", None, "static-"),
+        ("static-pv", Some("True"), "ephemeral"),
+    ];
+    for (id, ephemeral, message) in cases {
+        let target = d.target(&format!("pod-{id}-{ephemeral:?}"));
+        let mut request = publish_request(id, &target, false);
+        request.volume_context.insert("path".into(), path.clone());
+        request
+            .volume_context
+            .insert("type".into(), "Directory".into());
+        if let Some(value) = ephemeral {
+            request
+                .volume_context
+                .insert("csi.storage.k8s.io/ephemeral".into(), value.into());
+        }
+        assert_code(
+            d.csi.node.node_publish_volume(request).await,
+            Code::InvalidArgument,
+            message,
+        );
+        assert!(!Path::new(&target).exists(), "{id}");
+    }
+    assert!(d.scratch.mounts().is_empty());
+    // A PV's handle, with the key kubelet adds when podInfoOnMount is on.
+    let target = d.target("pod-pv");
+    let mut request = publish_request("static-pv", &target, false);
+    request.volume_context.insert("path".into(), path);
+    request
+        .volume_context
+        .insert("type".into(), "Directory".into());
+    request
+        .volume_context
+        .insert("csi.storage.k8s.io/ephemeral".into(), "false".into());
+    d.csi.node.node_publish_volume(request).await.unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&target).join("key")).unwrap(),
+        b"admin's"
+    );
+    d.unpublish("static-pv", &target).await.unwrap();
+}
+
+#[tokio::test]
 async fn directory_or_create_makes_missing_parents_0755_and_serves_them() {
     let (mut d, host) = driver().await;
     let path = host.join("a/b/c");
