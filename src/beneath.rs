@@ -137,6 +137,17 @@ pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> 
     dir.sync()
 }
 
+/// Creates the empty file `name` in `dir` if it is missing (a marker),
+/// durably.
+pub fn create_empty(dir: &(impl SyncDir + ?Sized), name: &str) -> nix::Result<()> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(0o600))
+        .resolve(confined());
+    drop(openat2(dir.as_fd(), name, how)?);
+    dir.sync()
+}
+
 /// Reads the regular file `name` beneath `dir`, up to `limit` bytes (EFBIG
 /// when it holds more; EINVAL when it is not a regular file: a FIFO, a
 /// socket or a device is never read, and opening one never blocks). No size

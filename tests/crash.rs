@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use common::{Scratch, create_request_with, delete, listed, made, publish_request};
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest,
-    NodeUnpublishVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest,
+    NodeExpandVolumeRequest, NodeUnpublishVolumeRequest,
 };
 
 /// A driver process on a pool in a scratch directory.
@@ -201,7 +201,12 @@ async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Ve
     }
     for entry in std::fs::read_dir(node.pool().join("volumes")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
+        // A memory volume not yet published keeps a marker saying so.
         let id = name.strip_suffix(".img").unwrap_or(&name);
+        let id = match (expected.kind, id.strip_prefix('.')) {
+            (Kind::Memory, Some(marker)) => marker.strip_suffix(".unused").unwrap_or(id),
+            _ => id,
+        };
         if !ids.contains(id) {
             found.push(format!(
                 "volumes/{name} belongs to no kept volume (an orphan)"
@@ -245,6 +250,28 @@ async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Ve
                 found.push(format!("mount left at {}", mount.display()))
             }
             Err(_) => {}
+        }
+    }
+    if matches!(expected.kind, Kind::Memory) {
+        // A kept memory volume holds its tmpfs, and is healthy: nothing it
+        // held was lost.
+        let mounted = node.scratch.mounts();
+        for id in &ids {
+            if !mounted.contains(&node.pool().join("volumes").join(id)) {
+                found.push(format!("memory volume {id} has no tmpfs"));
+            }
+            let got = csi
+                .controller
+                .controller_get_volume(ControllerGetVolumeRequest {
+                    volume_id: id.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let condition = got.status.unwrap().volume_condition.unwrap();
+            if condition.abnormal {
+                found.push(format!("memory volume {id}: {}", condition.message));
+            }
         }
     }
     if expected.published.is_empty() && !node.scratch.loop_devices().is_empty() {
@@ -294,13 +321,17 @@ fn write_synced(target: &str, bytes: &[u8]) {
 }
 
 async fn create_cases(kind: Kind, tally: &mut Tally) {
-    for point in [
+    let mut points = vec![
         "create:reserved",
         "write:temp-synced",
         "write:renamed",
         "create:record-saved",
         "create:made",
-    ] {
+    ];
+    if matches!(kind, Kind::Memory) {
+        points.push("memory:dir-made");
+    }
+    for point in points {
         let case = format!("CreateVolume {kind:?} killed at {point}");
         let mut node = Node::new();
         let request = create(kind, "pvc-crash");

@@ -5,15 +5,24 @@
 //! of it (at least 1024), and nosuid,nodev. Its contents die with the node:
 //! after a reboot the directory beneath is empty disk, which is never served;
 //! the next publish mounts a new, empty tmpfs and the volume reports that.
+//!
+//! Until its first publish a volume has a marker `volumes/.<id>.unused`: a
+//! volume found without its tmpfs while the marker is there never held data
+//! (a crash between the directory and the mount, or a reboot before any pod
+//! used it), so it is mounted again and nothing is reported lost.
 
 use std::os::fd::OwnedFd;
 
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::mount::{MsFlags, mount};
+use nix::sys::stat::fstatat;
 
 use super::own_mount::{self, MountPoint};
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath;
 use crate::error::{Result, SysContext};
+use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::mounts::fd_path;
 use crate::mounts::{MountEntry, MountIndex};
@@ -53,22 +62,58 @@ fn mount_tmpfs(pool: &Pool, id: &VolumeId, dir: &OwnedFd, capacity_bytes: u64) -
     own_mount::reopen(pool, id)
 }
 
+/// The name of the marker of a volume never published.
+fn marker(id: &VolumeId) -> String {
+    format!(".{id}.unused")
+}
+
+/// Whether volume `id` was never published (its marker is there).
+fn never_used(pool: &Pool, id: &VolumeId) -> Result<bool> {
+    let name = marker(id);
+    match fstatat(&pool.volumes, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(errno) => {
+            Err(errno).context(|| format!("volume {id}: stat {}/volumes/{name}", pool.shown()))
+        }
+    }
+}
+
+/// Removes the marker, durably: from now on a missing tmpfs means lost data.
+fn mark_used(pool: &Pool, id: &VolumeId) -> Result<()> {
+    let name = marker(id);
+    beneath::remove_file(&pool.volumes, name.as_str())
+        .context(|| format!("volume {id}: remove {}/volumes/{name}", pool.shown()))
+}
+
 impl VolumeKind for Memory {
     fn create(&self, pool: &Pool, record: &VolumeRecord) -> Result<()> {
         let id = &record.id;
-        // Only a new volume gets its tmpfs here: one whose tmpfs is gone lost
-        // its contents, and the next publish must say so (see open_source).
-        if let MountPoint::Missing = own_mount::look(pool, id)? {
-            let (dir, _) = beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
-                .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
-            mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
+        // A volume whose tmpfs is gone after it was used lost its contents,
+        // and the next publish must say so (see open_source); one never used
+        // just gets its tmpfs.
+        match own_mount::look(pool, id)? {
+            MountPoint::Missing => {
+                let name = marker(id);
+                beneath::create_empty(&pool.volumes, name.as_str())
+                    .context(|| format!("volume {id}: write {}/volumes/{name}", pool.shown()))?;
+                let (dir, _) = beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
+                    .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
+                failpoint::hit("memory:dir-made");
+                mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
+            }
+            MountPoint::Unmounted(dir) if never_used(pool, id)? => {
+                mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
+            }
+            MountPoint::Unmounted(_) | MountPoint::Mounted(_) => {}
         }
         Ok(())
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {
         own_mount::unmount(pool, id)?;
-        pool.trash_volume(id.as_str())
+        pool.trash_volume(id.as_str())?;
+        mark_used(pool, id)
     }
 
     fn open_source(
@@ -78,21 +123,28 @@ impl VolumeKind for Memory {
         _access: Access,
     ) -> Result<Option<Opened>> {
         let id = &record.id;
-        Ok(match own_mount::look(pool, id)? {
-            MountPoint::Missing => None,
-            MountPoint::Mounted(fd) => Some(Opened {
+        let unused = never_used(pool, id)?;
+        let opened = match own_mount::look(pool, id)? {
+            MountPoint::Missing => return Ok(None),
+            MountPoint::Mounted(fd) => Opened {
                 fd,
                 recreated: false,
-            }),
+            },
             MountPoint::Unmounted(dir) => {
-                tracing::warn!(volume = %id, "tmpfs contents were lost; mounting an empty one");
+                if !unused {
+                    tracing::warn!(volume = %id, "tmpfs contents were lost; mounting an empty one");
+                }
                 let fd = mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
-                Some(Opened {
+                Opened {
                     fd,
-                    recreated: true,
-                })
+                    recreated: !unused,
+                }
             }
-        })
+        };
+        if unused {
+            mark_used(pool, id)?;
+        }
+        Ok(Some(opened))
     }
 
     fn open_existing(
@@ -134,6 +186,7 @@ impl VolumeKind for Memory {
         Ok(match own_mount::look(pool, id)? {
             MountPoint::Missing => Some(missing(pool, id)),
             MountPoint::Mounted(_) => None,
+            MountPoint::Unmounted(_) if never_used(pool, id)? => None,
             MountPoint::Unmounted(_) => Some(format!(
                 "volume {id}: its tmpfs on {}/volumes/{id} is gone and its contents with it (node reboot?); the next publish mounts an empty one",
                 pool.shown()
