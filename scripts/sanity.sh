@@ -22,6 +22,12 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/pool"
+# The driver publishes only on targets in kubelet's layout beneath
+# --kubelet-dir; csi-sanity publishes on <mountdir>/target, which the block
+# layout (…/volumeDevices/publish/<pv>/<pod uid>) takes, with "target" as the
+# pod uid. csi-sanity makes the mountdir itself; kubelet's part is made here.
+SANITY_TARGETS=plugins/kubernetes.io/csi/volumeDevices/publish/sanity
+mkdir -p "$work/$(dirname "$SANITY_TARGETS")"
 printf 'kind: %s\n' "$kind" >"$work/parameters.yaml"
 "$driver_bin" serve \
   --endpoint "unix://$work/csi.sock" \
@@ -40,7 +46,7 @@ done
 status=0
 csi-sanity \
   --csi.endpoint "unix://$work/csi.sock" \
-  --csi.mountdir "$work/mnt" \
+  --csi.mountdir "$work/$SANITY_TARGETS" \
   --csi.stagingdir "$work/stage" \
   --csi.testvolumesize $((64 << 20)) \
   --csi.testvolumeexpandsize $((128 << 20)) \

@@ -64,7 +64,12 @@ pub async fn run() -> Result<(), String> {
         })
         .await
     });
-    let target = scratch.path().join("target");
+    // Where kubelet would publish it for a pod (its parent is kubelet's to make).
+    let parent = scratch
+        .path()
+        .join("pods/demo-pod/volumes/kubernetes.io~csi/demo-pv");
+    std::fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    let target = parent.join("mount");
     let walked = walk(&socket, &target).await;
     // If a step failed after publishing, take the mount down before the
     // scratch directory is removed.

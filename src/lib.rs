@@ -28,6 +28,7 @@ pub mod server;
 pub mod service;
 pub mod shared_sync;
 pub mod snapshot;
+pub mod target;
 pub mod usage_cache;
 pub mod validate;
 pub mod volumes;

@@ -4,15 +4,14 @@
 //! The kernel is the truth about what is mounted: nothing here caches it.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, MsFlags, umount2};
 use nix::sys::stat::SFlag;
-use nix::sys::statvfs::{FsFlags, fstatvfs};
 
 use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
@@ -39,13 +38,23 @@ pub struct PathState {
 }
 
 /// Looks at `path` (absolute) with statx; `None` when it does not exist.
-pub fn path_state(path: &std::path::Path) -> nix::Result<Option<PathState>> {
+pub fn path_state(path: &Path) -> nix::Result<Option<PathState>> {
     let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    statx_at(libc::AT_FDCWD, &path)
+}
+
+/// Looks at entry `name` of directory `dir` with statx, without following
+/// a symlink there; `None` when it does not exist.
+pub fn entry_state(dir: &impl AsRawFd, name: &CStr) -> nix::Result<Option<PathState>> {
+    statx_at(dir.as_raw_fd(), name)
+}
+
+fn statx_at(dir: RawFd, path: &CStr) -> nix::Result<Option<PathState>> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: path is NUL-terminated and stx points to writable memory of the right size.
     let rc = unsafe {
         libc::statx(
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
             libc::STATX_TYPE | libc::STATX_INO,
@@ -74,10 +83,102 @@ pub fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// Bind-mounts `source` (a directory or a file) onto `target` (an fd opened
-/// on the target path, which is `target_path`), then [`restrict`]s it. If
-/// the restriction fails the bind is taken down again.
-pub fn bind(
+/// Per-mount flags a publish controls, as statvfs(3) reports them.
+pub mod flags {
+    pub const RDONLY: u64 = libc::ST_RDONLY;
+    pub const NOSUID: u64 = libc::ST_NOSUID;
+    pub const NODEV: u64 = libc::ST_NODEV;
+    pub const NOEXEC: u64 = libc::ST_NOEXEC;
+    /// ST_NOSYMFOLLOW (Linux 5.10), which libc does not name.
+    pub const NOSYMFOLLOW: u64 = 0x2000;
+    /// All of them: what a target's mount is compared on.
+    pub const CONTROLLED: u64 = RDONLY | NOSUID | NODEV | NOEXEC | NOSYMFOLLOW;
+}
+
+/// The controlled per-mount flags (see [`flags`]) of the mount holding `fd`.
+pub fn mount_flags(fd: &impl AsRawFd) -> nix::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: st points to writable memory of the right size.
+    Errno::result(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_flag & flags::CONTROLLED)
+}
+
+/// The controlled flags a publish of `source` with `policy` must end with:
+/// nosuid always, nodev unless devices are served, read-only and noexec
+/// when asked or when the source's own mount has them, nosymfollow when asked.
+pub fn expected_flags(source: &OwnedFd, policy: BindPolicy) -> nix::Result<u64> {
+    let inherited = mount_flags(source)? & (flags::RDONLY | flags::NOEXEC | flags::NOSYMFOLLOW);
+    let mut want = inherited | flags::NOSUID;
+    if !policy.devices {
+        want |= flags::NODEV;
+    }
+    if policy.read_only {
+        want |= flags::RDONLY;
+    }
+    if policy.extra.contains(MsFlags::MS_NOEXEC) {
+        want |= flags::NOEXEC;
+    }
+    if policy.extra.contains(nosymfollow()) {
+        want |= flags::NOSYMFOLLOW;
+    }
+    Ok(want)
+}
+
+/// MS_NOSYMFOLLOW, which nix does not name.
+pub fn nosymfollow() -> MsFlags {
+    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)
+}
+
+/// The mount_setattr(2) attributes for `policy` (applied on top of what
+/// the source's mount has, which a clone keeps).
+fn attributes(policy: BindPolicy) -> libc_mount::MountAttr {
+    use libc_mount::*;
+    let mut set = ATTR_NOSUID;
+    let mut clear = 0;
+    if !policy.devices {
+        set |= ATTR_NODEV;
+    }
+    if policy.read_only {
+        set |= ATTR_RDONLY;
+    }
+    let pairs = [
+        (MsFlags::MS_NOEXEC, ATTR_NOEXEC),
+        (MsFlags::MS_NODIRATIME, ATTR_NODIRATIME),
+        (nosymfollow(), ATTR_NOSYMFOLLOW),
+    ];
+    for (flag, attr) in pairs {
+        if policy.extra.contains(flag) {
+            set |= attr;
+        }
+    }
+    // Access-time modes are one field: set one, clear the field first.
+    for (flag, mode) in [
+        (MsFlags::MS_NOATIME, ATTR_NOATIME),
+        (MsFlags::MS_RELATIME, ATTR_RELATIME),
+    ] {
+        if policy.extra.contains(flag) {
+            clear |= ATTR__ATIME;
+            set = (set & !ATTR__ATIME) | mode;
+        }
+    }
+    MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    }
+}
+
+/// Publishes `source` (a directory, a file or a device node) on `target`
+/// (an `O_PATH` fd of the target, whose path is `target_path`) with the new
+/// mount API: a detached copy of the source's mount is made
+/// (open_tree(OPEN_TREE_CLONE)), restricted as `policy` says
+/// (mount_setattr) while nobody can see it, and only then attached onto
+/// the target fd (move_mount). No path is resolved, and the target never
+/// shows an unrestricted mount, not even after a crash.
+pub fn attach(
     volume: &str,
     source: &OwnedFd,
     target: &OwnedFd,
@@ -85,75 +186,136 @@ pub fn bind(
     policy: BindPolicy,
 ) -> Result<()> {
     let shown = target_path.display();
-    mount(
-        Some(fd_path(source).as_str()),
-        fd_path(target).as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .context(|| format!("volume {volume}: bind mount onto {shown}"))?;
-    failpoint::hit("publish:bound");
-    if let Err(err) = restrict(volume, source, target_path, policy) {
-        if let Err(errno) = umount2(
-            target_path,
-            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
-        ) {
-            tracing::error!(volume, target = %shown, %errno, "could not take down a bind mount whose remount failed");
-        }
-        return Err(err);
-    }
-    Ok(())
+    let tree = libc_mount::open_tree_clone(source)
+        .context(|| format!("volume {volume}: copy the volume's mount for {shown} (open_tree)"))?;
+    let attributes = attributes(policy);
+    libc_mount::set_attributes(&tree, &attributes).context(|| {
+        format!("volume {volume}: restrict the mount for {shown} (mount_setattr {attributes:?})")
+    })?;
+    failpoint::hit("publish:restricted");
+    libc_mount::move_onto(&tree, target)
+        .context(|| format!("volume {volume}: attach the mount onto {shown} (move_mount)"))
 }
 
-/// Remounts the bind mount at `target_path` with nosuid, nodev (unless the
-/// policy keeps devices), the source's own noexec/atime flags, the extra
-/// flags and, if read-only, MS_RDONLY (the first MS_BIND ignores all of
-/// these). Also finishes a bind left half-done.
+/// Finishes a publish an earlier driver left half-done (a bind without its
+/// restricting remount): applies `policy` to `mounted`, the root of the
+/// mount at `target_path`.
 pub fn restrict(
     volume: &str,
-    source: &OwnedFd,
+    mounted: &OwnedFd,
     target_path: &Path,
     policy: BindPolicy,
 ) -> Result<()> {
-    let inherited = inherited_flags(source)
-        .context(|| format!("volume {volume}: statvfs of the volume source"))?;
-    let mut flags =
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | inherited | policy.extra;
-    if !policy.devices {
-        flags |= MsFlags::MS_NODEV;
-    }
-    if policy.read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    mount(None::<&str>, target_path, None::<&str>, flags, None::<&str>).context(|| {
+    let attributes = attributes(policy);
+    libc_mount::set_attributes(mounted, &attributes).context(|| {
         format!(
-            "volume {volume}: remount {} with {flags:?}",
+            "volume {volume}: restrict the mount at {} (mount_setattr {attributes:?})",
             target_path.display()
         )
     })
 }
 
-/// Per-mount flags of the filesystem a volume lives on that a bind must keep.
-fn inherited_flags(source: &OwnedFd) -> nix::Result<MsFlags> {
-    let have = fstatvfs(source)?.flags();
-    let pairs = [
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-    ];
-    Ok(pairs
-        .into_iter()
-        .filter(|(st, _)| have.contains(*st))
-        .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms))
+/// Checks that `mounted`, the root of the mount at `target_path`, has
+/// exactly the flags a publish of `source` with `policy` must end with (a
+/// kernel that ignored one would otherwise go unnoticed).
+pub fn check_flags(
+    volume: &str,
+    source: &OwnedFd,
+    mounted: &OwnedFd,
+    target_path: &Path,
+    policy: BindPolicy,
+) -> Result<()> {
+    let shown = target_path.display();
+    let want = expected_flags(source, policy)
+        .context(|| format!("volume {volume}: statvfs of the volume source"))?;
+    let have = mount_flags(mounted).context(|| format!("volume {volume}: statvfs {shown}"))?;
+    if have != want {
+        return Err(Error::Internal(format!(
+            "volume {volume}: the mount at {shown} has flags {have:#x}, not the {want:#x} asked for"
+        )));
+    }
+    Ok(())
 }
 
-/// Unmounts the top mount at `target` without following a symlink there.
-pub fn unmount(volume: &str, target: &Path) -> Result<()> {
-    umount2(target, MntFlags::UMOUNT_NOFOLLOW)
-        .context(|| format!("volume {volume}: unmount {}", target.display()))
+/// Unmounts the mount an `O_PATH` fd of its root holds (detached: gone from
+/// the target at once, freed when its last user goes).
+pub fn unmount(volume: &str, root: &OwnedFd, target_path: &Path) -> Result<()> {
+    umount2(fd_path(root).as_str(), MntFlags::MNT_DETACH)
+        .context(|| format!("volume {volume}: unmount {}", target_path.display()))
+}
+
+/// The new mount API's system calls, which neither nix nor libc wrap.
+mod libc_mount {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use nix::errno::Errno;
+
+    pub const ATTR_RDONLY: u64 = 0x1;
+    pub const ATTR_NOSUID: u64 = 0x2;
+    pub const ATTR_NODEV: u64 = 0x4;
+    pub const ATTR_NOEXEC: u64 = 0x8;
+    pub const ATTR__ATIME: u64 = 0x70;
+    pub const ATTR_RELATIME: u64 = 0x0;
+    pub const ATTR_NOATIME: u64 = 0x10;
+    pub const ATTR_NODIRATIME: u64 = 0x80;
+    pub const ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+    const OPEN_TREE_CLONE: libc::c_uint = 0x1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    #[derive(Debug)]
+    pub struct MountAttr {
+        pub attr_set: u64,
+        pub attr_clr: u64,
+        pub propagation: u64,
+        pub userns_fd: u64,
+    }
+
+    /// A detached copy of the mount at `source` (just that mount, no submounts).
+    pub fn open_tree_clone(source: &OwnedFd) -> nix::Result<OwnedFd> {
+        let flags =
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+        // SAFETY: the path is a NUL-terminated empty string; the flags are plain bits.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_open_tree, source.as_raw_fd(), c"".as_ptr(), flags) };
+        let fd = Errno::result(fd)?;
+        // SAFETY: open_tree returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// mount_setattr(2) on the mount `mount` is the root of.
+    pub fn set_attributes(mount: &OwnedFd, attr: &MountAttr) -> nix::Result<()> {
+        // SAFETY: attr points to a live struct of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                mount.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// Attaches the detached mount `tree` onto `target` (an fd of it).
+    pub fn move_onto(tree: &OwnedFd, target: &OwnedFd) -> nix::Result<()> {
+        // SAFETY: both paths are NUL-terminated empty strings; fds are open.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_raw_fd(),
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
 }
 
 /// One line of /proc/self/mountinfo, reduced to what the driver needs.

@@ -2,15 +2,9 @@
 //! ephemeral volume, or an admin's static host path), make the target, bind,
 //! and take it all down again at unpublish.
 
+use nix::sys::stat::{SFlag, fstat};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-
-use nix::fcntl::OFlag;
-use nix::sys::stat::{Mode, SFlag, fstat};
-use nix::sys::statvfs::{FsFlags, statvfs};
-
-use nix::errno::Errno;
 
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
@@ -21,6 +15,7 @@ use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle::{self, NewVolume};
 use crate::mounts::{self, BindPolicy, MountIndex};
+use crate::target::Target;
 use crate::validate::{self, Requested};
 
 /// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
@@ -32,7 +27,7 @@ const MAX_STACKED_MOUNTS: usize = 16;
 /// A checked NodePublishVolume request.
 pub struct Publish {
     pub id: VolumeId,
-    pub target: PathBuf,
+    pub target: Target,
     pub policy: BindPolicy,
     pub capability: VolumeCapability,
     pub context: HashMap<String, String>,
@@ -43,6 +38,17 @@ pub struct Publish {
 struct Source {
     fd: OwnedFd,
     is_dir: bool,
+}
+
+impl Source {
+    /// The type of target it is mounted on.
+    fn target_type(&self) -> SFlag {
+        if self.is_dir {
+            SFlag::S_IFDIR
+        } else {
+            SFlag::S_IFREG
+        }
+    }
 }
 
 /// Mounts the volume on the target, creating the target (a directory for a
@@ -126,9 +132,8 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     let mut request_policy = request.policy;
     let source = resolve(driver, request, &mut request_policy)?;
     let Publish { id, target, .. } = request;
-    let shown = target.display();
-    let state = mounts::path_state(target).context(|| format!("volume {id}: stat {shown}"))?;
-    let created = match state {
+    let shown = target.path.display();
+    let created = match target.state()? {
         Some(state) if state.mount_root => {
             confirm_existing(id, target, &source.fd, state, request_policy)?;
             mark_published(driver, request);
@@ -136,14 +141,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
         }
         // A file target must be a regular file: a symlink, fifo or device
         // in its place is not bound over.
-        Some(state)
-            if state.file_type
-                != if source.is_dir {
-                    SFlag::S_IFDIR
-                } else {
-                    SFlag::S_IFREG
-                } =>
-        {
+        Some(state) if state.file_type != source.target_type() => {
             return Err(Error::AlreadyExists(format!(
                 "volume {id}: target {shown} exists and is not a {}",
                 if source.is_dir { "directory" } else { "file" }
@@ -151,26 +149,32 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
         }
         Some(_) => false,
         None => {
-            make_target(id, target, source.is_dir)?;
+            target.make(source.is_dir)?;
             failpoint::hit("publish:target-made");
             true
         }
     };
-    let mounted = open_target(id, target, source.is_dir).and_then(|target_fd| {
-        mounts::bind(id.as_str(), &source.fd, &target_fd, target, request_policy)
+    let mounted = target.open_path().and_then(|target_fd| {
+        mounts::attach(
+            id.as_str(),
+            &source.fd,
+            &target_fd,
+            &target.path,
+            request_policy,
+        )?;
+        let mounted = target.open_path()?;
+        mounts::check_flags(
+            id.as_str(),
+            &source.fd,
+            &mounted,
+            &target.path,
+            request_policy,
+        )
     });
     if let Err(err) = mounted {
+        take_down_mine(id, target, &source.fd).ok();
         if created {
-            remove_target(
-                id,
-                target,
-                if source.is_dir {
-                    SFlag::S_IFDIR
-                } else {
-                    SFlag::S_IFREG
-                },
-            )
-            .ok();
+            target.remove(source.target_type()).ok();
         }
         return Err(err);
     }
@@ -252,85 +256,82 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
 }
 
 /// A target that is already a mount: fine if it is this source with the
-/// same read-only setting, ALREADY_EXISTS otherwise. A bind that a crash left
-/// without its remount is finished here with the flags asked for.
+/// flags this publish asks for (read-only, noexec, nosuid, nodev,
+/// nosymfollow), ALREADY_EXISTS otherwise. A bind an earlier driver left
+/// without its restricting remount (the flags of the source's own mount) is
+/// finished here with the flags asked for.
 fn confirm_existing(
     id: &VolumeId,
-    target: &Path,
+    target: &Target,
     source: &OwnedFd,
     state: mounts::PathState,
     policy: BindPolicy,
 ) -> Result<()> {
-    let shown = target.display();
+    let shown = target.path.display();
     let source_stat = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
     if (source_stat.st_dev, source_stat.st_ino) != (state.dev, state.ino) {
         return Err(Error::AlreadyExists(format!(
             "volume {id}: target {shown} already holds another mount"
         )));
     }
-    let flags = statvfs(target)
-        .context(|| format!("volume {id}: statvfs {shown}"))?
-        .flags();
-    let finished =
-        flags.contains(FsFlags::ST_NOSUID) && (policy.devices || flags.contains(FsFlags::ST_NODEV));
-    if !finished {
-        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
-        return mounts::restrict(id.as_str(), source, target, policy);
+    let mounted = target.open_path()?;
+    let have = mounts::mount_flags(&mounted).context(|| format!("volume {id}: statvfs {shown}"))?;
+    let want = mounts::expected_flags(source, policy)
+        .context(|| format!("volume {id}: statvfs of the volume source"))?;
+    if have == want {
+        return Ok(());
     }
-    let mounted_read_only = flags.contains(FsFlags::ST_RDONLY);
+    let bare = mounts::mount_flags(source)
+        .context(|| format!("volume {id}: statvfs of the volume source"))?;
+    if have == bare {
+        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
+        mounts::restrict(id.as_str(), &mounted, &target.path, policy)?;
+        return mounts::check_flags(id.as_str(), source, &mounted, &target.path, policy);
+    }
+    let mounted_read_only = have & mounts::flags::RDONLY != 0;
     if mounted_read_only != policy.read_only {
         return Err(Error::AlreadyExists(format!(
             "volume {id}: already published at {shown} with readonly={mounted_read_only}, asked for readonly={}",
             policy.read_only
         )));
     }
-    Ok(())
+    Err(Error::AlreadyExists(format!(
+        "volume {id}: already published at {shown} with mount flags {have:#x}, asked for {want:#x}"
+    )))
 }
 
 fn mark_published(driver: &Driver, request: &Publish) {
     if let Some(volume) = driver.table().get_mut(&request.id) {
-        volume.published.insert(request.target.clone());
+        volume.published.insert(request.target.path.clone());
     }
 }
 
-/// Creates the target: a directory (mode 0750) or an empty file (0640).
-fn make_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<()> {
-    let shown = target.display();
-    let made = if is_dir {
-        nix::unistd::mkdir(target, Mode::from_bits_truncate(0o750))
-    } else {
-        nix::fcntl::open(
-            target,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o640),
-        )
-        .map(drop)
-    };
-    match made {
-        Err(Errno::ENOENT) => Err(Error::InvalidArgument(format!(
-            "volume {id}: the parent directory of target {shown} does not exist (the caller makes it)"
-        ))),
-        other => other.context(|| format!("volume {id}: create target {shown}")),
+/// Unmounts every mount of this volume stacked on the target and removes
+/// it; a missing target is fine. A mount there that is not this volume's is
+/// never taken down (FAILED_PRECONDITION). A backing set up for use is
+/// released with its last user, and an ephemeral volume is deleted with its
+/// last target.
+pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> {
+    let record = driver.volume(id).ok().map(|v| v.record);
+    match &record {
+        Some(record) => {
+            let pool = driver.pool(Some(&record.pool))?;
+            let backend = record.kind.backend();
+            take_down(id, target, || {
+                let mounts = MountIndex::read()?;
+                let users = backend.users(pool, id, &mounts)?;
+                Ok(users.iter().any(|u| u.mount_point == target.path))
+            })?;
+        }
+        // An admin's static volume keeps no record: its mounts are whatever
+        // its PV named, on a target in kubelet's layout.
+        None if id.as_str().starts_with(host_path::STATIC_ID_PREFIX) => {
+            take_down(id, target, || Ok(true))?
+        }
+        None => take_down(id, target, || Ok(false))?,
     }
-}
-
-/// Opens the target itself (not a symlink in its place) for mounting onto.
-fn open_target(id: &VolumeId, target: &Path, is_dir: bool) -> Result<OwnedFd> {
-    let mut flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    if is_dir {
-        flags |= OFlag::O_DIRECTORY;
-    }
-    nix::fcntl::open(target, flags, Mode::empty())
-        .context(|| format!("volume {id}: open target {}", target.display()))
-}
-
-/// Unmounts every mount stacked on the target and removes it; a missing
-/// target is fine. A backing set up for use is released with its last
-/// user, and an ephemeral volume is deleted with its last target.
-pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Path) -> Result<()> {
-    take_down(id, target)?;
     let Some(record) = driver.table().get_mut(id).map(|volume| {
-        volume.published.remove(target);
+        volume.published.remove(&target.path);
         volume.record.clone()
     }) else {
         return Ok(());
@@ -345,16 +346,28 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn take_down(id: &VolumeId, target: &Path) -> Result<()> {
-    let shown = target.display();
+/// Unmounts the mounts stacked on `target` while `is_mine` says the volume
+/// is mounted there, then removes the target.
+fn take_down(
+    id: &VolumeId,
+    target: &Target,
+    mut is_mine: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let shown = target.path.display();
     for _ in 0..MAX_STACKED_MOUNTS {
-        match mounts::path_state(target).context(|| format!("volume {id}: stat {shown}"))? {
+        match target.state()? {
             None => return Ok(()),
             Some(state) if state.mount_root => {
-                mounts::unmount(id.as_str(), target)?;
+                if !is_mine()? {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {id}: target {shown} holds a mount that is not this volume's; it is left mounted"
+                    )));
+                }
+                let mounted = target.open_path()?;
+                mounts::unmount(id.as_str(), &mounted, &target.path)?;
                 failpoint::hit("unpublish:unmounted");
             }
-            Some(state) => return remove_target(id, target, state.file_type),
+            Some(state) => return target.remove(state.file_type),
         }
     }
     Err(Error::Internal(format!(
@@ -362,20 +375,17 @@ fn take_down(id: &VolumeId, target: &Path) -> Result<()> {
     )))
 }
 
-/// Removes an (unmounted) target this driver created at publish.
-fn remove_target(id: &VolumeId, target: &Path, file_type: SFlag) -> Result<()> {
-    let shown = target.display();
-    let removed = match file_type {
-        SFlag::S_IFDIR => std::fs::remove_dir(target),
-        SFlag::S_IFREG => std::fs::remove_file(target),
-        _ => {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id}: target {shown} is neither a directory nor a file; left in place"
-            )));
+/// After a failed publish: takes down a mount of `source` it attached.
+fn take_down_mine(id: &VolumeId, target: &Target, source: &OwnedFd) -> Result<()> {
+    let source_stat = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
+    match target.state()? {
+        Some(state)
+            if state.mount_root
+                && (state.dev, state.ino) == (source_stat.st_dev, source_stat.st_ino) =>
+        {
+            let mounted = target.open_path()?;
+            mounts::unmount(id.as_str(), &mounted, &target.path)
         }
-    };
-    match removed {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other.context(|| format!("volume {id}: remove target {shown}")),
+        _ => Ok(()),
     }
 }

@@ -29,7 +29,7 @@ pub const SUPPORTED_MODES: [Mode; 4] = [
 ];
 
 /// `mount_flags` a request may add, and the bind-remount flag each sets.
-const MOUNT_FLAGS: [(&str, MsFlags); 9] = [
+const MOUNT_FLAGS: [(&str, MsFlags); 10] = [
     ("ro", MsFlags::MS_RDONLY),
     ("rw", MsFlags::empty()),
     ("exec", MsFlags::empty()),
@@ -39,6 +39,7 @@ const MOUNT_FLAGS: [(&str, MsFlags); 9] = [
     ("noatime", MsFlags::MS_NOATIME),
     ("nodiratime", MsFlags::MS_NODIRATIME),
     ("relatime", MsFlags::MS_RELATIME),
+    ("nosymfollow", MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)),
 ];
 
 /// A CreateVolume name: 1 to 256 bytes with no control characters. Names

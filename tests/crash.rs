@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, create_request_with, delete, listed, made, publish_request};
+use common::{Scratch, create_request_with, delete, kubelet_target, listed, made, publish_request};
 use hostpath_csi::client::CsiClient;
+use hostpath_csi::csi::volume_capability::AccessType as Type;
 use hostpath_csi::csi::{
     CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest,
     NodeExpandVolumeRequest, NodeUnpublishVolumeRequest,
@@ -48,7 +49,7 @@ impl Node {
     }
 
     fn target(&self, name: &str) -> String {
-        self.scratch.path().join(name).display().to_string()
+        kubelet_target(self.scratch.path(), name)
     }
 
     /// Starts the driver, armed to die at `failpoint`, and connects to it.
@@ -405,15 +406,36 @@ async fn delete_cases(kind: Kind, tally: &mut Tally) {
     }
 }
 
+/// How a publish in the crash cases asks to be mounted: read-write, read-only,
+/// or with a mount flag; and the mount options the target must end with.
+const PUBLISH_VARIANTS: [(bool, Option<&str>, &[&str]); 3] = [
+    (false, None, &["rw", "nosuid", "nodev"]),
+    (true, None, &["ro", "nosuid", "nodev"]),
+    (false, Some("noexec"), &["rw", "nosuid", "nodev", "noexec"]),
+];
+
 async fn publish_cases(kind: Kind, tally: &mut Tally) {
-    for point in ["publish:target-made", "publish:bound", "publish:done"] {
-        let case = format!("NodePublishVolume {kind:?} killed at {point}");
+    let points = ["publish:target-made", "publish:restricted", "publish:done"];
+    for (point, (readonly, flag, wanted)) in points
+        .into_iter()
+        .flat_map(|p| PUBLISH_VARIANTS.into_iter().map(move |v| (p, v)))
+    {
+        let case =
+            format!("NodePublishVolume {kind:?} readonly={readonly} {flag:?} killed at {point}");
         let mut node = Node::new();
         let mut csi = node.start(None).await;
         let id = made(&mut csi, create(kind, "pvc-pub")).await;
         node.kill();
         let target = node.target("pod");
-        let request = publish_request(&id, &target, false);
+        let mut request = publish_request(&id, &target, readonly);
+        if let Some(flag) = flag
+            && let Some(Type::Mount(mount)) = request
+                .volume_capability
+                .as_mut()
+                .and_then(|c| c.access_type.as_mut())
+        {
+            mount.mount_flags.push(flag.into());
+        }
         let mut csi = node.start(Some(point)).await;
         assert!(csi.node.node_publish_volume(request.clone()).await.is_err());
         node.expect_killed(point);
@@ -424,11 +446,24 @@ async fn publish_cases(kind: Kind, tally: &mut Tally) {
             .await
             .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
         tally.retries += 1;
+        // Asked again: the same mount, confirmed.
+        csi.node
+            .node_publish_volume(request.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: repeat: {e}"));
         let options = common::mount_options(Path::new(&target)).unwrap_or_default();
-        if !options.contains("nosuid") || !options.contains("nodev") {
-            tally.note(&case, vec![format!("target mounted with {options:?}")]);
+        let have: BTreeSet<&str> = options.split(',').collect();
+        if let Some(missing) = wanted.iter().find(|o| !have.contains(*o)) {
+            tally.note(
+                &case,
+                vec![format!(
+                    "target mounted with {options:?}, without {missing}"
+                )],
+            );
         }
-        write_synced(&target, b"acknowledged");
+        if !readonly {
+            write_synced(&target, b"acknowledged");
+        }
         let published = Expected {
             kind,
             volumes: vec![(id.clone(), BYTES)],
@@ -445,7 +480,7 @@ async fn publish_cases(kind: Kind, tally: &mut Tally) {
             published: Vec::new(),
         };
         tally.note(&case, violations(&node, &mut csi, &unpublished).await);
-        if !matches!(kind, Kind::Memory) {
+        if !matches!(kind, Kind::Memory) && !readonly {
             // Disk-backed data outlives the driver and the mount.
             node.kill();
             let mut csi = node.start(None).await;
@@ -719,10 +754,7 @@ impl Client {
     async fn step(&mut self, csi: &mut CsiClient, targets: &Path) -> Result<(), tonic::Status> {
         let name = format!("soak-{}-{}", self.number, self.lifecycle);
         let id = hostpath_csi::ids::VolumeId::mint(&name).to_string();
-        let target = targets
-            .join(format!("soak-target-{}", self.number))
-            .display()
-            .to_string();
+        let target = kubelet_target(targets, &format!("soak-{}", self.number));
         match self.step {
             0 => drop(
                 csi.controller

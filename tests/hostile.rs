@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
-use common::{Scratch, TestDriver, create_request_with, delete, mount_capability, publish_request};
+use common::{
+    Scratch, TestDriver, create_request_with, delete, kubelet_target, mount_capability,
+    publish_request,
+};
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, MountVolume};
 use hostpath_csi::csi::{
@@ -118,7 +121,7 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
     let before = snapshot(&sentinel);
     let kubelet = root.join("kubelet");
     let good = d.create("pvc-good", 1 << 20).await;
-    let target = kubelet.join("pods/good").display().to_string();
+    let target = kubelet_target(&kubelet, "good");
     let mut calls = 0;
 
     for text in hostile(&root) {
@@ -236,20 +239,32 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
         );
         calls += 7;
 
-        // Targets, volume paths and staging paths: absolute, normal, beneath
-        // the kubelet directory, reached without a symlink.
+        // Targets, volume paths and staging paths: absolute, normal, in
+        // kubelet's layout beneath the kubelet directory, reached without a
+        // symlink.
+        let in_layout = |pod: &str| {
+            format!(
+                "{}/pods/{pod}/volumes/kubernetes.io~csi/pv/mount",
+                kubelet.display()
+            )
+        };
         for path in [
             text.clone(),
             format!("{}/{text}", kubelet.display()),
             format!("{}/pods/escape/{text}", kubelet.display()),
+            in_layout("escape"),
+            in_layout(&text),
         ] {
-            let served_path = path.starts_with(&kubelet.display().to_string())
-                && !path.contains("/escape/")
+            let served_path = path == in_layout(&text)
                 && !text.contains('/')
                 && !text.is_empty()
                 && text != ".."
                 && !text.contains('\0')
                 && text.len() < 255;
+            if served_path {
+                // kubelet makes the parent.
+                std::fs::create_dir_all(Path::new(&path).parent().unwrap()).unwrap();
+            }
             let published = d
                 .csi
                 .node
@@ -257,7 +272,7 @@ async fn hostile_fields_are_refused_and_nothing_outside_the_pool_changes() {
                 .await;
             calls += 1;
             if served_path {
-                // An odd but harmless file name beneath the kubelet dir.
+                // An odd but harmless pod uid.
                 published.unwrap_or_else(|e| panic!("target {path:?}: {e}"));
                 d.unpublish(&good, &path).await.unwrap();
                 assert!(!Path::new(&path).exists());
@@ -422,7 +437,7 @@ async fn links_planted_in_a_volume_lead_nowhere_on_stats_unpublish_or_delete() {
     let sentinel = root.join("sentinel");
     let before = snapshot(&sentinel);
     let id = d.create("pvc-links", 1 << 20).await;
-    let target = root.join("kubelet/pods/links").display().to_string();
+    let target = kubelet_target(&root.join("kubelet"), "links");
     d.publish(&id, &target, false).await.unwrap();
     plant_links(Path::new(&target), &d.volume_dir(&id), &sentinel);
     let usage = d.byte_usage(&id, &target).await;

@@ -24,12 +24,14 @@ use crate::csi::{
 use crate::driver::{Driver, blocking};
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
+use crate::guard::Held;
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle;
 use crate::mounts::{self, BindPolicy};
 use crate::publish::{self, Publish};
 use crate::record::VolumeRecord;
+use crate::target::Target;
 use crate::validate::{self, Requested};
 
 /// Node capabilities this driver offers.
@@ -50,6 +52,18 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// One operation at a time per volume and per target: a second call on
+    /// either gets ABORTED.
+    fn claim(&self, id: &VolumeId, target: &std::path::Path) -> Result<[Held; 2]> {
+        let guards = &self.driver.guards;
+        Ok([
+            guards.claim(format!("volume {id}"))?,
+            guards.claim(format!("target {}", target.display()))?,
+        ])
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     /// Bind-mounts the volume on `target_path` (created here, as the spec
@@ -61,7 +75,7 @@ impl Node for NodeService {
     ) -> RpcResult<NodePublishVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let target = self.driver.target_path("target_path", &req.target_path)?;
+        let target_path = validate::host_path("target_path", &req.target_path)?;
         let cap = req.volume_capability.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!("volume {id}: volume_capability is missing"))
         })?;
@@ -73,21 +87,31 @@ impl Node for NodeService {
         };
         let read_only =
             req.readonly || validate::is_reader_only(cap) || extra.contains(MsFlags::MS_RDONLY);
-        let request = Publish {
-            id,
-            target,
-            policy: BindPolicy {
-                read_only,
-                extra: extra - MsFlags::MS_RDONLY,
-                devices: false,
-            },
-            capability: cap.clone(),
-            context: req.volume_context,
+        let policy = BindPolicy {
+            read_only,
+            extra: extra - MsFlags::MS_RDONLY,
+            devices: false,
         };
-        let held = self.driver.guards.claim(format!("volume {}", request.id))?;
+        let capability = cap.clone();
+        let held = self.claim(&id, &target_path)?;
         let driver = Arc::clone(&self.driver);
         blocking(move || {
             let _held = held;
+            let kubelet_dir = &driver.config.kubelet_dir;
+            let Some(target) = Target::open(kubelet_dir, &id, "target_path", &req.target_path)?
+            else {
+                return Err(Error::InvalidArgument(format!(
+                    "volume {id}: the parent directory of target {} does not exist (the caller makes it)",
+                    target_path.display()
+                )));
+            };
+            let request = Publish {
+                id,
+                target,
+                policy,
+                capability,
+                context: req.volume_context,
+            };
             publish::publish(&driver, &request)
         })
         .await?;
@@ -103,12 +127,17 @@ impl Node for NodeService {
     ) -> RpcResult<NodeUnpublishVolumeResponse> {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
-        let target = self.driver.target_path("target_path", &req.target_path)?;
-        let held = self.driver.guards.claim(format!("volume {id}"))?;
+        let target_path = validate::host_path("target_path", &req.target_path)?;
+        let held = self.claim(&id, &target_path)?;
         let driver = Arc::clone(&self.driver);
         blocking(move || {
             let _held = held;
-            publish::unpublish(&driver, &id, &target)
+            let kubelet_dir = &driver.config.kubelet_dir;
+            match Target::open(kubelet_dir, &id, "target_path", &req.target_path)? {
+                Some(target) => publish::unpublish(&driver, &id, &target),
+                // No parent, so no target: nothing is published there.
+                None => Ok(()),
+            }
         })
         .await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))

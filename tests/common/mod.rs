@@ -278,9 +278,7 @@ impl TestDriver {
 
     /// A target path for publishing (its parent exists, as kubelet ensures).
     pub fn target(&self, name: &str) -> String {
-        let parent = self.scratch.path().join("pods").join(name);
-        std::fs::create_dir_all(&parent).unwrap();
-        parent.join("mount").to_string_lossy().into_owned()
+        kubelet_target(self.scratch.path(), name)
     }
 
     /// Creates a volume from `request`; returns its id.
@@ -341,6 +339,15 @@ impl TestDriver {
             .await
             .map(drop)
     }
+}
+
+/// Where kubelet (whose directory is `kubelet_dir`) would publish a volume
+/// for pod `pod`: `pods/<pod>/volumes/kubernetes.io~csi/pv/mount`, its
+/// parent made as kubelet makes it.
+pub fn kubelet_target(kubelet_dir: &Path, pod: &str) -> String {
+    let parent = kubelet_dir.join(format!("pods/{pod}/volumes/kubernetes.io~csi/pv"));
+    std::fs::create_dir_all(&parent).unwrap();
+    parent.join("mount").to_string_lossy().into_owned()
 }
 
 pub fn mount_capability(mode: Mode) -> VolumeCapability {
