@@ -237,6 +237,22 @@ pub fn check_flags(
     Ok(())
 }
 
+/// Mounts a new tmpfs with `options` (`key=value` pairs, e.g. size) on the
+/// directory `dir`, nosuid and nodev, with the new mount API: the
+/// filesystem is made (fsopen, fsconfig), mounted detached with its flags
+/// (fsmount) and attached onto `dir`'s fd (move_mount). No path is resolved.
+pub fn mount_tmpfs(dir: &OwnedFd, options: &[(&str, String)]) -> nix::Result<()> {
+    let context = libc_mount::fs_open(c"tmpfs")?;
+    for (key, value) in options {
+        let key = CString::new(*key).map_err(|_| Errno::EINVAL)?;
+        let value = CString::new(value.as_str()).map_err(|_| Errno::EINVAL)?;
+        libc_mount::fs_set(&context, &key, &value)?;
+    }
+    libc_mount::fs_create(&context)?;
+    let tree = libc_mount::fs_mount(&context, libc_mount::ATTR_NOSUID | libc_mount::ATTR_NODEV)?;
+    libc_mount::move_onto(&tree, dir)
+}
+
 /// Unmounts the mount an `O_PATH` fd of its root holds (detached: gone from
 /// the target at once, freed when its last user goes).
 pub fn unmount(volume: &str, root: &OwnedFd, target_path: &Path) -> Result<()> {
@@ -299,6 +315,71 @@ mod libc_mount {
             )
         };
         Errno::result(rc).map(drop)
+    }
+
+    /// A new filesystem context for filesystem type `fs_type` (fsopen).
+    pub fn fs_open(fs_type: &std::ffi::CStr) -> nix::Result<OwnedFd> {
+        const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+        // SAFETY: fs_type is NUL-terminated.
+        let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs_type.as_ptr(), FSOPEN_CLOEXEC) };
+        let fd = Errno::result(fd)?;
+        // SAFETY: fsopen returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Sets option `key` to `value` in a filesystem context (fsconfig).
+    pub fn fs_set(
+        context: &OwnedFd,
+        key: &std::ffi::CStr,
+        value: &std::ffi::CStr,
+    ) -> nix::Result<()> {
+        const FSCONFIG_SET_STRING: libc::c_uint = 1;
+        // SAFETY: key and value are NUL-terminated.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// Makes the filesystem of a configured context (fsconfig CMD_CREATE).
+    pub fn fs_create(context: &OwnedFd) -> nix::Result<()> {
+        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+        // SAFETY: no pointers are passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// A detached mount of a created filesystem, with `attributes` (fsmount).
+    pub fn fs_mount(context: &OwnedFd, attributes: u64) -> nix::Result<OwnedFd> {
+        const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+        // SAFETY: plain integers only.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                context.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                attributes as libc::c_uint,
+            )
+        };
+        let fd = Errno::result(fd)?;
+        // SAFETY: fsmount returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// Attaches the detached mount `tree` onto `target` (an fd of it).

@@ -24,8 +24,7 @@ use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::failpoint;
 use crate::ids::VolumeId;
-use crate::mounts::fd_path;
-use crate::mounts::{MountEntry, MountIndex};
+use crate::mounts::{self, MountEntry, MountIndex, fd_path};
 use crate::pool::Pool;
 use crate::record::VolumeRecord;
 
@@ -39,23 +38,29 @@ const BYTES_PER_INODE: u64 = 4096;
 pub struct Memory;
 
 /// The tmpfs options for a volume of `capacity_bytes`.
-fn tmpfs_options(capacity_bytes: u64) -> String {
+fn tmpfs_options(capacity_bytes: u64) -> [(&'static str, String); 3] {
     let inodes = (capacity_bytes / BYTES_PER_INODE).max(1024);
-    format!("size={capacity_bytes},nr_inodes={inodes},mode=0755")
+    [
+        ("size", capacity_bytes.to_string()),
+        ("nr_inodes", inodes.to_string()),
+        ("mode", "0755".to_owned()),
+    ]
 }
 
+/// The options as mount(8) would show them, for messages and remounts.
+fn shown(options: &[(&str, String)]) -> String {
+    let pairs: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// Mounts the volume's tmpfs on its directory `dir` (new mount API, through
+/// the fd: see [`mounts::mount_tmpfs`]) and opens the new mount's root.
 fn mount_tmpfs(pool: &Pool, id: &VolumeId, dir: &OwnedFd, capacity_bytes: u64) -> Result<OwnedFd> {
     let options = tmpfs_options(capacity_bytes);
-    mount(
-        Some("tmpfs"),
-        fd_path(dir).as_str(),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .context(|| {
+    mounts::mount_tmpfs(dir, &options).context(|| {
         format!(
-            "volume {id}: mount tmpfs ({options}) on {}/volumes/{id}",
+            "volume {id}: mount tmpfs ({}) on {}/volumes/{id}",
+            shown(&options),
             pool.shown()
         )
     })?;
@@ -164,7 +169,7 @@ impl VolumeKind for Memory {
     fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
         let id = &record.id;
         if let MountPoint::Mounted(fd) = own_mount::look(pool, id)? {
-            let options = tmpfs_options(record.capacity_bytes);
+            let options = shown(&tmpfs_options(record.capacity_bytes));
             mount(
                 None::<&str>,
                 fd_path(&fd).as_str(),
