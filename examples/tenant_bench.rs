@@ -6,12 +6,13 @@
 //!   deep: the time of each step (NodePublishVolume, NodeGetVolumeStats until
 //!   it reports the complete figure, NodeUnpublishVolume, DeleteVolume, the
 //!   trash drain) and the driver's peak memory (VmHWM) before and after it,
-//!   against the same walk and removal done in-process; then the same tree
-//!   left in `.trash/` before the driver starts (drained at start).
+//!   against the same walk, bind mount, unmount and removal done
+//!   in-process; then the same tree left in `.trash/` before the driver
+//!   starts (drained at start).
 //! - **B. Metrics port abuse.** CreateVolume latency over gRPC, quiet and
 //!   while 20,000 idle TCP connections (each having sent one byte) are held
 //!   on the metrics port; the driver's memory, threads and fds meanwhile; and
-//!   how soon a scrape is answered once they go.
+//!   how soon a scrape is answered while they are held and once they go.
 //! - **C. Burst.** 15,000 concurrent DeleteVolume calls on one connection:
 //!   all answered?, the most threads the driver ran, its peak memory and its
 //!   rate, against 1,000 sequential calls in the same round.
@@ -271,8 +272,7 @@ impl Driver {
             rss: self.status("VmRSS"),
             hwm: self.status("VmHWM"),
             threads: self.status("Threads"),
-            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-                .map_or(0, |fds| fds.count()),
+            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |fds| fds.count()),
         }
     }
 
@@ -356,8 +356,13 @@ struct CrowdedRound {
     steps: Vec<Step>,
     stats_calls: usize,
     inodes: i64,
-    /// In-process `beneath::usage` of the same tree.
-    walk_floor: Duration,
+    /// In-process `beneath::usage` of the same tree, before and after the
+    /// driver's walk.
+    walk_floor: [Duration; 2],
+    /// In-process bind mounts of the volume and their unmounts, before the
+    /// driver's publish and after its unpublish.
+    bind_floor: [Duration; 2],
+    unmount_floor: [Duration; 2],
 }
 
 /// What one round of the drain at start measured.
@@ -393,7 +398,11 @@ impl Bench {
         let mut before = "—".to_string();
         for (i, name) in crowded[0].steps.iter().map(|s| &s.name).enumerate() {
             let took: Vec<Duration> = crowded.iter().map(|r| r.steps[i].took).collect();
-            let after = mib(crowded.iter().map(|r| r.steps[i].hwm_after).max().unwrap_or(0));
+            let after = mib(crowded
+                .iter()
+                .map(|r| r.steps[i].hwm_after)
+                .max()
+                .unwrap_or(0));
             println!(
                 "| {name} | {} | {} | {before} → {after} |",
                 shown(median(&took)),
@@ -415,7 +424,9 @@ impl Bench {
                 .map(|s| s.took)
                 .collect()
         };
-        let walk_floor: Vec<Duration> = crowded.iter().map(|r| r.walk_floor).collect();
+        let walk_floor: Vec<Duration> = crowded.iter().flat_map(|r| r.walk_floor).collect();
+        let bind_floor: Vec<Duration> = crowded.iter().flat_map(|r| r.bind_floor).collect();
+        let unmount_floor: Vec<Duration> = crowded.iter().flat_map(|r| r.unmount_floor).collect();
         let remove_floor: Vec<Duration> = drains.iter().map(|r| r.remove_floor).collect();
         let drain_at_start: Vec<Duration> = drains.iter().map(|r| r.drained).collect();
         println!(
@@ -424,9 +435,21 @@ impl Bench {
         println!("|---|---|---|---|---|");
         for (what, driver, floor_name, floor) in [
             (
+                "NodePublishVolume",
+                step("NodePublishVolume"),
+                "a bind mount of the volume (the driver also remounts it nosuid,nodev), before and after the driver",
+                &bind_floor,
+            ),
+            (
+                "NodeUnpublishVolume",
+                step("NodeUnpublishVolume"),
+                "its unmount",
+                &unmount_floor,
+            ),
+            (
                 "NodeGetVolumeStats until complete",
                 step("NodeGetVolumeStats"),
-                "`beneath::usage` of the volume",
+                "`beneath::usage` of the volume, once before and once after the driver",
                 &walk_floor,
             ),
             (
@@ -451,7 +474,9 @@ impl Bench {
             );
         }
 
-        println!("\n| the same tree left in `.trash/` before the driver starts | median | each round |");
+        println!(
+            "\n| the same tree left in `.trash/` before the driver starts | median | each round |"
+        );
         println!("|---|---|---|");
         let ready: Vec<Duration> = drains.iter().map(|r| r.ready).collect();
         println!(
@@ -526,15 +551,11 @@ impl Bench {
             &driver,
         );
 
-        // The floor: the same walk the driver makes, in this process.
-        let dir = volume.clone();
-        let (floor_usage, walk_floor) = tokio::task::spawn_blocking(move || {
-            let fd = open_dir(&dir)?;
-            let at = Instant::now();
-            let usage = beneath::usage(&fd)?;
-            Ok::<_, Failure>((usage, at.elapsed()))
-        })
-        .await??;
+        // The floor: the same walk the driver makes, in this process, once
+        // before the driver's and once after it (neither side always first).
+        let (floor_usage, walk_before) = walk(&volume).await?;
+        let floor_target = self.scratch.join(format!("floor-target-{round}"));
+        let (bind_before, unmount_before) = bind_and_unmount(&volume, &floor_target).await?;
 
         let parent = self
             .scratch
@@ -585,6 +606,7 @@ impl Bench {
             at,
             &driver,
         );
+        let (_, walk_after) = walk(&volume).await?;
 
         let at = Instant::now();
         csi.node
@@ -594,6 +616,7 @@ impl Bench {
             })
             .await?;
         lap("NodeUnpublishVolume".into(), at, &driver);
+        let (bind_after, unmount_after) = bind_and_unmount(&volume, &floor_target).await?;
 
         let at = Instant::now();
         csi.controller.delete_volume(delete_request(&id)).await?;
@@ -610,7 +633,9 @@ impl Bench {
             steps,
             stats_calls,
             inodes,
-            walk_floor,
+            walk_floor: [walk_before, walk_after],
+            bind_floor: [bind_before, bind_after],
+            unmount_floor: [unmount_before, unmount_after],
         })
     }
 
@@ -635,8 +660,7 @@ impl Bench {
         })
         .await??;
         let started = Instant::now();
-        let (mut driver, ready) =
-            Driver::start(self, &format!("drain{round}"), &pool, &[]).await?;
+        let (mut driver, ready) = Driver::start(self, &format!("drain{round}"), &pool, &[]).await?;
         let drained = driver.wait_trash_empty(&pool).await? - started;
         Ok(DrainRound {
             ready,
@@ -645,6 +669,41 @@ impl Bench {
             remove_floor,
         })
     }
+}
+
+/// `beneath::usage` of the directory at `path`, in this process, and how
+/// long it took.
+async fn walk(path: &Path) -> Result<(beneath::Usage, Duration), Failure> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let fd = open_dir(&path)?;
+        let at = Instant::now();
+        let usage = beneath::usage(&fd)?;
+        Ok((usage, at.elapsed()))
+    })
+    .await?
+}
+
+/// A bind mount of `volume` at `target` (made if missing) and its unmount,
+/// in this process; how long each took.
+async fn bind_and_unmount(volume: &Path, target: &Path) -> Result<(Duration, Duration), Failure> {
+    let (volume, target) = (volume.to_owned(), target.to_owned());
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&target)?;
+        let at = Instant::now();
+        nix::mount::mount(
+            Some(&volume),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        let bound = at.elapsed();
+        let at = Instant::now();
+        nix::mount::umount2(&target, nix::mount::MntFlags::UMOUNT_NOFOLLOW)?;
+        Ok((bound, at.elapsed()))
+    })
+    .await?
 }
 
 fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
@@ -810,13 +869,8 @@ impl Bench {
             .local_addr()?
             .to_string();
         let pool = self.pool("b")?;
-        let (driver, _) = Driver::start(
-            self,
-            "b",
-            &pool,
-            &[format!("--metrics-address={address}")],
-        )
-        .await?;
+        let (driver, _) =
+            Driver::start(self, "b", &pool, &[format!("--metrics-address={address}")]).await?;
         let mut csi = driver.client().await?;
         first_scrape(&address).await?;
         let idle = driver.vitals();
@@ -1006,10 +1060,7 @@ impl Bench {
                 mib(r.rss)
             );
         }
-        let ratios: Vec<f64> = results
-            .iter()
-            .map(|r| r.rate / r.sequential_rate)
-            .collect();
+        let ratios: Vec<f64> = results.iter().map(|r| r.rate / r.sequential_rate).collect();
         let took: Vec<Duration> = results.iter().map(|r| r.took).collect();
         println!(
             "| median | {:.0} | | | {} | {:.0} | {:.2}× | {} (most) | {} (highest) |",
