@@ -28,7 +28,7 @@ use hostpath_csi::csi::{
 use tokio::sync::Mutex;
 
 mod support;
-use support::{cleanup, shown};
+use support::{cleanup, median_f64, mib, quantiles, shown};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -187,9 +187,12 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         let after = memory(subject.pid);
         tokio::time::sleep(SETTLE).await;
         let settled = memory(subject.pid);
-        let (rate, floor, ratio) = (median(rates), median(floors), median(ratios));
-        let (alone, creates_floor, durable_floor) =
-            (median(alone), median(creates_floor), median(durable_floor));
+        let (rate, floor, ratio) = (median_f64(rates), median_f64(floors), median_f64(ratios));
+        let (alone, creates_floor, durable_floor) = (
+            median_f64(alone),
+            median_f64(creates_floor),
+            median_f64(durable_floor),
+        );
         first_rate.get_or_insert(rate);
         let lifecycle = quantiles(&run.latencies["lifecycle"]);
         let phase = |name: &str| {
@@ -484,11 +487,6 @@ impl Run {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 async fn lifecycles(
     subject: &Subject,
     targets: &Path,
@@ -773,19 +771,4 @@ fn memory(pid: u32) -> Memory {
         rss: field("VmRSS:"),
         hwm: field("VmHWM:"),
     }
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// Median and 99th percentile.
-fn quantiles(took: &[Duration]) -> (Duration, Duration) {
-    let mut sorted = took.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    let at = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
 }

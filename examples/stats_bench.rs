@@ -25,7 +25,7 @@ use hostpath_csi::loopdev::{self, Lifetime};
 use hostpath_csi::{beneath, server};
 
 mod support;
-use support::{cleanup, shown};
+use support::{cleanup, quantiles, shown};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -222,9 +222,7 @@ where
         f().await?;
         took.push(start.elapsed());
     }
-    took.sort();
-    let at = |q: f64| took[((took.len() as f64 - 1.0) * q).round() as usize];
-    Ok((at(0.5), at(0.99)))
+    Ok(quantiles(&took))
 }
 
 /// An 8 GiB (sparse) image made by `mkfs` (program, then its arguments) and

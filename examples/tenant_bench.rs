@@ -47,7 +47,7 @@ use hostpath_csi::csi::{
 use nix::sys::stat::{Mode, SFlag, mkdirat, mknodat};
 
 mod support;
-use support::{cleanup, shown};
+use support::{cleanup, median, median_f64, mib, quantiles, shown};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -336,10 +336,6 @@ impl Vitals {
     }
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
 // ---------------------------------------------------------------------------
 // A. Hostile volume contents.
 
@@ -437,7 +433,7 @@ impl Bench {
             (
                 "NodePublishVolume",
                 step("NodePublishVolume"),
-                "a bind mount of the volume (the driver also remounts it nosuid,nodev), before and after the driver",
+                "a bind mount of the volume (the driver copies the mount and restricts it), before and after the driver",
                 &bind_floor,
             ),
             (
@@ -492,7 +488,7 @@ impl Bench {
         let hwm: Vec<u64> = drains.iter().map(|r| r.hwm).collect();
         println!(
             "| driver VmHWM once drained | {} | {} |",
-            mib(median_of(&hwm)),
+            mib(median(&hwm)),
             hwm.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ")
         );
 
@@ -1064,10 +1060,10 @@ impl Bench {
         let took: Vec<Duration> = results.iter().map(|r| r.took).collect();
         println!(
             "| median | {:.0} | | | {} | {:.0} | {:.2}× | {} (most) | {} (highest) |",
-            median_f(results.iter().map(|r| r.sequential_rate).collect()),
+            median_f64(results.iter().map(|r| r.sequential_rate).collect()),
             shown(median(&took)),
-            median_f(results.iter().map(|r| r.rate).collect()),
-            median_f(ratios),
+            median_f64(results.iter().map(|r| r.rate).collect()),
+            median_f64(ratios),
             results.iter().map(|r| r.threads).max().unwrap_or(0),
             mib(results.iter().map(|r| r.rss).max().unwrap_or(0))
         );
@@ -1109,34 +1105,6 @@ fn delete_request(id: &str) -> DeleteVolumeRequest {
         volume_id: id.into(),
         secrets: Default::default(),
     }
-}
-
-fn median(took: &[Duration]) -> Duration {
-    let mut sorted = took.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-}
-
-fn median_of(values: &[u64]) -> u64 {
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-}
-
-fn median_f(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Median and 99th percentile.
-fn quantiles(took: &[Duration]) -> (Duration, Duration) {
-    let mut sorted = took.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    let at = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
 }
 
 /// Each round's time, in order.

@@ -1,5 +1,6 @@
-//! What the benchmarks share: how durations are shown, and taking down what
-//! a run mounted.
+//! What the benchmarks share: medians and quantiles, how durations and
+//! memory are shown, and taking down what a run mounted.
+#![allow(dead_code)] // each benchmark uses a part of it
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,36 @@ pub fn shown(d: Duration) -> String {
     } else {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     }
+}
+
+/// KiB (as /proc/<pid>/status counts) in MiB.
+pub fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The median of `values` (the upper one of an even count); the default
+/// when there are none.
+pub fn median<T: Ord + Copy + Default>(values: &[T]) -> T {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+/// [`median`] of floating-point values (NaN when there are none).
+pub fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Median and 99th percentile.
+pub fn quantiles(took: &[Duration]) -> (Duration, Duration) {
+    let mut sorted = took.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let at = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
 }
 
 /// Takes down every mount under the scratch directory and the loop devices
