@@ -4,7 +4,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{NODE, TOPOLOGY_KEY, TestDriver, assert_code, mount_options, publish_request};
+use common::{
+    NODE, TOPOLOGY_KEY, TestDriver, assert_code, create_request_with, mount_options,
+    publish_request,
+};
 use hostpath_csi::csi::node_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::AccessType;
 use hostpath_csi::csi::volume_capability::access_mode::Mode;
@@ -342,16 +345,7 @@ async fn a_bind_left_half_done_by_a_crash_is_finished_by_the_retry() {
     let id = d.create("pvc-half", 0).await;
     for (name, readonly) in [("pod-half-rw", false), ("pod-half-ro", true)] {
         let target = d.target(name);
-        // As if the driver died between the bind and its nosuid/nodev remount.
-        std::fs::create_dir(&target).unwrap();
-        nix::mount::mount(
-            Some(&d.volume_dir(&id)),
-            Path::new(&target),
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_as_a_crash_left_it(&d, &id, &target);
         let before = mount_options(Path::new(&target)).unwrap();
         assert!(!before.contains("nosuid"), "{before}");
         d.publish(&id, &target, readonly).await.unwrap();
@@ -433,4 +427,66 @@ async fn targets_outside_the_kubelet_directory_are_refused() {
         "the mount outside was left alone"
     );
     nix::mount::umount2(&held, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// A bind of volume `id` onto `target` without the restricting remount, as
+/// an older driver that died between the two left it.
+fn bind_as_a_crash_left_it(d: &TestDriver, id: &str, target: &str) {
+    std::fs::create_dir(target).unwrap();
+    nix::mount::mount(
+        Some(&d.volume_dir(id)),
+        Path::new(target),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+/// A bind an older driver left without its restricting remount (a crash
+/// between the two): for a memory volume its flags are the tmpfs's own,
+/// nosuid and nodev, which once looked finished. A read-only publish or one
+/// with noexec must finish it with every flag, not answer ALREADY_EXISTS or
+/// drop noexec.
+#[tokio::test]
+async fn a_half_done_bind_is_finished_with_every_flag_asked_for() {
+    let mut d = TestDriver::start().await;
+    for (name, readonly, flag, wanted) in [
+        ("ro", true, None, ["ro", "nosuid", "nodev"]),
+        (
+            "noexec",
+            false,
+            Some("noexec"),
+            ["noexec", "nosuid", "nodev"],
+        ),
+    ] {
+        let id = d
+            .create_from(create_request_with(
+                &format!("pvc-{name}"),
+                1 << 20,
+                &[("kind", "memory")],
+            ))
+            .await;
+        let target = d.target(&format!("pod-{name}"));
+        bind_as_a_crash_left_it(&d, &id, &target);
+        let mut request = publish_request(&id, &target, readonly);
+        if let (Some(flag), Some(AccessType::Mount(mount))) = (
+            flag,
+            request
+                .volume_capability
+                .as_mut()
+                .and_then(|c| c.access_type.as_mut()),
+        ) {
+            mount.mount_flags.push(flag.to_owned());
+        }
+        d.csi.node.node_publish_volume(request).await.unwrap();
+        let options = mount_options(Path::new(&target)).unwrap();
+        for flag in wanted {
+            assert!(
+                options.split(',').any(|o| o == flag),
+                "{name}: {flag} missing in {options}"
+            );
+        }
+        d.unpublish(&id, &target).await.unwrap();
+    }
 }

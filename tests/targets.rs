@@ -1,7 +1,6 @@
 //! Publish targets: only where kubelet puts them, only this volume's mounts
 //! taken down, every step through fds (a parent swapped for a symlink leads
-//! nowhere), and a bind an older driver left half-done finished with every
-//! flag asked for.
+//! nowhere).
 
 mod common;
 
@@ -10,8 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestDriver, assert_code, create_request_with, mount_options, publish_request};
-use hostpath_csi::csi::volume_capability::AccessType;
+use common::{TestDriver, assert_code, mount_options};
 use tonic::Code;
 
 #[tokio::test]
@@ -152,60 +150,4 @@ async fn a_parent_swapped_for_a_symlink_never_leads_the_mount_out() {
     }
     d.unpublish(&id, &target).await.unwrap();
     assert!(d.scratch.mounts().is_empty(), "{:?}", d.scratch.mounts());
-}
-
-/// A bind an older driver left without its restricting remount (a crash
-/// between the two): for a memory volume its flags are the tmpfs's own,
-/// nosuid and nodev, which once looked finished. A read-only publish or one
-/// with noexec must finish it with every flag, not answer ALREADY_EXISTS or
-/// drop noexec.
-#[tokio::test]
-async fn a_half_done_bind_is_finished_with_every_flag_asked_for() {
-    let mut d = TestDriver::start().await;
-    for (name, readonly, flag, wanted) in [
-        ("ro", true, None, ["ro", "nosuid", "nodev"]),
-        (
-            "noexec",
-            false,
-            Some("noexec"),
-            ["noexec", "nosuid", "nodev"],
-        ),
-    ] {
-        let id = d
-            .create_from(create_request_with(
-                &format!("pvc-{name}"),
-                1 << 20,
-                &[("kind", "memory")],
-            ))
-            .await;
-        let target = d.target(&format!("pod-{name}"));
-        std::fs::create_dir(&target).unwrap();
-        nix::mount::mount(
-            Some(&d.volume_dir(&id)),
-            Path::new(&target),
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
-        let mut request = publish_request(&id, &target, readonly);
-        if let (Some(flag), Some(AccessType::Mount(mount))) = (
-            flag,
-            request
-                .volume_capability
-                .as_mut()
-                .and_then(|c| c.access_type.as_mut()),
-        ) {
-            mount.mount_flags.push(flag.to_owned());
-        }
-        d.csi.node.node_publish_volume(request).await.unwrap();
-        let options = mount_options(Path::new(&target)).unwrap();
-        for flag in wanted {
-            assert!(
-                options.split(',').any(|o| o == flag),
-                "{name}: {flag} missing in {options}"
-            );
-        }
-        d.unpublish(&id, &target).await.unwrap();
-    }
 }
