@@ -413,16 +413,22 @@ impl Driver {
 }
 
 /// Refuses to run on a kernel that cannot say whether a path is a mount
-/// root (STATX_ATTR_MOUNT_ROOT, Linux 5.8): publish and unpublish rely on it.
+/// root (STATX_ATTR_MOUNT_ROOT, Linux 5.8) or lacks the new mount API's
+/// mount_setattr (Linux 5.12): publish and unpublish rely on both.
 fn check_kernel() -> Result<()> {
     let root = mounts::path_state(std::path::Path::new("/"))
         .map_err(|errno| Error::sys("statx /", errno))?;
-    if root.is_some_and(|r| r.mount_root) {
-        return Ok(());
+    if !root.is_some_and(|r| r.mount_root) {
+        return Err(Error::FailedPrecondition(
+            "this kernel does not report mount roots through statx (STATX_ATTR_MOUNT_ROOT, Linux 5.8 or later is needed)".into(),
+        ));
     }
-    Err(Error::FailedPrecondition(
-        "this kernel does not report mount roots through statx (STATX_ATTR_MOUNT_ROOT, Linux 5.8 or later is needed)".into(),
-    ))
+    if !mounts::mount_api_available() {
+        return Err(Error::FailedPrecondition(
+            "this kernel lacks mount_setattr (Linux 5.12 or later is needed: volumes are published with open_tree, mount_setattr and move_mount)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Most entries one ListVolumes page holds, whatever `max_entries` asks (0

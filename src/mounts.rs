@@ -260,6 +260,23 @@ pub fn unmount(volume: &str, root: &OwnedFd, target_path: &Path) -> Result<()> {
         .context(|| format!("volume {volume}: unmount {}", target_path.display()))
 }
 
+/// Whether the kernel has the new mount API publishing needs (mount_setattr,
+/// the newest of its calls): asked with a bad fd, it says EBADF, not ENOSYS.
+pub fn mount_api_available() -> bool {
+    // SAFETY: no memory is passed (a null attr with size 0); fd -1 is refused.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+        )
+    };
+    Errno::result(rc).err() != Some(Errno::ENOSYS)
+}
+
 /// The new mount API's system calls, which neither nix nor libc wrap.
 mod libc_mount {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
