@@ -197,24 +197,6 @@ pub fn attach(
         .context(|| format!("volume {volume}: attach the mount onto {shown} (move_mount)"))
 }
 
-/// Finishes a publish an earlier driver left half-done (a bind without its
-/// restricting remount): applies `policy` to `mounted`, the root of the
-/// mount at `target_path`.
-pub fn restrict(
-    volume: &str,
-    mounted: &OwnedFd,
-    target_path: &Path,
-    policy: BindPolicy,
-) -> Result<()> {
-    let attributes = attributes(policy);
-    libc_mount::set_attributes(mounted, &attributes).context(|| {
-        format!(
-            "volume {volume}: restrict the mount at {} (mount_setattr {attributes:?})",
-            target_path.display()
-        )
-    })
-}
-
 /// Checks that `mounted`, the root of the mount at `target_path`, has
 /// exactly the flags a publish of `source` with `policy` must end with (a
 /// kernel that ignored one would otherwise go unnoticed).

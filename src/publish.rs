@@ -284,8 +284,15 @@ fn confirm_existing(
     let bare = mounts::mount_flags(source)
         .context(|| format!("volume {id}: statvfs of the volume source"))?;
     if have == bare {
-        tracing::warn!(volume = %id, target = %shown, "finishing a bind mount left half-done");
-        mounts::restrict(id.as_str(), &mounted, &target.path, policy)?;
+        // Replaced, not changed in place: flags set on an attached mount do
+        // not reach the copies mount propagation made of it (the host's,
+        // the pod's); a new restricted copy propagates whole.
+        tracing::warn!(volume = %id, target = %shown, "replacing a bind mount left half-done");
+        drop(mounted);
+        target.unmount()?;
+        let target_fd = target.open_path()?;
+        mounts::attach(id.as_str(), source, &target_fd, &target.path, policy)?;
+        let mounted = target.open_path()?;
         return mounts::check_flags(id.as_str(), source, &mounted, &target.path, policy);
     }
     let mounted_read_only = have & mounts::flags::RDONLY != 0;
@@ -314,21 +321,37 @@ fn mark_published(driver: &Driver, request: &Publish) {
 pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> {
     let record = driver.volume(id).ok().map(|v| v.record);
     match &record {
+        // This volume's mount is the one whose root is what the volume is
+        // served from (the same device and inode).
         Some(record) => {
             let pool = driver.pool(Some(&record.pool))?;
             let backend = record.kind.backend();
-            take_down(id, target, || {
-                let mounts = MountIndex::read()?;
-                let users = backend.users(pool, id, &mounts)?;
-                Ok(users.iter().any(|u| u.mount_point == target.path))
+            take_down(id, target, |top| {
+                for access in [
+                    Access::Mount,
+                    Access::Block { read_only: false },
+                    Access::Block { read_only: true },
+                ] {
+                    if let Some(source) = backend.open_existing(pool, record, access)? {
+                        let st = fstat(&source)
+                            .context(|| format!("volume {id}: stat the volume source"))?;
+                        if (st.st_dev, st.st_ino) == (top.dev, top.ino) {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
             })?;
         }
-        // An admin's static volume keeps no record: its mounts are whatever
-        // its PV named, on a target in kubelet's layout.
-        None if id.as_str().starts_with(host_path::STATIC_ID_PREFIX) => {
-            take_down(id, target, || Ok(true))?
-        }
-        None => take_down(id, target, || Ok(false))?,
+        // No record (an admin's static volume, a record that could not be
+        // read, a pool no longer configured): whatever is mounted there,
+        // unless the table knows it as another volume's publication.
+        None => take_down(id, target, |_| {
+            Ok(!driver
+                .table()
+                .iter_mut()
+                .any(|v| v.published.contains(&target.path)))
+        })?,
     }
     let Some(record) = driver.table().get_mut(id).map(|volume| {
         volume.published.remove(&target.path);
@@ -346,25 +369,24 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
     Ok(())
 }
 
-/// Unmounts the mounts stacked on `target` while `is_mine` says the volume
-/// is mounted there, then removes the target.
+/// Unmounts the mounts stacked on `target` while `is_mine` says the top one
+/// is this volume's, then removes the target.
 fn take_down(
     id: &VolumeId,
     target: &Target,
-    mut is_mine: impl FnMut() -> Result<bool>,
+    mut is_mine: impl FnMut(&mounts::PathState) -> Result<bool>,
 ) -> Result<()> {
     let shown = target.path.display();
     for _ in 0..MAX_STACKED_MOUNTS {
         match target.state()? {
             None => return Ok(()),
             Some(state) if state.mount_root => {
-                if !is_mine()? {
+                if !is_mine(&state)? {
                     return Err(Error::FailedPrecondition(format!(
                         "volume {id}: target {shown} holds a mount that is not this volume's; it is left mounted"
                     )));
                 }
-                let mounted = target.open_path()?;
-                mounts::unmount(id.as_str(), &mounted, &target.path)?;
+                target.unmount()?;
                 failpoint::hit("unpublish:unmounted");
             }
             Some(state) => return target.remove(state.file_type),

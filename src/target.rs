@@ -12,6 +12,7 @@
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -184,6 +185,18 @@ impl Target {
                 self.path.display()
             )
         })
+    }
+
+    /// Unmounts the top mount at the target, not lazily: a mount still in
+    /// use is EBUSY, reported, and kubelet retries. The target is named
+    /// through its parent's fd (`/proc/self/fd/<parent>/<name>`), never
+    /// following a symlink in its place.
+    pub fn unmount(&self) -> Result<()> {
+        let mut path = std::ffi::OsString::from(mounts::fd_path(&self.parent));
+        path.push("/");
+        path.push(std::ffi::OsStr::from_bytes(self.name.as_bytes()));
+        nix::mount::umount2(Path::new(&path), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+            .context(|| format!("volume {}: unmount {}", self.volume, self.path.display()))
     }
 
     /// Removes the (unmounted) target; missing is fine. Only a directory or

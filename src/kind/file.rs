@@ -80,9 +80,10 @@ fn run(id: &VolumeId, program: &str, args: &[&str], path: &std::path::Path) -> R
     run_allowing(id, program, args, path, &[0])
 }
 
-/// How long a filesystem tool may run before it is killed: a tool stuck on
-/// a hung device must not hold the volume's guard, and a blocking slot,
-/// for ever.
+/// How long mkfs may run before it is killed: a tool stuck on a hung device
+/// must not hold the volume's guard, and a blocking slot, for ever. Tools
+/// that change an existing filesystem (e2fsck, resize2fs, xfs_growfs) are
+/// never killed: stopped half-way they could damage it.
 const TOOL_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Most of a tool's stderr kept for the error message.
@@ -114,12 +115,14 @@ fn run_allowing(
                 "volume {id}: cannot run {program} (is it installed?): {e}"
             ))
         })?;
-    let deadline = Instant::now() + TOOL_DEADLINE;
+    let deadline = program
+        .starts_with("mkfs.")
+        .then(|| Instant::now() + TOOL_DEADLINE);
     let status = loop {
         if let Some(status) = child.try_wait().context(|| format!("{}: wait", what()))? {
             break status;
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             child.kill().ok();
             child.wait().ok();
             return Err(Error::Internal(format!(
