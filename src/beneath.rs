@@ -25,18 +25,19 @@ fn confined() -> ResolveFlag {
         | ResolveFlag::RESOLVE_NO_XDEV
 }
 
-/// Checks that directory `path` is reached from directory `root` (which it
-/// lies beneath) without a symlink, whatever mounts lie between.
-pub fn reached_without_symlinks(root: &Path, path: &Path) -> nix::Result<()> {
+/// Opens directory `path` (`O_PATH`), reached from directory `root` (which
+/// it lies beneath, else EXDEV) without a symlink, whatever mounts lie
+/// between.
+pub fn open_without_symlinks(root: &Path, path: &Path) -> nix::Result<OwnedFd> {
     let relative = path.strip_prefix(root).map_err(|_| Errno::EXDEV)?;
-    if relative.as_os_str().is_empty() {
-        return Ok(());
-    }
     let root = nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
+    if relative.as_os_str().is_empty() {
+        return Ok(root);
+    }
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(
@@ -44,7 +45,7 @@ pub fn reached_without_symlinks(root: &Path, path: &Path) -> nix::Result<()> {
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-    openat2(&root, relative, how).map(drop)
+    openat2(&root, relative, how)
 }
 
 /// Opens the directory `name` beneath `parent`.

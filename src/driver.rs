@@ -280,8 +280,8 @@ impl Driver {
             )));
         }
         let parent = path.parent().unwrap_or(dir);
-        match beneath::reached_without_symlinks(dir, parent) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(path),
+        match beneath::open_without_symlinks(dir, parent) {
+            Ok(_) | Err(Errno::ENOENT) => Ok(path),
             Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
                 Err(Error::InvalidArgument(format!(
                     "{field} {raw:?} is reached through a symlink or a non-directory beneath {}",
@@ -452,7 +452,11 @@ pub async fn blocking<T: Send + 'static>(
         .acquire()
         .await
         .map_err(|e| Error::Internal(format!("driver work queue closed: {e}")))?;
-    let done = tokio::task::spawn_blocking(work).await;
-    drop(slot);
-    done.map_err(|e| Error::Internal(format!("driver task failed: {e}")))?
+    // The work holds its slot to its end, even when its caller goes away.
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("driver task failed: {e}")))?
 }

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags, umount2};
+use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
 
 use crate::error::{Error, Result, SysContext};
@@ -120,16 +120,14 @@ pub fn expected_flags(source: &OwnedFd, policy: BindPolicy) -> nix::Result<u64> 
     if policy.extra.contains(MsFlags::MS_NOEXEC) {
         want |= flags::NOEXEC;
     }
-    if policy.extra.contains(nosymfollow()) {
+    if policy.extra.contains(MS_NOSYMFOLLOW) {
         want |= flags::NOSYMFOLLOW;
     }
     Ok(want)
 }
 
 /// MS_NOSYMFOLLOW, which nix does not name.
-pub fn nosymfollow() -> MsFlags {
-    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)
-}
+pub const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
 
 /// The mount_setattr(2) attributes for `policy` (applied on top of what
 /// the source's mount has, which a clone keeps).
@@ -146,7 +144,7 @@ fn attributes(policy: BindPolicy) -> libc_mount::MountAttr {
     let pairs = [
         (MsFlags::MS_NOEXEC, ATTR_NOEXEC),
         (MsFlags::MS_NODIRATIME, ATTR_NODIRATIME),
-        (nosymfollow(), ATTR_NOSYMFOLLOW),
+        (MS_NOSYMFOLLOW, ATTR_NOSYMFOLLOW),
     ];
     for (flag, attr) in pairs {
         if policy.extra.contains(flag) {
@@ -233,13 +231,6 @@ pub fn mount_tmpfs(dir: &OwnedFd, options: &[(&str, String)]) -> nix::Result<()>
     libc_mount::fs_create(&context)?;
     let tree = libc_mount::fs_mount(&context, libc_mount::ATTR_NOSUID | libc_mount::ATTR_NODEV)?;
     libc_mount::move_onto(&tree, dir)
-}
-
-/// Unmounts the mount an `O_PATH` fd of its root holds (detached: gone from
-/// the target at once, freed when its last user goes).
-pub fn unmount(volume: &str, root: &OwnedFd, target_path: &Path) -> Result<()> {
-    umount2(fd_path(root).as_str(), MntFlags::MNT_DETACH)
-        .context(|| format!("volume {volume}: unmount {}", target_path.display()))
 }
 
 /// Whether the kernel has the new mount API publishing needs (mount_setattr,

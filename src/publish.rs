@@ -2,9 +2,10 @@
 //! ephemeral volume, or an admin's static host path), make the target, bind,
 //! and take it all down again at unpublish.
 
-use nix::sys::stat::{SFlag, fstat};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+
+use nix::sys::stat::{SFlag, fstat};
 
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
@@ -154,24 +155,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
             true
         }
     };
-    let mounted = target.open_path().and_then(|target_fd| {
-        mounts::attach(
-            id.as_str(),
-            &source.fd,
-            &target_fd,
-            &target.path,
-            request_policy,
-        )?;
-        let mounted = target.open_path()?;
-        mounts::check_flags(
-            id.as_str(),
-            &source.fd,
-            &mounted,
-            &target.path,
-            request_policy,
-        )
-    });
-    if let Err(err) = mounted {
+    if let Err(err) = attach_checked(id, target, &source.fd, request_policy) {
         take_down_mine(id, target, &source.fd).ok();
         if created {
             target.remove(source.target_type()).ok();
@@ -268,8 +252,7 @@ fn confirm_existing(
     policy: BindPolicy,
 ) -> Result<()> {
     let shown = target.path.display();
-    let source_stat = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
-    if (source_stat.st_dev, source_stat.st_ino) != (state.dev, state.ino) {
+    if !is_root_of(id, &state, source)? {
         return Err(Error::AlreadyExists(format!(
             "volume {id}: target {shown} already holds another mount"
         )));
@@ -290,10 +273,7 @@ fn confirm_existing(
         tracing::warn!(volume = %id, target = %shown, "replacing a bind mount left half-done");
         drop(mounted);
         target.unmount()?;
-        let target_fd = target.open_path()?;
-        mounts::attach(id.as_str(), source, &target_fd, &target.path, policy)?;
-        let mounted = target.open_path()?;
-        return mounts::check_flags(id.as_str(), source, &mounted, &target.path, policy);
+        return attach_checked(id, target, source, policy);
     }
     let mounted_read_only = have & mounts::flags::RDONLY != 0;
     if mounted_read_only != policy.read_only {
@@ -332,12 +312,10 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
                     Access::Block { read_only: false },
                     Access::Block { read_only: true },
                 ] {
-                    if let Some(source) = backend.open_existing(pool, record, access)? {
-                        let st = fstat(&source)
-                            .context(|| format!("volume {id}: stat the volume source"))?;
-                        if (st.st_dev, st.st_ino) == (top.dev, top.ino) {
-                            return Ok(true);
-                        }
+                    if let Some(source) = backend.open_existing(pool, record, access)?
+                        && is_root_of(id, top, &source)?
+                    {
+                        return Ok(true);
                     }
                 }
                 Ok(false)
@@ -397,17 +375,31 @@ fn take_down(
     )))
 }
 
+/// Attaches a restricted copy of `source`'s mount onto `target` and checks
+/// that the mount there ended with the flags `policy` asks for.
+fn attach_checked(
+    id: &VolumeId,
+    target: &Target,
+    source: &OwnedFd,
+    policy: BindPolicy,
+) -> Result<()> {
+    let target_fd = target.open_path()?;
+    mounts::attach(id.as_str(), source, &target_fd, &target.path, policy)?;
+    let mounted = target.open_path()?;
+    mounts::check_flags(id.as_str(), source, &mounted, &target.path, policy)
+}
+
+/// Whether the mount whose root `state` describes is of `source` (the same
+/// device and inode).
+fn is_root_of(id: &VolumeId, state: &mounts::PathState, source: &OwnedFd) -> Result<bool> {
+    let st = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
+    Ok((st.st_dev, st.st_ino) == (state.dev, state.ino))
+}
+
 /// After a failed publish: takes down a mount of `source` it attached.
 fn take_down_mine(id: &VolumeId, target: &Target, source: &OwnedFd) -> Result<()> {
-    let source_stat = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
     match target.state()? {
-        Some(state)
-            if state.mount_root
-                && (state.dev, state.ino) == (source_stat.st_dev, source_stat.st_ino) =>
-        {
-            let mounted = target.open_path()?;
-            mounts::unmount(id.as_str(), &mounted, &target.path)
-        }
+        Some(state) if state.mount_root && is_root_of(id, &state, source)? => target.unmount(),
         _ => Ok(()),
     }
 }

@@ -20,6 +20,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use crate::beneath;
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::mounts::{self, PathState};
@@ -89,30 +90,12 @@ impl Target {
                 kubelet = kubelet_dir.display()
             )));
         };
-        let parent_relative = relative.parent().unwrap_or(Path::new("."));
         let name = relative.file_name().expect("a layout ends in a name");
         let name = CString::new(name.as_encoded_bytes()).map_err(|_| {
             Error::InvalidArgument(format!("volume {id}: {field} holds a NUL byte"))
         })?;
-        let kubelet = nix::fcntl::open(
-            kubelet_dir,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .context(|| {
-            format!(
-                "volume {id}: open the kubelet directory {}",
-                kubelet_dir.display()
-            )
-        })?;
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        let parent = match openat2(&kubelet, parent_relative, how) {
+        let parent_path = path.parent().expect("a layout has a parent");
+        let parent = match beneath::open_without_symlinks(kubelet_dir, parent_path) {
             Ok(parent) => parent,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {

@@ -39,10 +39,7 @@ const MOUNT_FLAGS: [(&str, MsFlags); 10] = [
     ("noatime", MsFlags::MS_NOATIME),
     ("nodiratime", MsFlags::MS_NODIRATIME),
     ("relatime", MsFlags::MS_RELATIME),
-    (
-        "nosymfollow",
-        MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
-    ),
+    ("nosymfollow", crate::mounts::MS_NOSYMFOLLOW),
 ];
 
 /// A CreateVolume name: 1 to 256 bytes with no control characters. Names
