@@ -1,81 +1,209 @@
 # shellcheck shell=bash
-# Sourced by e2e/run.sh: builds (or reuses) every piece of the e2e cluster
-# into target/e2e. Go's and cargo's caches make a warm run a few seconds.
+# Sourced by e2e/run.sh and e2e/storage-suite.sh: builds (or reuses) every
+# piece of the e2e cluster into target/e2e. Go's and cargo's caches make a
+# warm run a few seconds.
 #   bin/    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-#           kubectl (k8s.io/kubernetes, pinned in e2e/kube/go.mod);
-#           csi-provisioner (pinned in e2e/sidecars/go.mod), registrar and
-#           pause (e2e/sidecars); hostpath-csi (cargo)
-#   images/ pause.tar and busybox.tar: docker-archive images made here from
-#           the pause binary and Debian's busybox-static, for `ctr import`
+#           kubectl, agnhost (k8s.io/kubernetes, pinned in e2e/kube/go.mod);
+#           csi-provisioner (e2e/sidecars/go.mod), csi-resizer
+#           (e2e/resizer/go.mod), the registrar and livenessprobe stand-ins
+#           and pause (e2e/sidecars); hostpath-csi (cargo, release)
+#   images/ docker-archive images made here for `ctr import` (images.env)
+#   debs/   Debian packages the images are made of (apt-get download)
 
 E2E_OUT="$REPO/target/e2e"
 E2E_BIN="$E2E_OUT/bin"
 
-# The sidecars' module is fetched by exact version: the proxy serves it but
-# its checksum database has no entry, so go.sum (committed) is the pin.
-export GONOSUMDB=github.com/kubernetes-csi/external-provisioner
+# The sidecars' modules are fetched by exact version: the proxy serves them
+# but its checksum database has no entry, so the committed go.sum is the pin.
+export GONOSUMDB=github.com/kubernetes-csi/external-provisioner,github.com/kubernetes-csi/external-resizer
+
+# kube_version: the k8s.io/kubernetes release e2e/kube/go.mod pins.
+kube_version() {
+  sed -n 's/^require k8s.io\/kubernetes //p' "$REPO/e2e/kube/go.mod"
+}
+
+# kube_stamp: the -ldflags that stamp the version in, as Kubernetes' own
+# build does (kubelet reports it; the control plane and e2e.test check skew
+# against it).
+kube_stamp() {
+  local version minor stamp package
+  version=$(kube_version)
+  minor=$(echo "$version" | cut -d. -f2)
+  for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    stamp+=" -X $package.gitVersion=$version -X $package.gitMajor=1"
+    stamp+=" -X $package.gitMinor=$minor -X $package.gitTreeState=clean"
+  done
+  echo "$stamp"
+}
+
+# built NAME FILE...: true if NAME was built from FILEs as they are now (Go
+# caches compiling, not linking; linking Kubernetes takes minutes). Marks
+# NAME as built from them otherwise, for when the caller has built it.
+built() {
+  local name=$1 mark
+  shift
+  mark="$E2E_BIN/.$name-$(cat "$@" | sha256sum | cut -c1-16)"
+  [ -e "$mark" ] && return 0
+  rm -f "$E2E_BIN/.$name-"*
+  BUILT_MARK=$mark
+  return 1
+}
 
 build_binaries() {
   mkdir -p "$E2E_BIN"
-  local version minor
-  version=$(sed -n 's/^require k8s.io\/kubernetes //p' "$REPO/e2e/kube/go.mod")
-  minor=$(echo "$version" | cut -d. -f2)
-  echo "== e2e: Kubernetes $version (go build; cached after the first run)"
-  # The version Kubernetes' own build stamps in (kubelet reports it, and
-  # the control plane checks skew against it).
-  local stamp="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1"
-  stamp+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-  stamp+=" -X k8s.io/client-go/pkg/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitMajor=1"
-  stamp+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitTreeState=clean"
-  (cd "$REPO/e2e/kube" && go build -ldflags "$stamp" -o "$E2E_BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
-  echo "== e2e: csi-provisioner, registrar stand-in, pause"
-  (cd "$REPO/e2e/sidecars" && go build -o "$E2E_BIN/" \
-    github.com/kubernetes-csi/external-provisioner/v5/cmd/csi-provisioner)
-  (cd "$REPO/e2e/sidecars" && CGO_ENABLED=0 go build -o "$E2E_BIN/" ./registrar ./pause)
-  echo "== e2e: hostpath-csi"
-  (cd "$REPO" && cargo build --locked --quiet)
-  cp "$REPO/target/debug/hostpath-csi" "$E2E_BIN/hostpath-csi"
+  echo "== e2e: Kubernetes $(kube_version) (go build; cached after the first run)"
+  if ! built kube "$REPO/e2e/kube/go.mod" "$REPO/e2e/kube/go.sum"; then
+    (cd "$REPO/e2e/kube" && go build -ldflags "$(kube_stamp)" -o "$E2E_BIN/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
+    (cd "$REPO/e2e/kube" && CGO_ENABLED=0 go build -o "$E2E_BIN/" k8s.io/kubernetes/test/images/agnhost)
+    touch "$BUILT_MARK"
+  fi
+  echo "== e2e: csi-provisioner, csi-resizer, registrar and livenessprobe stand-ins, pause"
+  # Static, like the official images (distroless).
+  (cd "$REPO/e2e/sidecars" && CGO_ENABLED=0 go build -o "$E2E_BIN/" \
+    github.com/kubernetes-csi/external-provisioner/v5/cmd/csi-provisioner ./registrar ./livenessprobe ./pause)
+  (cd "$REPO/e2e/resizer" && CGO_ENABLED=0 go build -o "$E2E_BIN/" \
+    github.com/kubernetes-csi/external-resizer/cmd/csi-resizer)
+  echo "== e2e: hostpath-csi (release)"
+  (cd "$REPO" && cargo build --release --locked --quiet)
+  cp "$REPO/target/release/hostpath-csi" "$E2E_BIN/hostpath-csi"
 }
 
-# image_archive OUT TAG ROOTFS CMD...: a one-layer docker-archive of ROOTFS
-# that runs CMD, tagged TAG.
+# build_suite: e2e.test, Kubernetes' own end-to-end suite, at the cluster's
+# version.
+build_suite() {
+  echo "== e2e: e2e.test $(kube_version) (go test -c; cached after the first run)"
+  built e2e.test "$REPO/e2e/kube/go.mod" "$REPO/e2e/kube/go.sum" && return 0
+  (cd "$REPO/e2e/kube" && go test -c -ldflags "$(kube_stamp)" -o "$E2E_BIN/e2e.test" k8s.io/kubernetes/test/e2e)
+  touch "$BUILT_MARK"
+}
+
+# image_archive OUT ROOTFS CONFIG TAG...: a one-layer docker-archive of
+# ROOTFS with the image config CONFIG (JSON members: "Cmd", "Entrypoint"),
+# tagged with every TAG.
 image_archive() {
-  local out=$1 tag=$2 rootfs=$3
+  local out=$1 rootfs=$2 config=$3
   shift 3
   local work
   work=$(mktemp -d)
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
-  local diff_id cmd
+  local diff_id tags
   diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-  cmd=$(printf '"%s",' "$@")
-  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":[%s]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$(go env GOARCH)" "${cmd%,}" "$diff_id" >"$work/config.json"
-  printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$tag" >"$work/manifest.json"
+  tags=$(printf '"%s",' "$@")
+  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$(go env GOARCH)" "$config" "$diff_id" >"$work/config.json"
+  printf '[{"Config":"config.json","RepoTags":[%s],"Layers":["layer.tar"]}]' "${tags%,}" >"$work/manifest.json"
   tar -C "$work" -cf "$out" manifest.json config.json layer.tar
   rm -rf "$work"
 }
 
-build_images() {
-  local images="$E2E_OUT/images" rootfs
-  mkdir -p "$images"
+# new_rootfs: an empty root with Debian's merged /usr layout, /tmp, and
+# root and nobody in /etc/passwd.
+new_rootfs() {
+  local rootfs
   rootfs=$(mktemp -d)
-  mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
-  cp "$E2E_BIN/pause" "$rootfs/bin/pause"
-  image_archive "$images/pause.tar" "$PAUSE_IMAGE" "$rootfs" /bin/pause
-  rm -rf "$rootfs"
-
-  rootfs=$(mktemp -d)
-  mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/root"
-  chmod 1777 "$rootfs/tmp"
-  cp "$(command -v busybox)" "$rootfs/bin/busybox"
-  local applet
-  for applet in $(busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"
+  mkdir -p "$rootfs"/usr/{bin,sbin,lib,lib64} "$rootfs"/{etc,tmp,root,var/tmp,run}
+  local dir
+  for dir in bin sbin lib lib64; do
+    ln -s "usr/$dir" "$rootfs/$dir"
   done
+  chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$rootfs/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
-  image_archive "$images/busybox.tar" "$BUSYBOX_IMAGE" "$rootfs" /bin/sh
+  echo "$rootfs"
+}
+
+# add_debian ROOTFS PACKAGE...: unpacks PACKAGE and everything it depends on
+# (Debian's packages, as `apt-get install --no-install-recommends` would
+# pick them) into ROOTFS. Maintainer scripts do not run.
+add_debian() {
+  local rootfs=$1
+  shift
+  local debs="$E2E_OUT/debs" packages package deb
+  mkdir -p "$debs"
+  apt-cache show "$@" >/dev/null 2>&1 || apt-get update -qq
+  packages=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+    --no-breaks --no-replaces --no-enhances "$@" | grep -E '^[a-z0-9]' | sort -u)
+  local missing=()
+  for package in $packages; do
+    compgen -G "$debs/${package}_*.deb" >/dev/null || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}") || return 1
+  fi
+  for package in $packages; do
+    for deb in "$debs/${package}"_*.deb; do
+      dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$rootfs"
+    done
+  done
+}
+
+# add_busybox ROOTFS: Debian's static busybox and a link for each applet
+# ROOTFS does not have yet.
+add_busybox() {
+  local rootfs=$1 applet
+  cp "$(command -v busybox)" "$rootfs/bin/busybox"
+  for applet in $(busybox --list); do
+    [ -e "$rootfs/bin/$applet" ] || [ -e "$rootfs/sbin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+  done
+}
+
+# image NAME CONFIG TAG... (rootfs in $rootfs): writes images/NAME.tar and
+# removes the rootfs.
+image() {
+  local name=$1
+  shift
+  image_archive "$E2E_OUT/images/$name.tar" "$rootfs" "$@"
   rm -rf "$rootfs"
+}
+
+build_images() {
+  mkdir -p "$E2E_OUT/images"
+  local rootfs
+
+  rootfs=$(new_rootfs)
+  cp "$E2E_BIN/pause" "$rootfs/bin/pause"
+  image pause '"Entrypoint":["/bin/pause"]' "${PAUSE_IMAGES[@]}"
+
+  rootfs=$(new_rootfs)
+  add_busybox "$rootfs"
+  image busybox '"Cmd":["/bin/sh"]' "${BUSYBOX_IMAGES[@]}"
+
+  # agnhost's own image is a small base with a shell and /agnhost.
+  rootfs=$(new_rootfs)
+  add_busybox "$rootfs"
+  cp "$E2E_BIN/agnhost" "$rootfs/agnhost"
+  image agnhost '"Entrypoint":["/agnhost"]' "$AGNHOST_IMAGE"
+
+  # The suite runs shell scripts in these; the real images are Debian's
+  # nginx and Debian with dnsutils, made here from the same packages.
+  rootfs=$(new_rootfs)
+  add_debian "$rootfs" nginx-light || return 1
+  add_busybox "$rootfs"
+  echo 'www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin' >>"$rootfs/etc/passwd"
+  echo 'www-data:x:33:' >>"$rootfs/etc/group"
+  mkdir -p "$rootfs/var/log/nginx" "$rootfs/var/lib/nginx"
+  image nginx '"Cmd":["nginx","-g","daemon off;"]' "$NGINX_IMAGE"
+
+  rootfs=$(new_rootfs)
+  add_debian "$rootfs" dash bash coreutils grep sed findutils bind9-dnsutils || return 1
+  [ -e "$rootfs/bin/sh" ] || ln -s dash "$rootfs/bin/sh"
+  image glibc-dns-testing '"Cmd":["/bin/sh"]' "$GLIBC_DNS_TESTING_IMAGE"
+
+  # hostpath-csi's Dockerfile, runtime stage: Debian with e2fsprogs and
+  # xfsprogs, and the release binary.
+  rootfs=$(new_rootfs)
+  add_debian "$rootfs" e2fsprogs xfsprogs || return 1
+  mkdir -p "$rootfs/usr/local/bin"
+  cp "$E2E_BIN/hostpath-csi" "$rootfs/usr/local/bin/hostpath-csi"
+  image hostpath-csi '"Entrypoint":["/usr/local/bin/hostpath-csi"]' "$DRIVER_IMAGE"
+
+  # The sidecars: one static binary each, as in their distroless images.
+  local sidecar
+  for sidecar in csi-provisioner csi-resizer registrar livenessprobe; do
+    rootfs=$(new_rootfs)
+    cp "$E2E_BIN/$sidecar" "$rootfs/$sidecar"
+    image "$sidecar" "\"Entrypoint\":[\"/$sidecar\"]" "$(sidecar_image "$sidecar")"
+  done
 }

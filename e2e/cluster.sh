@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by e2e/inside.sh, inside the e2e namespaces: starts and stops the
-# single-node cluster. Every daemon is a host process of this PID namespace,
-# logging to $LOGS/<name>.log; its PID is kept in $STATE/<name>.pid.
+# single-node cluster. The control plane, containerd and kubelet are host
+# processes of this PID namespace, logging to $LOGS/<name>.log, their PIDs
+# kept in $STATE/<name>.pid; hostpath-csi runs as deploy/kubernetes has it,
+# a DaemonSet and a Deployment whose pods' logs are copied to $LOGS/pods.
 
 NODE=e2e-node
 NODE_IP=10.234.0.1
@@ -16,26 +18,6 @@ start() {
   local name=$1
   shift
   "$@" >>"$LOGS/$name.log" 2>&1 &
-  echo $! >"$STATE/$name.pid"
-}
-
-# supervise NAME CMD...: like start, but CMD is started again a second after
-# it exits, as kubelet restarts a pod's containers (csi-provisioner exits
-# when it loses the driver's socket).
-supervise() {
-  local name=$1
-  shift
-  (
-    child=""
-    trap '[ -z "$child" ] || kill "$child" 2>/dev/null; wait; exit 0' TERM
-    while :; do
-      "$@" >>"$LOGS/$name.log" 2>&1 &
-      child=$!
-      wait "$child"
-      echo "== e2e: $name exited ($?); starting it again" >>"$LOGS/$name.log"
-      sleep 1
-    done
-  ) &
   echo $! >"$STATE/$name.pid"
 }
 
@@ -77,13 +59,17 @@ setup_node_filesystem() {
   mount -t tmpfs -o mode=0755 e2e-var-log /var/log
   mount -t tmpfs -o mode=0755 e2e-srv /srv
   mkdir -p "$KUBELET_DIR/plugins_registry" "$PLUGIN_DIR" /srv/hostpath /var/lib/cni
-  # The pools of the DaemonSet; `default` is small, so that a claim can ask
-  # more than it holds.
+  # The pools of the DaemonSet; `default` is a tmpfs of its own, of a size
+  # (a cap: only what is written takes memory) that a claim can exceed.
   local pool
   for pool in default fast std; do
     mkdir -p "/var/lib/hostpath-csi/$pool"
   done
-  mount -t tmpfs -o size=1g e2e-pool-default /var/lib/hostpath-csi/default
+  mount -t tmpfs -o size=16g e2e-pool-default /var/lib/hostpath-csi/default
+  # The DaemonSet mounts kubelet's directory and the pools with
+  # Bidirectional propagation, which needs shared mounts (as under systemd).
+  # Shared within this mount namespace only: the host's stay as they are.
+  mount --make-rshared /
 }
 
 # An empty bridge carries the node's address (this kernel may lack the
@@ -94,13 +80,20 @@ setup_node_network() {
   ip addr add "$NODE_IP/24" dev e2e0
   ip link set e2e0 up
   ip route add default dev e2e0
+  # The kubernetes Service (10.96.0.1:443), through which the sidecars in
+  # the pods reach the API server: the one rule kube-proxy would make for
+  # it, for pods (PREROUTING) and the node (OUTPUT).
+  local chain
+  for chain in PREROUTING OUTPUT; do
+    iptables -t nat -A "$chain" -d 10.96.0.1/32 -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443"
+  done
   mkdir -p /etc/cni/net.d
   mount -t tmpfs e2e-cni /etc/cni/net.d
   cat >/etc/cni/net.d/10-e2e.conflist <<CNI
 {"cniVersion": "0.4.0", "name": "e2e", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.235.0.0/24"}]],
-            "dataDir": "/var/lib/cni/networks"}},
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "/var/lib/cni/networks"}},
   {"type": "loopback"}]}
 CNI
 }
@@ -154,7 +147,8 @@ start_control_plane() {
     --client-ca-file="$PKI/ca.crt" --authorization-mode=Node,RBAC --kubelet-preferred-address-types=InternalIP \
     --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/24
+    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/24 \
+    --allow-privileged=true
   wait_for 120 "the API server" kubectl get --raw /readyz || return 1
   start kube-controller-manager kube-controller-manager --kubeconfig="$KUBECONFIG" \
     --leader-elect=false --bind-address=127.0.0.1 --root-ca-file="$PKI/ca.crt" \
@@ -172,7 +166,7 @@ state = "/run/containerd"
 [grpc]
   address = "$CONTAINERD_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
+  sandbox_image = "${PAUSE_IMAGES[0]}"
   # Root here lacks CAP_SYS_RESOURCE: a container may not get a lower OOM
   # score than containerd's own.
   restrict_oom_score_adj = true
@@ -188,7 +182,7 @@ TOML
   start containerd containerd --config "$STATE/containerd/config.toml"
   wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version || return 1
   local image
-  for image in pause busybox; do
+  for image in "${IMAGE_ARCHIVES[@]}"; do
     ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$E2E_OUT/images/$image.tar" >/dev/null || return 1
   done
 }
@@ -239,31 +233,23 @@ YAML
     --hostname-override="$NODE" --node-ip="$NODE_IP" --cert-dir="$STATE/kubelet-pki" --v=2
 }
 
-# The DaemonSet's driver and sidecars as host processes, with the
-# manifests' flags (deploy/kubernetes/node-daemonset.yaml); the paths the
-# containers see as /csi and /registration are their host paths here.
-start_driver() {
-  start hostpath-csi env RUST_LOG=info hostpath-csi serve \
-    --endpoint="unix://$PLUGIN_DIR/csi.sock" --node-id="$NODE" \
-    --pool=default=/var/lib/hostpath-csi/default --pool=fast=/var/lib/hostpath-csi/fast \
-    --pool=std=/var/lib/hostpath-csi/std --enable-quotas --allow-host-path=/srv/hostpath \
-    --metrics-address=0.0.0.0:9809 --log-format=json
-  wait_for 30 "the driver's socket" test -S "$PLUGIN_DIR/csi.sock"
+# driver_pid: the PID of the node plugin's driver (its container's process,
+# seen from this PID namespace).
+driver_pid() {
+  pgrep -f '^/usr/local/bin/hostpath-csi serve .*--node-id=' | head -n 1
 }
 
-start_sidecars() {
-  supervise registrar registrar --csi-address="$PLUGIN_DIR/csi.sock" \
-    --kubelet-registration-path="$PLUGIN_DIR/csi.sock" \
-    --plugin-registration-path="$KUBELET_DIR/plugins_registry" --v=2
-  # The provisioner authenticates as the DaemonSet's service account, so
-  # deploy/kubernetes/rbac-node.yaml is what it is allowed to do.
-  # --capacity-ownerref-level=-1: a host process has no pod to own its
-  # CSIStorageCapacity objects (the manifest's 0 names the pod).
-  kubeconfig provisioner --token="$(kubectl -n hostpath-csi create token hostpath-csi-node --duration=6h)"
-  supervise csi-provisioner env NODE_NAME="$NODE" NAMESPACE=hostpath-csi POD_NAME=hostpath-csi-node-e2e \
-    csi-provisioner --kubeconfig="$PKI/provisioner.kubeconfig" --csi-address="$PLUGIN_DIR/csi.sock" \
-    --node-deployment=true --enable-capacity --capacity-ownerref-level=-1 --strict-topology \
-    --immediate-topology=false --feature-gates=Topology=true --extra-create-metadata --v=2
+# rolled_out: the DaemonSet's and the Deployment's pods are all Ready.
+rolled_out() {
+  kubectl -n hostpath-csi rollout status daemonset/hostpath-csi-node --timeout=1s &&
+    kubectl -n hostpath-csi rollout status deployment/hostpath-csi-controller --timeout=1s
+}
+
+# save_pod_logs: the logs of hostpath-csi's pods (every container, every
+# restart), for after the namespaces are gone.
+save_pod_logs() {
+  mkdir -p "$LOGS/pods"
+  cp -r /var/log/pods/hostpath-csi_* "$LOGS/pods/" 2>/dev/null || true
 }
 
 node_ready() {
@@ -296,16 +282,16 @@ start_cluster() {
   start_containerd || return 1
   start_kubelet
   wait_for 180 "node $NODE to be Ready" node_ready || return 1
-  start_driver || return 1
-  start_sidecars || return 1
+  wait_for 180 "hostpath-csi's pods to be Ready" rolled_out || return 1
   wait_for 60 "kubelet to register the driver" driver_registered || return 1
   # Pods run under their namespace's default service account.
   wait_for 60 "the default service account" kubectl -n default get serviceaccount default
 }
 
 stop_cluster() {
+  save_pod_logs
   local name
-  for name in csi-provisioner registrar hostpath-csi kubelet containerd kube-scheduler \
+  for name in kubelet containerd kube-scheduler \
     kube-controller-manager kube-apiserver etcd; do
     stop "$name"
   done

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run by e2e/run.sh as PID 1 of fresh PID, mount, network and UTS
-# namespaces: starts the cluster, runs every scenario, checks that they left
-# no mount or loop device, and stops the cluster. When this process exits
+# namespaces: starts the cluster, runs every scenario and/or the External
+# Storage suite, checks that they left no mount or loop device, and stops
+# the cluster. When this process exits
 # the kernel ends every process left in the namespaces and drops their
 # mounts and network devices.
 set -uo pipefail
-REPO=$1 STATE=$2 LOGS=$3
+REPO=$1 STATE=$2 LOGS=$3 RUN_SCENARIOS=$4 SUITE=$5
 E2E_OUT=$REPO/target/e2e
 export PATH="$E2E_OUT/bin:$PATH"
 # shellcheck source=e2e/images.env
@@ -14,6 +15,8 @@ source "$REPO/e2e/images.env"
 source "$REPO/e2e/cluster.sh"
 # shellcheck source=e2e/scenarios.sh
 source "$REPO/e2e/scenarios.sh"
+# shellcheck source=e2e/suite.sh
+source "$REPO/e2e/suite.sh"
 
 hostname "$NODE"
 began=$SECONDS
@@ -24,16 +27,25 @@ if ! start_cluster; then
 fi
 echo "== e2e: cluster up in $((SECONDS - began))s (node $NODE Ready, driver registered)"
 
-passed=0
-for scenario in "${SCENARIOS[@]}"; do
-  run_scenario "$scenario" && passed=$((passed + 1))
-done
-echo "== e2e: $passed of ${#SCENARIOS[@]} scenarios passed"
+ok=true
+if [ "$RUN_SCENARIOS" = yes ]; then
+  passed=0
+  for scenario in "${SCENARIOS[@]}"; do
+    run_scenario "$scenario" && passed=$((passed + 1))
+  done
+  echo "== e2e: $passed of ${#SCENARIOS[@]} scenarios passed"
+  [ "$passed" = "${#SCENARIOS[@]}" ] || ok=false
+fi
+if [ "$SUITE" != none ]; then
+  run_suite "$SUITE" || ok=false
+fi
 
-# With every scenario's namespace deleted, no CSI mount may be left under
-# kubelet's directory, nor any loop device on a pool.
+# With every scenario's and test's namespace deleted, no mount may be left
+# under kubelet's directory but those of hostpath-csi's own pods, nor any
+# loop device on a pool.
 clean=true
-leftovers=$(findmnt -rn -o TARGET | grep -E "^$KUBELET_DIR/pods/" || true)
+own_pods=$(kubectl -n hostpath-csi get pods -o 'jsonpath={range .items[*]}{.metadata.uid}{"\n"}{end}')
+leftovers=$(findmnt -rn -o TARGET | grep -E "^$KUBELET_DIR/pods/" | grep -v -F "${own_pods:-none}" || true)
 if [ -n "$leftovers" ]; then
   echo "FAIL: mounts left under $KUBELET_DIR/pods:" >&2
   echo "$leftovers" >&2
@@ -44,4 +56,4 @@ if losetup -a | grep /var/lib/hostpath-csi >&2; then
   clean=false
 fi
 stop_cluster
-[ "$passed" = "${#SCENARIOS[@]}" ] && $clean
+$ok && $clean

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end: the storage tutorial's scenarios on a real single-node
-# Kubernetes — kubelet, containerd and the control plane built or installed
-# here, our driver and its sidecars beside them. Needs root.
+# End-to-end on a real single-node Kubernetes — kubelet, containerd and the
+# control plane built or installed here, hostpath-csi's DaemonSet and
+# Deployment from deploy/kubernetes running as pods. Needs root.
 #
-#   e2e/run.sh            build what is missing, run every scenario, tear down
+#   e2e/run.sh                  the storage tutorial's scenarios
+#   e2e/run.sh --suite=ci       the scenarios, then the part of Kubernetes'
+#                               External Storage suite CI runs
+#   e2e/run.sh --suite=full --no-scenarios
+#                               the whole External Storage suite
+#                               (e2e/storage-suite.sh)
 #
 # The pieces are cached in target/e2e (and Go's and cargo's caches), so only
 # the first run builds Kubernetes. The cluster runs in new PID, mount,
@@ -25,13 +30,25 @@ export CGROUP_ROOT=hostpath-e2e
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
+SCENARIOS=yes SUITE=none
+for arg in "$@"; do
+  case $arg in
+    --suite=ci | --suite=full | --suite=none) SUITE=${arg#--suite=} ;;
+    --no-scenarios) SCENARIOS=no ;;
+    *)
+      echo "usage: e2e/run.sh [--suite=ci|full|none] [--no-scenarios]" >&2
+      exit 2
+      ;;
+  esac
+done
+
 if [ "$(id -u)" != 0 ]; then
   echo "e2e: must run as root (it runs kubelet and containerd)" >&2
   exit 1
 fi
 
 began=$SECONDS
-packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 util-linux procps curl"
+packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps curl"
 missing=""
 for package in $packages; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=" $package"
@@ -44,6 +61,7 @@ if [ -n "$missing" ]; then
 fi
 build_binaries
 build_images
+[ "$SUITE" = none ] || build_suite
 echo "== e2e: pieces ready in $((SECONDS - began))s"
 
 # What the host has before the cluster starts, to compare with afterwards.
@@ -107,7 +125,7 @@ trap restore_host EXIT
 status=0
 # --kill-child: should this script be killed, the namespaces go with it.
 unshare --pid --fork --kill-child --mount-proc --mount --propagation private --net --uts \
-  "$REPO/e2e/inside.sh" "$REPO" "$STATE" "$LOGS" || status=$?
+  "$REPO/e2e/inside.sh" "$REPO" "$STATE" "$LOGS" "$SCENARIOS" "$SUITE" || status=$?
 restore_host
 trap - EXIT
 

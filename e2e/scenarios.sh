@@ -106,6 +106,18 @@ mount_target() {
   echo "$KUBELET_DIR/pods/$(k get pod "$1" -o 'jsonpath={.metadata.uid}')/volumes/kubernetes.io~csi/$2/mount"
 }
 
+# driver_restarts: how often kubelet has started the node plugin's driver
+# container again.
+driver_restarts() {
+  kubectl -n hostpath-csi get pods -l app.kubernetes.io/name=hostpath-csi-node \
+    -o 'jsonpath={.items[0].status.containerStatuses[?(@.name=="driver")].restartCount}'
+}
+
+# driver_restarted_since COUNT: driver_restarts has passed COUNT.
+driver_restarted_since() {
+  [ "$(driver_restarts)" -gt "$1" ]
+}
+
 # 1. emptyDir medium Memory as a CSI ephemeral volume: two containers share
 #    a tmpfs of the requested size; it is unmounted with the pod.
 scenario_memory_ephemeral() {
@@ -180,7 +192,7 @@ scenario_default_class() {
   wait_for 30 "the pod's write" test -s "$volume/file" || fail "nothing in $volume/file"
   expect_eq "the pod's data on the node" "$(cat "$volume/file")" stored
 
-  claim too-big 8Gi
+  claim too-big 64Gi
   pod too-big-user too-big 'echo never'
   wait_for 120 "the scheduler's verdict" sh -c \
     "kubectl -n $NS get events --field-selector involvedObject.name=too-big-user,reason=FailedScheduling -o 'jsonpath={.items[*].message}' | grep -q 'enough free storage'" ||
@@ -286,9 +298,15 @@ scenario_restarts() {
   wait_for 120 "the pod deleted while kubelet was down to go" sh -c "! kubectl -n $NS get pod parting-user" ||
     fail "parting-user, deleted while kubelet was down, is still there"
   ! findmnt "$parting" >/dev/null || fail "$parting still mounted after its pod is gone"
-  stop hostpath-csi
-  start_driver || fail "the driver did not restart"
-  sleep 5
+  # The driver's container ends (SIGTERM) and kubelet starts it again.
+  local driver restarts
+  driver=$(driver_pid)
+  [ -n "$driver" ] || fail "no driver process"
+  restarts=$(driver_restarts)
+  kill -TERM "$driver"
+  wait_for 120 "the driver's container to be started again" driver_restarted_since "$restarts" ||
+    fail "the driver's container was not started again"
+  wait_for 120 "hostpath-csi's pods to be Ready again" rolled_out || fail "hostpath-csi's pods are not Ready again"
 
   ready steady-user
   ready memory-emptydir

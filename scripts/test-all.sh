@@ -3,9 +3,11 @@
 # format and lint checks, `cargo test` (unit + integration over a real socket
 # with real mounts and loop devices), the checks of deploy/ and the
 # Dockerfile, then csi-sanity against a freshly started driver for each kind,
-# then the tutorial's scenarios on a real single-node Kubernetes
-# (e2e/run.sh, which builds or reuses Kubernetes and installs containerd,
-# runc, etcd and the CNI plugins from Debian; docs/e2e.md).
+# then the tutorial's scenarios and part of Kubernetes' External Storage
+# suite on a real single-node Kubernetes running the DaemonSet and the
+# Deployment (e2e/run.sh --suite=ci, which builds or reuses Kubernetes,
+# e2e.test and the images, and installs containerd, runc, etcd and the CNI
+# plugins from Debian; docs/e2e.md).
 # The tests of kernel features this host may lack or forbid (project quotas,
 # growing a mounted ext4) run a second time in a virtual machine booted from
 # Debian's kernel (scripts/vm-test.sh), where they must pass in full.
@@ -77,8 +79,8 @@ sanity memory
 sanity file
 sanity file --csi.testvolumeaccesstype block --csi.testvolumesize $((8 << 20)) \
   --csi.testvolumeexpandsize $((16 << 20))
-echo "== end-to-end: the tutorial's scenarios on a real Kubernetes node (e2e/run.sh)"
-e2e/run.sh 2>&1 | tee -a "$log"
+echo "== end-to-end: the tutorial's scenarios and the External Storage suite (ci) on a real Kubernetes node"
+e2e/run.sh --suite=ci 2>&1 | tee -a "$log"
 
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
@@ -88,11 +90,16 @@ sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
 e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain")
 e2e_passed=$(awk '{print $3}' <<<"$e2e_line")
 e2e_failed=$(( $(awk '{print $5}' <<<"$e2e_line") - e2e_passed ))
-passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") + e2e_passed ))
-failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") + e2e_failed ))
+# The suite's specs that ran (ginkgo counts those its focus left out as
+# skipped too, so only specs that ran are counted here).
+suite_lines=$(grep -E '^== e2e: suite ' <<<"$plain")
+passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") + e2e_passed + $(sum Passed "$suite_lines") ))
+failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") + e2e_failed + $(sum Failed "$suite_lines") ))
 skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
 cat target/reliability-crash.txt target/reliability-soak.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
 echo "end-to-end: ${e2e_line#== e2e: }"
+echo "External Storage suite:"
+sed 's/^== e2e: suite /  /' <<<"$suite_lines"
 echo "total: $passed passed, $failed failed, $skipped skipped"
