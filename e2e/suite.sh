@@ -35,11 +35,14 @@ run_suite() {
   return $status
 }
 
-# summarize_suite LOG NAME SECONDS: ginkgo's closing counts, and each
+# summarize_suite LOG NAME SECONDS: the counts of the JUnit report (specs
+# that ran, and those skipped while running with each reason), and each
 # failed spec's name.
 summarize_suite() {
-  local counts
-  counts=$(grep -E '^(Ran [0-9]+ of [0-9]+ Specs|(SUCCESS|FAIL)! -- )' "$1" | tr '\n' ' ')
-  echo "== e2e: suite $2: ${counts:-no result; see $1} in $3s"
-  grep -E '^\s*\[FAIL\]' "$1" | sed 's/^/     /' || true
+  local report=$E2E_OUT/junit/junit_${2}01.xml
+  if [ ! -s "$report" ]; then
+    echo "== e2e: suite $2: no report in $3s; see $1"
+    return
+  fi
+  "$REPO/e2e/junit-summary.py" "$report" | sed -e "1s/^/== e2e: suite $2: /" -e "1s/\$/ in $3s/"
 }
