@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by e2e/run.sh and e2e/storage-suite.sh: builds (or reuses) every
+# Sourced by e2e/run.sh: builds (or reuses) every
 # piece of the e2e cluster into target/e2e. Go's and cargo's caches make a
 # warm run a few seconds.
 #   bin/    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
@@ -36,14 +36,21 @@ kube_stamp() {
   echo "$stamp"
 }
 
-# built NAME FILE...: true if NAME was built from FILEs as they are now (Go
-# caches compiling, not linking; linking Kubernetes takes minutes). Marks
-# NAME as built from them otherwise, for when the caller has built it.
+# built NAME OUTPUT... -- FUNCTION...: true if every OUTPUT exists and was
+# built with e2e/kube's go.mod and go.sum and the FUNCTIONs as they are now
+# (Go caches compiling, not linking, and linking Kubernetes takes minutes).
+# Otherwise sets BUILT_MARK, for the caller to touch once it has built them.
 built() {
-  local name=$1 mark
+  local name=$1 complete=yes mark
   shift
-  mark="$E2E_BIN/.$name-$(cat "$@" | sha256sum | cut -c1-16)"
-  [ -e "$mark" ] && return 0
+  while [ "$1" != -- ]; do
+    [ -x "$E2E_BIN/$1" ] || complete=no
+    shift
+  done
+  shift
+  mark="$E2E_BIN/.$name-$({ cat "$REPO/e2e/kube/go.mod" "$REPO/e2e/kube/go.sum"; declare -f "$@"; } |
+    sha256sum | cut -c1-16)"
+  [ -e "$mark" ] && [ $complete = yes ] && return 0
   rm -f "$E2E_BIN/.$name-"*
   BUILT_MARK=$mark
   return 1
@@ -52,7 +59,8 @@ built() {
 build_binaries() {
   mkdir -p "$E2E_BIN"
   echo "== e2e: Kubernetes $(kube_version) (go build; cached after the first run)"
-  if ! built kube "$REPO/e2e/kube/go.mod" "$REPO/e2e/kube/go.sum"; then
+  if ! built kube kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl agnhost \
+    -- build_binaries kube_stamp; then
     (cd "$REPO/e2e/kube" && go build -ldflags "$(kube_stamp)" -o "$E2E_BIN/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
@@ -74,7 +82,7 @@ build_binaries() {
 # version.
 build_suite() {
   echo "== e2e: e2e.test $(kube_version) (go test -c; cached after the first run)"
-  built e2e.test "$REPO/e2e/kube/go.mod" "$REPO/e2e/kube/go.sum" && return 0
+  built e2e.test e2e.test -- build_suite kube_stamp && return 0
   (cd "$REPO/e2e/kube" && go test -c -ldflags "$(kube_stamp)" -o "$E2E_BIN/e2e.test" k8s.io/kubernetes/test/e2e)
   touch "$BUILT_MARK"
 }
@@ -86,7 +94,7 @@ image_archive() {
   local out=$1 rootfs=$2 config=$3
   shift 3
   local work
-  work=$(mktemp -d)
+  work=$(mktemp -d "$E2E_OUT/work/image.XXXXXX")
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
   local diff_id tags
   diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
@@ -102,7 +110,7 @@ image_archive() {
 # root and nobody in /etc/passwd.
 new_rootfs() {
   local rootfs
-  rootfs=$(mktemp -d)
+  rootfs=$(mktemp -d "$E2E_OUT/work/rootfs.XXXXXX")
   mkdir -p "$rootfs"/usr/{bin,sbin,lib,lib64} "$rootfs"/{etc,tmp,root,var/tmp,run}
   local dir
   for dir in bin sbin lib lib64; do
@@ -122,21 +130,29 @@ add_debian() {
   shift
   local debs="$E2E_OUT/debs" packages package deb
   mkdir -p "$debs"
-  apt-cache show "$@" >/dev/null 2>&1 || apt-get update -qq
+  apt-cache show "$@" >/dev/null 2>&1 || apt-get update -qq || return 1
   packages=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
-    --no-breaks --no-replaces --no-enhances "$@" | grep -E '^[a-z0-9]' | sort -u)
-  local missing=()
+    --no-breaks --no-replaces --no-enhances "$@" | grep -E '^[a-z0-9]' | sort -u) || return 1
+  local absent=()
   for package in $packages; do
-    compgen -G "$debs/${package}_*.deb" >/dev/null || missing+=("$package")
+    compgen -G "$debs/${package}_*.deb" >/dev/null || absent+=("$package")
   done
-  if [ ${#missing[@]} -gt 0 ]; then
-    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}") || return 1
+  if [ ${#absent[@]} -gt 0 ]; then
+    # Lists older than the mirror's files: refresh them once and retry.
+    download "$debs" "${absent[@]}" || { apt-get update -qq && download "$debs" "${absent[@]}"; } || return 1
   fi
   for package in $packages; do
     for deb in "$debs/${package}"_*.deb; do
-      dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$rootfs"
+      dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$rootfs" || return 1
     done
   done
+}
+
+# download DIR PACKAGE...: the candidate .deb of each PACKAGE, into DIR.
+download() {
+  local dir=$1
+  shift
+  (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$@")
 }
 
 # add_busybox ROOTFS: Debian's static busybox and a link for each applet
@@ -159,7 +175,10 @@ image() {
 }
 
 build_images() {
-  mkdir -p "$E2E_OUT/images"
+  # Scratch space under target/, emptied here, so a failed build leaves
+  # nothing in /tmp.
+  rm -rf "$E2E_OUT/work"
+  mkdir -p "$E2E_OUT/images" "$E2E_OUT/work"
   local rootfs
 
   rootfs=$(new_rootfs)

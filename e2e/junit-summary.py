@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Summarizes e2e.test's JUnit report for hostpath-csi's specs: how many
 passed and failed, how many the suite skipped while running (with each
-reason), and the names of the failed ones. Specs the focus left out are
-not counted. Usage: junit-summary.py REPORT.xml"""
+reason), and the names of the failed ones (suite set-up and tear-down
+nodes included). Specs the focus left out are not counted. Exits non-zero
+if anything failed or no spec passed. Usage: junit-summary.py REPORT.xml"""
 import collections
 import sys
 import xml.etree.ElementTree as ET
@@ -15,12 +16,12 @@ NOT_RUN = "skipped"
 passed, failed, reasons = 0, [], collections.Counter()
 for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
     name = case.get("name", "")
-    if DRIVER not in name:
-        continue
-    skipped = case.find("skipped")
     if case.find("failure") is not None or case.find("error") is not None:
+        # Failures of [SynchronizedBeforeSuite] and the like count too.
         failed.append(name)
-    elif skipped is not None:
+    elif DRIVER not in name:
+        continue
+    elif (skipped := case.find("skipped")) is not None:
         message = (skipped.get("message") or "").strip()
         if message != NOT_RUN:
             reasons[message.removeprefix("skipped - ")] += 1
@@ -32,3 +33,4 @@ for reason, count in reasons.most_common():
     print(f"  skipped {count}x: {reason}")
 for name in failed:
     print(f"  FAILED: {name}")
+sys.exit(1 if failed or passed == 0 else 0)

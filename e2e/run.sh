@@ -48,7 +48,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 began=$SECONDS
-packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps curl"
+packages="containerd runc etcd-server containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps curl python3"
 missing=""
 for package in $packages; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=" $package"

@@ -85,14 +85,14 @@ e2e/run.sh --suite=ci 2>&1 | tee -a "$log"
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 sum() { grep -oE "[0-9]+ $1" <<<"$2" | awk '{n += $1} END {print n + 0}'; }
-cargo_lines=$(grep '^test result:' <<<"$plain")
-sanity_lines=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' <<<"$plain")
-e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain")
+cargo_lines=$(grep '^test result:' <<<"$plain" || true)
+sanity_lines=$(grep -E '^(SUCCESS|FAIL)! -- [0-9]+ Passed \| [0-9]+ Failed' <<<"$plain" || true)
+e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain" || true)
 e2e_passed=$(awk '{print $3}' <<<"$e2e_line")
 e2e_failed=$(( $(awk '{print $5}' <<<"$e2e_line") - e2e_passed ))
 # The suite's specs that ran (ginkgo counts those its focus left out as
 # skipped too, so only specs that ran are counted here).
-suite_lines=$(grep -E '^== e2e: suite ' <<<"$plain")
+suite_lines=$(grep -E '^== e2e: suite ' <<<"$plain" || true)
 passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") + e2e_passed + $(sum Passed "$suite_lines") ))
 failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") + e2e_failed + $(sum Failed "$suite_lines") ))
 skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
