@@ -90,12 +90,13 @@ sanity_lines=$(grep -E '^(SUCCESS|FAIL)! -- [0-9]+ Passed \| [0-9]+ Failed' <<<"
 e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain" || true)
 e2e_passed=$(awk '{print $3}' <<<"$e2e_line")
 e2e_failed=$(( $(awk '{print $5}' <<<"$e2e_line") - e2e_passed ))
-# The suite's specs that ran (ginkgo counts those its focus left out as
-# skipped too, so only specs that ran are counted here).
+# The suite's specs from its JUnit summary: those that ran, and those it
+# skipped while running (ginkgo's own count of skipped specs includes every
+# spec its focus left out, so it is not used).
 suite_lines=$(grep -E '^== e2e: suite ' <<<"$plain" || true)
 passed=$(( $(sum passed "$cargo_lines") + $(sum Passed "$sanity_lines") + e2e_passed + $(sum Passed "$suite_lines") ))
 failed=$(( $(sum failed "$cargo_lines") + $(sum Failed "$sanity_lines") + e2e_failed + $(sum Failed "$suite_lines") ))
-skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") ))
+skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") + $(sum Skipped "$suite_lines") ))
 cat target/reliability-crash.txt target/reliability-soak.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
