@@ -2,9 +2,8 @@
 # Run by e2e/run.sh as PID 1 of fresh PID, mount, network and UTS
 # namespaces: starts the cluster, runs every scenario and/or the External
 # Storage suite, checks that they left no mount or loop device, and stops
-# the cluster. When this process exits
-# the kernel ends every process left in the namespaces and drops their
-# mounts and network devices.
+# the cluster. When this process exits the kernel ends every process left
+# in the namespaces and drops their mounts and network devices.
 set -uo pipefail
 REPO=$1 STATE=$2 LOGS=$3 RUN_SCENARIOS=$4 SUITE=$5
 E2E_OUT=$REPO/target/e2e
