@@ -174,5 +174,5 @@ pub fn referenced(fsid: &str, id: u64) -> Result<u64> {
     std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| text.trim().parse().ok())
-        .ok_or_else(|| Error::Internal(format!("btrfs: read {}", path.display())))
+        .ok_or_else(|| Error::Broken(format!("btrfs: read {}", path.display())))
 }

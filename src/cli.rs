@@ -118,21 +118,19 @@ impl ServeArgs {
     /// configuration.
     pub fn config(&self) -> Result<DriverConfig> {
         if self.pools.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Invalid(
                 "node mode needs at least one --pool NAME=PATH".into(),
             ));
         }
         let node_id = match &self.node_id {
             Some(id) => id.clone(),
             None => nix::unistd::gethostname()
-                .map_err(|e| Error::Internal(format!("gethostname: {e}")))?
+                .map_err(|e| Error::failed("gethostname", e))?
                 .to_string_lossy()
                 .into_owned(),
         };
         if node_id.is_empty() || node_id.len() > 192 || node_id.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument(format!(
-                "node id {node_id:?} is malformed"
-            )));
+            return Err(Error::Invalid(format!("node id {node_id:?} is malformed")));
         }
         let mut pools = self
             .pools
@@ -144,7 +142,7 @@ impl ServeArgs {
                 .iter()
                 .position(|(name, _)| name.as_str() == default)
                 .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
+                    Error::Invalid(format!(
                         "--default-pool {default} is not one of the --pool names"
                     ))
                 })?;
@@ -178,7 +176,7 @@ const DEFAULT_MEMORY_SHARE: u64 = 4;
 /// A quarter of MemTotal from /proc/meminfo.
 fn default_memory_budget() -> Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| Error::Internal(format!("read /proc/meminfo: {e}")))?;
+        .map_err(|e| Error::failed("read /proc/meminfo", e))?;
     let kib = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -189,14 +187,14 @@ fn default_memory_budget() -> Result<u64> {
                 .parse::<u64>()
                 .ok()
         })
-        .ok_or_else(|| Error::Internal("/proc/meminfo has no MemTotal".into()))?;
+        .ok_or_else(|| Error::Broken("/proc/meminfo has no MemTotal".into()))?;
     Ok(kib * 1024 / DEFAULT_MEMORY_SHARE)
 }
 
 /// An `--allow-host-path` prefix: absolute, normal components, not `/`.
 fn allowed_prefix(path: &std::path::Path) -> Result<PathBuf> {
     if path == std::path::Path::new("/") {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Invalid(
             "--allow-host-path / would allow the whole host".into(),
         ));
     }
@@ -205,12 +203,12 @@ fn allowed_prefix(path: &std::path::Path) -> Result<PathBuf> {
 
 /// `NAME=PATH` → (name, absolute path).
 fn parse_pool(spec: &str) -> Result<(PoolName, PathBuf)> {
-    let (name, path) = spec.split_once('=').ok_or_else(|| {
-        Error::InvalidArgument(format!("pool {spec:?} is malformed: expected NAME=PATH"))
-    })?;
+    let (name, path) = spec
+        .split_once('=')
+        .ok_or_else(|| Error::Invalid(format!("pool {spec:?} is malformed: expected NAME=PATH")))?;
     let path = PathBuf::from(path);
     if !path.is_absolute() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "pool {name}: path {} is not absolute",
             path.display()
         )));

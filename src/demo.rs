@@ -13,9 +13,10 @@ use crate::csi::{
     GetPluginInfoRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
     NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability,
 };
-use crate::driver::{Driver, DriverConfig};
+use crate::driver::DriverConfig;
 use crate::ids::PoolName;
 use crate::server;
+use crate::startup;
 
 /// Prints a call and its outcome; stops the demo at the first failure.
 fn show<T: Debug>(
@@ -54,7 +55,7 @@ pub async fn run() -> Result<(), String> {
         kubelet_dir: scratch.path().to_owned(),
     };
     println!("pool {} · socket {}", pool_path.display(), socket.display());
-    let driver = Arc::new(Driver::open(config).map_err(|e| e.to_string())?);
+    let driver = Arc::new(startup::open(config).map_err(|e| e.to_string())?);
     let listener = server::listen(&socket).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served_socket = socket.clone();

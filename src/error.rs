@@ -1,40 +1,71 @@
-//! The driver's one error type and its single mapping to gRPC status codes.
+//! The driver's domain error: what went wrong, in the driver's own terms.
 //!
-//! Every failure carries a message that names the volume and the path involved;
-//! the variant alone decides the code, following the table in the CSI spec.
+//! Every failure carries a message that names the volume and the path
+//! involved, and its cause: a wrapped error's message ends with its
+//! cause's, and [`std::error::Error::source`] walks the same chain. Which
+//! gRPC code a failure becomes is decided once, in the service layer
+//! (`service::status`), never where the error is made.
 
 use nix::errno::Errno;
+
+use crate::capacity::Shortage;
 
 /// A failure of any driver operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A field is missing or malformed: an id, a name, a parameter, a path.
+    /// A request field, parameter or command-line setting that cannot be
+    /// right: a missing or malformed id, name, path or value.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// The volume (or path) the call names does not exist.
+    Invalid(String),
+    /// The volume, target or host path named does not exist.
     #[error("{0}")]
-    NotFound(String),
-    /// The same name or target exists with incompatible arguments.
+    Unknown(String),
+    /// The name, id or target is taken by something incompatible.
     #[error("{0}")]
-    AlreadyExists(String),
-    /// The capacity asked for is outside what the driver or pool can give.
+    Conflict(String),
+    /// The capacity ledger refused the size asked for.
+    #[error(transparent)]
+    Capacity(#[from] Shortage),
+    /// What is asked can only be had on another node (another topology).
     #[error("{0}")]
-    OutOfRange(String),
-    /// No space, memory budget or volume slots are left.
+    NotHere(String),
+    /// A node-wide resource other than capacity ran out (loop devices).
     #[error("{0}")]
-    ResourceExhausted(String),
-    /// Another operation on the same volume or name is in flight.
+    NoneLeft(String),
+    /// Another operation on the same volume, target or name is in flight,
+    /// or the driver is stopping.
     #[error("{0}")]
-    Aborted(String),
-    /// The call is valid but the volume is in the wrong state for it.
+    Busy(String),
+    /// The volume, pool, target or host is in a state that does not allow
+    /// the operation (still mounted, backing gone, record unreadable, a
+    /// tool or kernel feature missing).
     #[error("{0}")]
-    FailedPrecondition(String),
+    WrongState(String),
     /// A system call failed; `what` says which one, on which volume and path.
     #[error("{what}: {errno}")]
-    Sys { what: String, errno: Errno },
-    /// Anything else that should not happen (corrupt record, broken invariant).
+    Sys {
+        what: String,
+        #[source]
+        errno: Errno,
+    },
+    /// A library, thread or task the driver relies on failed.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A failure of a step, with what the step was for.
+    #[error("{what}: {source}")]
+    Context {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// Something that should not happen: a corrupt record, a broken
+    /// invariant, a tool that failed without an errno.
     #[error("{0}")]
-    Internal(String),
+    Broken(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -45,6 +76,34 @@ impl Error {
         Error::Sys {
             what: what.into(),
             errno,
+        }
+    }
+
+    /// Wraps another library's or a task's error with what was attempted.
+    pub fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Failed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Says what this error's step was for, keeping it as the cause.
+    pub fn within(self, what: impl Into<String>) -> Self {
+        Error::Context {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error beneath every [`Error::Context`]: the one that says what
+    /// kind of failure this is.
+    pub fn innermost(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.innermost(),
+            other => other,
         }
     }
 }
@@ -83,67 +142,27 @@ impl<T> SysContext<T> for nix::Result<T> {
 
 impl<T> SysContext<T> for std::io::Result<T> {
     fn context<F: FnOnce() -> String>(self, what: F) -> Result<T> {
-        self.map_err(|e| {
-            Error::sys(
-                what(),
-                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            )
+        self.map_err(|e| match e.raw_os_error() {
+            Some(raw) => Error::sys(what(), Errno::from_raw(raw)),
+            None => Error::failed(what(), e),
         })
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(err: Error) -> Self {
-        use tonic::Code;
-        let code = match &err {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::OutOfRange(_) => Code::OutOfRange,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Aborted(_) => Code::Aborted,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Sys {
-                errno: Errno::ENOSPC | Errno::EDQUOT,
-                ..
-            } => Code::ResourceExhausted,
-            Error::Sys { .. } | Error::Internal(_) => Code::Internal,
-        };
-        tonic::Status::new(code, err.to_string())
+/// Adds what a step was for to a driver result: `.within(|| format!(..))`.
+pub trait Within<T> {
+    fn within<F: FnOnce() -> String>(self, what: F) -> Result<T>;
+}
+
+impl<T> Within<T> for Result<T> {
+    fn within<F: FnOnce() -> String>(self, what: F) -> Result<T> {
+        self.map_err(|err| err.within(what()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
-
-    #[test]
-    fn every_variant_maps_to_its_code_and_keeps_the_message() {
-        let cases = [
-            (Error::InvalidArgument("a".into()), Code::InvalidArgument),
-            (Error::NotFound("a".into()), Code::NotFound),
-            (Error::AlreadyExists("a".into()), Code::AlreadyExists),
-            (Error::OutOfRange("a".into()), Code::OutOfRange),
-            (
-                Error::ResourceExhausted("a".into()),
-                Code::ResourceExhausted,
-            ),
-            (Error::Aborted("a".into()), Code::Aborted),
-            (
-                Error::FailedPrecondition("a".into()),
-                Code::FailedPrecondition,
-            ),
-            (Error::Internal("a".into()), Code::Internal),
-            (Error::sys("a", Errno::EIO), Code::Internal),
-            (Error::sys("a", Errno::ENOSPC), Code::ResourceExhausted),
-        ];
-        for (err, code) in cases {
-            let status = tonic::Status::from(err);
-            assert_eq!(status.code(), code);
-            assert!(status.message().starts_with('a'), "{}", status.message());
-        }
-    }
 
     #[test]
     fn long_strings_are_echoed_cut_with_their_length() {
@@ -161,5 +180,34 @@ mod tests {
             err.to_string(),
             "volume v1: mkdir /pool/volumes/v1: EACCES: Permission denied"
         );
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_error_keeps_its_cause_in_the_message_and_the_chain() {
+        let inner = Error::sys("volume v1: open /pool/volumes/v1", Errno::ENOSPC);
+        let err = inner.within("volume v1: create");
+        assert_eq!(
+            err.to_string(),
+            "volume v1: create: volume v1: open /pool/volumes/v1: ENOSPC: No space left on device"
+        );
+        assert!(matches!(
+            err.innermost(),
+            Error::Sys {
+                errno: Errno::ENOSPC,
+                ..
+            }
+        ));
+        let mut chain = 0;
+        let mut next: Option<&dyn std::error::Error> = Some(&err);
+        while let Some(e) = next {
+            chain += 1;
+            next = e.source();
+        }
+        assert_eq!(chain, 3, "context, sys call, errno");
     }
 }

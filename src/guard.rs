@@ -39,13 +39,13 @@ impl OperationGuards {
     pub fn claim(&self, key: String) -> Result<Held> {
         let mut busy = self.busy.lock().expect("guard set poisoned");
         if busy.closed {
-            return Err(Error::Aborted(format!(
+            return Err(Error::Busy(format!(
                 "the driver is stopping; {key} was not touched, retry later"
             )));
         }
         busy.claims += 1;
         if !busy.keys.insert(key.clone()) {
-            return Err(Error::Aborted(format!(
+            return Err(Error::Busy(format!(
                 "an operation on {key} is already in progress; retry later"
             )));
         }
@@ -104,7 +104,7 @@ mod tests {
         let first = guards.claim("volume a".into()).unwrap();
         assert!(matches!(
             guards.claim("volume a".into()),
-            Err(Error::Aborted(_))
+            Err(Error::Busy(_))
         ));
         let _other = guards.claim("volume b".into()).unwrap();
         drop(first);
@@ -119,7 +119,7 @@ mod tests {
         assert!(!guards.close(Duration::from_millis(30)), "a claim is held");
         assert!(matches!(
             guards.claim("volume b".into()),
-            Err(Error::Aborted(_))
+            Err(Error::Busy(_))
         ));
         let releasing = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));

@@ -56,7 +56,7 @@ impl HostPathType {
             .ok_or_else(|| {
                 let known: Vec<String> =
                     Self::NAMES.iter().map(|(n, _)| format!("{n:?}")).collect();
-                Error::InvalidArgument(format!(
+                Error::Invalid(format!(
                     "hostPath type {} is not known: types are {}",
                     Echo(raw),
                     known.join(", ")
@@ -97,7 +97,7 @@ pub fn open(
     let path = validate::host_path("volumeAttributes path", raw_path)?;
     let prefix = allowed.iter().find(|p| path.starts_with(p)).ok_or_else(|| {
         let shown: Vec<_> = allowed.iter().map(|p| p.display().to_string()).collect();
-        Error::InvalidArgument(format!(
+        Error::Invalid(format!(
             "volume {volume}: host path {raw_path} is not under an allowed prefix ({}); the operator allows one with --allow-host-path PREFIX",
             if shown.is_empty() { "none allowed".to_owned() } else { shown.join(", ") }
         ))
@@ -115,13 +115,13 @@ pub fn open(
         _ => {}
     }
     let fd = open_beneath(&root, relative).map_err(|errno| match errno {
-        Errno::ENOENT => Error::NotFound(format!(
+        Errno::ENOENT => Error::Unknown(format!(
             "volume {volume}: host path {raw_path} does not exist"
         )),
-        Errno::ELOOP => Error::InvalidArgument(format!(
+        Errno::ELOOP => Error::Invalid(format!(
             "volume {volume}: host path {raw_path} goes through a symlink, which is refused"
         )),
-        Errno::ENOTDIR => Error::FailedPrecondition(format!(
+        Errno::ENOTDIR => Error::WrongState(format!(
             "volume {volume}: host path {raw_path} goes through something that is not a directory"
         )),
         errno => Error::sys(format!("volume {volume}: open host path {raw_path}"), errno),
@@ -132,7 +132,7 @@ pub fn open(
             .st_mode,
     ) & SFlag::S_IFMT;
     if let Some(required) = kind.required().filter(|r| *r != file_type) {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume {volume}: host path {raw_path} is a {}, but type {kind:?} needs a {}",
             type_name(file_type),
             type_name(required)
@@ -186,7 +186,7 @@ fn create_dirs(volume: &str, root: &OwnedFd, prefix: &Path, relative: &Path) -> 
         let next = match openat2(&dir, part, how) {
             Ok(next) => next,
             Err(Errno::ELOOP) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "volume {volume}: {shown} is a symlink, which is refused"
                 )));
             }
@@ -213,7 +213,7 @@ fn create_file(volume: &str, root: &OwnedFd, path: &Path, relative: &Path) -> Re
     let parent_fd = match open_beneath(root, parent) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => {
-            return Err(Error::NotFound(format!(
+            return Err(Error::Unknown(format!(
                 "volume {volume}: the parent directory of {} does not exist (FileOrCreate does not create it)",
                 path.display()
             )));

@@ -31,10 +31,10 @@ impl VolumeId {
     /// Checks an id sent by a caller: 1 to 128 characters of `[a-z0-9-]`.
     pub fn parse(raw: &str) -> Result<Self> {
         if raw.is_empty() {
-            return Err(Error::InvalidArgument("volume id is missing".into()));
+            return Err(Error::Invalid("volume id is missing".into()));
         }
         if raw.len() > MAX_ID_LEN || !is_lower_alnum_dash(raw) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "volume id {} is malformed: expected 1 to {MAX_ID_LEN} characters of [a-z0-9-]",
                 Echo(raw)
             )));
@@ -64,7 +64,7 @@ impl PoolName {
     /// Checks a pool name: 1 to 63 characters of `[a-z0-9-]`, not starting with `-`.
     pub fn parse(raw: &str) -> Result<Self> {
         if raw.is_empty() || raw.len() > 63 || raw.starts_with('-') || !is_lower_alnum_dash(raw) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "pool name {} is malformed: expected 1 to 63 characters of [a-z0-9-], not starting with '-'",
                 Echo(raw)
             )));

@@ -2,12 +2,13 @@
 //! behind CreateVolume, ControllerExpandVolume and DeleteVolume, shared with
 //! ephemeral inline volumes and NodeExpandVolume.
 
+use crate::capacity::Ask;
 use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::VolumeId;
-use crate::kind::{Backing, KindName};
+use crate::kind::KindName;
 use crate::mounts::MountIndex;
 use crate::pool::{Enforcement, Pool};
 use crate::record::{self, VolumeRecord};
@@ -67,7 +68,7 @@ fn check_accessibility(driver: &Driver, request: &NewVolume) -> Result<()> {
     if reachable(driver, request) {
         return Ok(());
     }
-    Err(Error::ResourceExhausted(format!(
+    Err(Error::NotHere(format!(
         "volume {}: accessibility_requirements do not include this node ({}={})",
         request.name,
         driver.topology_key(),
@@ -81,13 +82,13 @@ fn check_enforcement(pool: &Pool, request: &NewVolume) -> Result<()> {
     let params = &request.params;
     let no_size = request.range.required == 0 && request.range.limit == 0;
     if params.kind == KindName::Directory && params.enforce == Enforce::Required && no_size {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume {}: enforce=required needs a capacity to enforce",
             request.name
         )));
     }
     match refusal(pool, params) {
-        Some(why) => Err(Error::FailedPrecondition(format!(
+        Some(why) => Err(Error::WrongState(format!(
             "volume {}: enforce=required, but pool {} ({}) cannot enforce capacity: {why}",
             request.name,
             pool.name,
@@ -113,53 +114,23 @@ fn enforced(pool: &Pool, params: &VolumeParams) -> bool {
         && pool.enforcement.available()
 }
 
-/// Checks the volume limit and the room left (the pool's disk, or the
-/// memory budget for memory volumes), chooses the capacity (what is
-/// required; else as much of the limit as there is room for; else the
-/// kind's default), and enters the volume in the table so that concurrent
-/// creates see it promised.
+/// Asks the ledger for the new volume's capacity (within the volume limit
+/// and the room its backing has left) and enters the volume in the table
+/// under the same lock, so that concurrent creates see it promised.
 fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRecord> {
     let kind = request.params.kind;
     let backing = kind.backing(&pool.name);
-    let total = driver.offered(&backing, pool, false)?;
+    let offered = driver
+        .ledger
+        .offered(&backing, pool, driver.volumes(), false)?;
     let mut table = driver.table();
-    let max = driver.config.max_volumes;
-    if max > 0 && table.count() as u64 >= max {
-        return Err(Error::ResourceExhausted(format!(
-            "volume {}: node {} already holds its maximum of {max} volumes",
-            request.name, driver.config.node_id
-        )));
-    }
-    let available = total.saturating_sub(table.promised(&backing));
-    let capacity_bytes = choose_capacity(kind, &request.fs_type, request.range, available)
-        .map_err(|shortfall| match shortfall {
-            Shortfall::BelowMinimum(minimum) => Error::OutOfRange(format!(
-                "volume {}: at most {} bytes allowed (limit_bytes), but a {} volume{} needs at least {minimum} bytes",
-                request.name,
-                request.range.limit,
-                kind.as_str(),
-                if request.fs_type.is_empty() {
-                    String::new()
-                } else {
-                    format!(" holding {}", request.fs_type)
-                }
-            )),
-            Shortfall::NoRoom(needed) => {
-                let message = format!(
-                    "volume {}: {needed} bytes needed but {} can give {available} bytes",
-                    request.name,
-                    match &backing {
-                        Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
-                        Backing::Memory =>
-                            format!("the memory budget of node {}", driver.config.node_id),
-                    }
-                );
-                match backing {
-                    Backing::Disk(_) => Error::OutOfRange(message),
-                    Backing::Memory => Error::ResourceExhausted(message),
-                }
-            }
-        })?;
+    let ask = Ask {
+        volume: &request.name,
+        kind,
+        fs_type: &request.fs_type,
+        range: request.range,
+    };
+    let capacity_bytes = driver.ledger.reserve(&table, pool, offered, &ask)?;
     let record = VolumeRecord {
         id: request.id.clone(),
         name: request.name.clone(),
@@ -172,57 +143,6 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
     };
     table.insert(record.clone());
     Ok(record)
-}
-
-/// Volume sizes are whole blocks of this many bytes.
-const GRANULE: u64 = 4096;
-
-/// Why no capacity fits a request.
-#[derive(Debug, PartialEq, Eq)]
-enum Shortfall {
-    /// The limit is below the kind's minimum (this many bytes).
-    BelowMinimum(u64),
-    /// This many bytes are needed, more than there is room for.
-    NoRoom(u64),
-}
-
-/// The capacity of a new volume of `kind` (holding `fs_type`) for `range`
-/// with `available` bytes of room: nothing asked → the kind's default (0, no
-/// limit, for a directory); a limit alone → as much of it as there is room
-/// for; a size → that size, raised to the kind's minimum and rounded up to
-/// [`GRANULE`] where the limit allows. A sized request never gets 0 (which
-/// would mean "no limit"), however little room is left.
-fn choose_capacity(
-    kind: KindName,
-    fs_type: &str,
-    range: CapacityRequest,
-    available: u64,
-) -> std::result::Result<u64, Shortfall> {
-    let sized = range.required != 0 || range.limit != 0;
-    let minimum = kind
-        .minimum_capacity(fs_type)
-        .max(if sized { GRANULE } else { 0 });
-    let limit = if range.limit == 0 {
-        u64::MAX
-    } else {
-        range.limit
-    };
-    if limit < minimum {
-        return Err(Shortfall::BelowMinimum(minimum));
-    }
-    let capacity = match (range.required, range.limit) {
-        (0, 0) => kind.default_capacity(),
-        (0, _) => limit.min(available) / GRANULE * GRANULE,
-        (required, _) => {
-            let wanted = required.max(minimum);
-            let rounded = wanted.div_ceil(GRANULE).saturating_mul(GRANULE);
-            if rounded <= limit { rounded } else { wanted }
-        }
-    };
-    if capacity > available || (sized || kind.sized()) && capacity < minimum.max(1) {
-        return Err(Shortfall::NoRoom(capacity.max(minimum)));
-    }
-    Ok(capacity)
 }
 
 /// An existing volume answers a repeated request only if it satisfies it:
@@ -241,7 +161,7 @@ fn check_same_request(
         ..
     } = request;
     if existing.ephemeral != request.ephemeral {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::Conflict(format!(
             "volume {} already exists {} an ephemeral inline volume",
             existing.id,
             if existing.ephemeral {
@@ -252,7 +172,7 @@ fn check_same_request(
         )));
     }
     if &existing.name != name {
-        return Err(Error::Internal(format!(
+        return Err(Error::Broken(format!(
             "volume id {} of name {name:?} is already used by name {:?}",
             existing.id, existing.name
         )));
@@ -263,7 +183,7 @@ fn check_same_request(
         || existing.fs_type != request.fs_type
         || existing.pool != pool.name
     {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::Conflict(format!(
             "volume {name} already exists as {} (kind {}, pool {}, {} bytes, filesystem {:?}), incompatible with this request (kind {}, pool {}, filesystem {:?}, required {} / limit {} bytes, reachable from its topology: {reachable})",
             existing.id,
             existing.kind.as_str(),
@@ -291,7 +211,7 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
     let pool = driver.pool(Some(&volume.record.pool))?;
     let backend = volume.record.kind.backend();
     if let Some(mount) = backend.users(pool, id, &MountIndex::read()?)?.first() {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume {id} is still mounted at {}; unpublish it first",
             mount.mount_point.display()
         )));
@@ -318,35 +238,31 @@ pub fn expand(
     let mut record = driver.volume(id)?.record;
     let pool = driver.pool(Some(&record.pool))?;
     let current = record.capacity_bytes;
+    let backing = record.kind.backing(&pool.name);
+    // Only a growth needs the room measured.
+    let offered = if range.required > current {
+        driver
+            .ledger
+            .offered(&backing, pool, driver.volumes(), false)?
+    } else {
+        0
+    };
+    let mut table = driver.table();
     // No size asked for (NodeExpandVolume may omit it): finish at the record's.
-    if range.required != 0 && range.required < current {
-        return Err(Error::OutOfRange(format!(
-            "volume {id} has {current} bytes; shrinking to {} bytes (limit {}) is not supported",
-            range.required, range.limit
-        )));
-    }
-    if range.required > current {
-        let backing = record.kind.backing(&pool.name);
-        let total = driver.offered(&backing, pool, false)?;
-        let mut table = driver.table();
-        let available = total.saturating_sub(table.promised(&backing));
-        let more = range.required - current;
-        if more > available {
-            let message = format!(
-                "volume {id}: growing by {more} bytes, but only {available} bytes are left in {}",
-                match backing {
-                    Backing::Disk(_) => format!("pool {} ({})", pool.name, pool.shown()),
-                    Backing::Memory => "the memory budget".to_owned(),
-                }
-            );
-            return Err(match backing {
-                Backing::Disk(_) => Error::OutOfRange(message),
-                Backing::Memory => Error::ResourceExhausted(message),
-            });
-        }
+    let grows = driver.ledger.grow(
+        &table,
+        pool,
+        &backing,
+        offered,
+        (id.as_str(), current),
+        range,
+    )?;
+    if grows {
         record.capacity_bytes = range.required;
         table.update(record.clone());
-        drop(table);
+    }
+    drop(table);
+    if grows {
         if let Err(err) = record::save(&pool.meta, &pool.shown().to_string(), &record) {
             let mut old = record.clone();
             old.capacity_bytes = current;
@@ -359,61 +275,4 @@ pub fn expand(
     let node_step = record.kind.backend().expand(pool, &record)?;
     failpoint::hit("expand:grown");
     Ok((record, node_step))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn range(required: u64, limit: u64) -> CapacityRequest {
-        CapacityRequest { required, limit }
-    }
-
-    #[test]
-    fn sizes_round_up_to_blocks_and_the_kind_minimum_within_the_limit() {
-        let room = 1 << 40;
-        let dir = KindName::Directory;
-        assert_eq!(choose_capacity(dir, "", range(0, 0), room), Ok(0));
-        assert_eq!(choose_capacity(dir, "", range(1000, 0), room), Ok(4096));
-        assert_eq!(choose_capacity(dir, "", range(4097, 0), room), Ok(8192));
-        assert_eq!(choose_capacity(dir, "", range(4097, 5000), room), Ok(4097));
-        assert_eq!(
-            choose_capacity(dir, "", range(0, 1000), room),
-            Err(Shortfall::BelowMinimum(4096))
-        );
-        assert_eq!(choose_capacity(dir, "", range(0, 10_000), room), Ok(8192));
-        let xfs_minimum = KindName::File.minimum_capacity("xfs");
-        assert_eq!(
-            choose_capacity(KindName::File, "xfs", range(100 << 20, 0), room),
-            Ok(xfs_minimum)
-        );
-        assert_eq!(
-            choose_capacity(KindName::File, "xfs", range(0, 100 << 20), room),
-            Err(Shortfall::BelowMinimum(xfs_minimum))
-        );
-        assert_eq!(
-            choose_capacity(KindName::Memory, "", range(100, 0), room),
-            Ok(4096)
-        );
-    }
-
-    #[test]
-    fn a_sized_request_never_gets_zero_from_a_full_pool() {
-        let dir = KindName::Directory;
-        assert_eq!(
-            choose_capacity(dir, "", range(0, 1 << 30), 0),
-            Err(Shortfall::NoRoom(4096))
-        );
-        assert_eq!(
-            choose_capacity(dir, "", range(0, 1 << 30), 4095),
-            Err(Shortfall::NoRoom(4096))
-        );
-        assert_eq!(choose_capacity(dir, "", range(0, 1 << 30), 5000), Ok(4096));
-        assert_eq!(
-            choose_capacity(dir, "", range(8192, 0), 5000),
-            Err(Shortfall::NoRoom(8192))
-        );
-        // Nothing asked: no limit, whatever the room.
-        assert_eq!(choose_capacity(dir, "", range(0, 0), 0), Ok(0));
-    }
 }

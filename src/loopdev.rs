@@ -160,7 +160,7 @@ pub fn attach(
             }
         }
     }
-    Err(Error::ResourceExhausted(format!(
+    Err(Error::NoneLeft(format!(
         "no free loop device for {} after {ATTACH_TRIES} tries",
         shown.display()
     )))
@@ -188,8 +188,8 @@ fn zeroed_info() -> LoopInfo64 {
 /// `identity`: the path finds candidates cheaply, the identity (asked of each
 /// device) makes sure a device that was reused meanwhile is not taken.
 pub fn find(image: &Path, identity: (u64, u64)) -> Result<Vec<LoopDevice>> {
-    let entries = std::fs::read_dir("/sys/block")
-        .map_err(|e| Error::Internal(format!("list /sys/block: {e}")))?;
+    let entries =
+        std::fs::read_dir("/sys/block").map_err(|e| Error::failed("list /sys/block", e))?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();

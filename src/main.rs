@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
-use hostpath_csi::driver::Driver;
-use hostpath_csi::{demo, heap, metrics, server, validate};
+use hostpath_csi::{demo, heap, metrics, server, startup, validate};
 use tracing_subscriber::EnvFilter;
 
 /// How long a stopping driver waits for operations whose callers went away
@@ -15,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Threads the runtime may start for blocking work (tokio's default is 512).
-const MAX_BLOCKING_THREADS: usize = hostpath_csi::driver::MAX_BLOCKING_WORK + 8;
+const MAX_BLOCKING_THREADS: usize = hostpath_csi::work::MAX_BLOCKING_WORK + 8;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
     // SAFETY: mallopt only sets an allocator tunable; no allocation races it
     // here, before any thread starts.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    // Driver work is bounded by `driver::MAX_BLOCKING_WORK`; the rest of the
+    // Driver work is bounded by `work::MAX_BLOCKING_WORK`; the rest of the
     // blocking pool serves tokio's own file and signal work.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -73,7 +72,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
     let config = args.config().map_err(|e| e.to_string())?;
-    let driver = tokio::task::spawn_blocking(move || Driver::open(config))
+    let driver = tokio::task::spawn_blocking(move || startup::open(config))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -90,7 +89,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tokio::spawn(heap::trim_after_bursts(driver.guards.clone()));
     tracing::info!(socket = %socket.display(), node = %driver.config.node_id, driver = %driver.config.driver_name, "serving");
     let served = server::serve(Arc::clone(&driver), listener, &socket, stop).await;
-    tokio::task::spawn_blocking(move || driver.stop(STOP_PATIENCE))
+    tokio::task::spawn_blocking(move || startup::stop(&driver, STOP_PATIENCE))
         .await
         .map_err(|e| e.to_string())?;
     served.map_err(|e| e.to_string())

@@ -20,9 +20,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::driver::{Driver, blocking};
+use crate::driver::Driver;
 use crate::error::Result;
 use crate::kind::Backing;
+use crate::work::blocking;
 
 /// Connections served at once; a scraper needs one.
 pub const MAX_CONNECTIONS: usize = 32;

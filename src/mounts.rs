@@ -109,7 +109,13 @@ pub fn mount_flags(fd: &impl AsRawFd) -> nix::Result<u64> {
 /// nosuid always, nodev unless devices are served, read-only and noexec
 /// when asked or when the source's own mount has them, nosymfollow when asked.
 pub fn expected_flags(source: &OwnedFd, policy: BindPolicy) -> nix::Result<u64> {
-    let inherited = mount_flags(source)? & (flags::RDONLY | flags::NOEXEC | flags::NOSYMFOLLOW);
+    Ok(flags_for(mount_flags(source)?, policy))
+}
+
+/// The controlled flags a publish with `policy` ends with, when the
+/// source's own mount has `source_flags`.
+pub fn flags_for(source_flags: u64, policy: BindPolicy) -> u64 {
+    let inherited = source_flags & (flags::RDONLY | flags::NOEXEC | flags::NOSYMFOLLOW);
     let mut want = inherited | flags::NOSUID;
     if !policy.devices {
         want |= flags::NODEV;
@@ -123,7 +129,7 @@ pub fn expected_flags(source: &OwnedFd, policy: BindPolicy) -> nix::Result<u64> 
     if policy.extra.contains(MS_NOSYMFOLLOW) {
         want |= flags::NOSYMFOLLOW;
     }
-    Ok(want)
+    want
 }
 
 /// MS_NOSYMFOLLOW, which nix does not name.
@@ -210,7 +216,7 @@ pub fn check_flags(
         .context(|| format!("volume {volume}: statvfs of the volume source"))?;
     let have = mount_flags(mounted).context(|| format!("volume {volume}: statvfs {shown}"))?;
     if have != want {
-        return Err(Error::Internal(format!(
+        return Err(Error::Broken(format!(
             "volume {volume}: the mount at {shown} has flags {have:#x}, not the {want:#x} asked for"
         )));
     }
@@ -445,7 +451,7 @@ impl MountIndex {
             .iter()
             .filter(|m| path.starts_with(&m.mount_point))
             .max_by_key(|m| m.mount_point.as_os_str().len())
-            .ok_or_else(|| Error::Internal(format!("no mount holds {}", path.display())))?;
+            .ok_or_else(|| Error::Broken(format!("no mount holds {}", path.display())))?;
         let rest = path
             .strip_prefix(&holder.mount_point)
             .expect("prefix checked");
@@ -469,7 +475,7 @@ pub fn mount_table() -> Result<Vec<MountEntry>> {
         std::fs::File::open("/proc/self/mountinfo")?.read_to_string(&mut text)?;
         Ok(text)
     };
-    let text = read().map_err(|e| Error::Internal(format!("read /proc/self/mountinfo: {e}")))?;
+    let text = read().map_err(|e| Error::failed("read /proc/self/mountinfo", e))?;
     Ok(text.lines().filter_map(parse_line).collect())
 }
 

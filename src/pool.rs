@@ -17,7 +17,7 @@ use nix::sys::statvfs::{FsFlags, fstatvfs};
 use nix::unistd::fsync;
 
 use crate::beneath::SyncDir;
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext, Within};
 use crate::ids::PoolName;
 use crate::mounts::MountIndex;
 use crate::shared_sync::SharedSyncDir;
@@ -137,7 +137,7 @@ impl Pool {
     /// what an earlier run left in `.trash/`.
     pub fn open(name: PoolName, path: &Path, enable_quotas: bool) -> Result<Pool> {
         if !path.is_absolute() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "pool {name}: path {} is not absolute",
                 path.display()
             )));
@@ -159,7 +159,7 @@ impl Pool {
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
         let drain = spawn_drain(&name, path, &trash)?;
         let enforcement = Enforcement::detect(&root, [&volumes, &trash], enable_quotas)
-            .map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
+            .within(|| format!("pool {name}"))?;
         match &enforcement {
             Enforcement::Unavailable(why) => {
                 tracing::info!(pool = %name, "capacity of directory volumes tracked, not enforced: {why}")
@@ -168,8 +168,7 @@ impl Pool {
                 tracing::info!(pool = %name, mode = enforced.mode(), "capacity of directory volumes enforced")
             }
         }
-        let fs_root =
-            MountIndex::root_of(path).map_err(|e| Error::Internal(format!("pool {name}: {e}")))?;
+        let fs_root = MountIndex::root_of(path).within(|| format!("pool {name}"))?;
         let pool = Pool {
             fs_root,
             name,
@@ -208,7 +207,7 @@ impl Pool {
         let st = fstatvfs(&self.root)
             .context(|| format!("pool {}: statvfs {}", self.name, self.shown()))?;
         if st.flags().contains(FsFlags::ST_RDONLY) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "pool {}: {} is on a read-only filesystem",
                 self.name,
                 self.shown()
@@ -296,7 +295,7 @@ fn lock(name: &PoolName, path: &Path, root: &OwnedFd) -> Result<Flock<OwnedFd>> 
         .try_clone()
         .context(|| format!("pool {name}: dup fd of {}", path.display()))?;
     Flock::lock(fd, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        Errno::EWOULDBLOCK => Error::FailedPrecondition(format!(
+        Errno::EWOULDBLOCK => Error::WrongState(format!(
             "pool {name}: {} is in use by another hostpath-csi process (or given twice)",
             path.display()
         )),
@@ -344,7 +343,7 @@ fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Se
                 }
             }
         })
-        .map_err(|e| Error::Internal(format!("pool {name}: start trash thread: {e}")))?;
+        .map_err(|e| Error::failed(format!("pool {name}: start trash thread"), e))?;
     Ok(tx)
 }
 

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
-use nix::sys::stat::{SFlag, fstat};
+use nix::sys::stat::SFlag;
 
+use crate::beneath;
 use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Echo, Error, Result, SysContext};
@@ -15,6 +16,7 @@ use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle::{self, NewVolume};
+use crate::mounter::Mounter;
 use crate::mounts::{self, BindPolicy, MountIndex};
 use crate::target::Target;
 use crate::validate::{self, Requested};
@@ -79,7 +81,7 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
     }
     if let Ok(existing) = driver.volume(id) {
         if !existing.record.ephemeral {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::Conflict(format!(
                 "volume {id} already exists and is not an ephemeral inline volume"
             )));
         }
@@ -87,7 +89,7 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
     }
     let (params, size) = validate::ephemeral_attributes(&request.context)?;
     validate::serves(params.kind, "", &request.capability)
-        .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
+        .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
     lifecycle::create(
         driver,
         NewVolume {
@@ -134,31 +136,32 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     let source = resolve(driver, request, &mut request_policy)?;
     let Publish { id, target, .. } = request;
     let shown = target.path.display();
-    let created = match target.state()? {
+    let mounter = driver.mounter();
+    let created = match mounter.state(target)? {
         Some(state) if state.mount_root => {
-            confirm_existing(id, target, &source.fd, state, request_policy)?;
+            confirm_existing(mounter, id, target, &source.fd, state, request_policy)?;
             mark_published(driver, request);
             return Ok(());
         }
         // A file target must be a regular file: a symlink, fifo or device
         // in its place is not bound over.
         Some(state) if state.file_type != source.target_type() => {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::Conflict(format!(
                 "volume {id}: target {shown} exists and is not a {}",
                 if source.is_dir { "directory" } else { "file" }
             )));
         }
         Some(_) => false,
         None => {
-            target.make(source.is_dir)?;
+            mounter.make(target, source.is_dir)?;
             failpoint::hit("publish:target-made");
             true
         }
     };
-    if let Err(err) = attach_checked(id, target, &source.fd, request_policy) {
-        take_down_mine(id, target, &source.fd).ok();
+    if let Err(err) = mounter.attach(id, &source.fd, target, request_policy) {
+        take_down_mine(mounter, id, target, &source.fd).ok();
         if created {
-            target.remove(source.target_type()).ok();
+            mounter.remove(target, source.target_type()).ok();
         }
         return Err(err);
     }
@@ -175,13 +178,13 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
     if let Ok(volume) = driver.volume(id) {
         let record = &volume.record;
         let access = validate::serves(record.kind, &record.fs_type, &request.capability)
-            .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?
+            .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?
             .access(policy.read_only);
         let pool = driver.pool(Some(&record.pool))?;
         let backend = record.kind.backend();
         let Some(opened) = backend.open_source(pool, record, access)? else {
             let problem = backend.problem(pool, id)?.unwrap_or_default();
-            return Err(Error::FailedPrecondition(problem));
+            return Err(Error::WrongState(problem));
         };
         if opened.recreated {
             driver.note(id, format!(
@@ -196,7 +199,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         });
     }
     let Some(path) = request.context.get(host_path::PATH_KEY) else {
-        return Err(Error::NotFound(format!(
+        return Err(Error::Unknown(format!(
             "volume {id} does not exist on node {} and names no host path",
             driver.config.node_id
         )));
@@ -205,14 +208,14 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
     // the CSIDriver has podInfoOnMount off, and a pod's inline volume then
     // passes whatever attributes its author wrote.
     if !id.as_str().starts_with(host_path::STATIC_ID_PREFIX) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume {id} names host path {}, but only a PersistentVolume whose volumeHandle starts with {:?} may publish one (an inline volume cannot choose its id)",
             Echo(path),
             host_path::STATIC_ID_PREFIX
         )));
     }
     if let Some(ephemeral) = request.context.get(EPHEMERAL_KEY).filter(|v| *v != "false") {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume {id}: {EPHEMERAL_KEY}={} with a host path: only a PersistentVolume may publish one",
             Echo(ephemeral)
         )));
@@ -221,7 +224,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         validate::capability(&request.capability),
         Ok(Requested::Mount(_))
     ) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume {id}: static hostPath volumes offer mount access only"
         )));
     }
@@ -245,6 +248,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
 /// without its restricting remount (the flags of the source's own mount) is
 /// finished here with the flags asked for.
 fn confirm_existing(
+    mounter: &dyn Mounter,
     id: &VolumeId,
     target: &Target,
     source: &OwnedFd,
@@ -253,36 +257,32 @@ fn confirm_existing(
 ) -> Result<()> {
     let shown = target.path.display();
     if !is_root_of(id, &state, source)? {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::Conflict(format!(
             "volume {id}: target {shown} already holds another mount"
         )));
     }
-    let mounted = target.open_path()?;
-    let have = mounts::mount_flags(&mounted).context(|| format!("volume {id}: statvfs {shown}"))?;
-    let want = mounts::expected_flags(source, policy)
-        .context(|| format!("volume {id}: statvfs of the volume source"))?;
+    let have = mounter.target_flags(id, target)?;
+    let want = mounter.source_flags(id, source, Some(policy))?;
     if have == want {
         return Ok(());
     }
-    let bare = mounts::mount_flags(source)
-        .context(|| format!("volume {id}: statvfs of the volume source"))?;
+    let bare = mounter.source_flags(id, source, None)?;
     if have == bare {
         // Replaced, not changed in place: flags set on an attached mount do
         // not reach the copies mount propagation made of it (the host's,
         // the pod's); a new restricted copy propagates whole.
         tracing::warn!(volume = %id, target = %shown, "replacing a bind mount left half-done");
-        drop(mounted);
-        target.unmount()?;
-        return attach_checked(id, target, source, policy);
+        mounter.unmount(target)?;
+        return mounter.attach(id, source, target, policy);
     }
     let mounted_read_only = have & mounts::flags::RDONLY != 0;
     if mounted_read_only != policy.read_only {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::Conflict(format!(
             "volume {id}: already published at {shown} with readonly={mounted_read_only}, asked for readonly={}",
             policy.read_only
         )));
     }
-    Err(Error::AlreadyExists(format!(
+    Err(Error::Conflict(format!(
         "volume {id}: already published at {shown} with mount flags {have:#x}, asked for {want:#x}"
     )))
 }
@@ -306,7 +306,7 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
         Some(record) => {
             let pool = driver.pool(Some(&record.pool))?;
             let backend = record.kind.backend();
-            take_down(id, target, |top| {
+            take_down(driver.mounter(), id, target, |top| {
                 for access in [
                     Access::Mount,
                     Access::Block { read_only: false },
@@ -324,7 +324,7 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
         // No record (an admin's static volume, a record that could not be
         // read, a pool no longer configured): whatever is mounted there,
         // unless the table knows it as another volume's publication.
-        None => take_down(id, target, |_| {
+        None => take_down(driver.mounter(), id, target, |_| {
             Ok(!driver
                 .table()
                 .iter_mut()
@@ -350,56 +350,51 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
 /// Unmounts the mounts stacked on `target` while `is_mine` says the top one
 /// is this volume's, then removes the target.
 fn take_down(
+    mounter: &dyn Mounter,
     id: &VolumeId,
     target: &Target,
     mut is_mine: impl FnMut(&mounts::PathState) -> Result<bool>,
 ) -> Result<()> {
     let shown = target.path.display();
     for _ in 0..MAX_STACKED_MOUNTS {
-        match target.state()? {
+        match mounter.state(target)? {
             None => return Ok(()),
             Some(state) if state.mount_root => {
                 if !is_mine(&state)? {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::WrongState(format!(
                         "volume {id}: target {shown} holds a mount that is not this volume's; it is left mounted"
                     )));
                 }
-                target.unmount()?;
+                mounter.unmount(target)?;
                 failpoint::hit("unpublish:unmounted");
             }
-            Some(state) => return target.remove(state.file_type),
+            Some(state) => return mounter.remove(target, state.file_type),
         }
     }
-    Err(Error::Internal(format!(
+    Err(Error::Broken(format!(
         "volume {id}: target {shown} is still mounted after {MAX_STACKED_MOUNTS} unmounts"
     )))
-}
-
-/// Attaches a restricted copy of `source`'s mount onto `target` and checks
-/// that the mount there ended with the flags `policy` asks for.
-fn attach_checked(
-    id: &VolumeId,
-    target: &Target,
-    source: &OwnedFd,
-    policy: BindPolicy,
-) -> Result<()> {
-    let target_fd = target.open_path()?;
-    mounts::attach(id.as_str(), source, &target_fd, &target.path, policy)?;
-    let mounted = target.open_path()?;
-    mounts::check_flags(id.as_str(), source, &mounted, &target.path, policy)
 }
 
 /// Whether the mount whose root `state` describes is of `source` (the same
 /// device and inode).
 fn is_root_of(id: &VolumeId, state: &mounts::PathState, source: &OwnedFd) -> Result<bool> {
-    let st = fstat(source).context(|| format!("volume {id}: stat the volume source"))?;
-    Ok((st.st_dev, st.st_ino) == (state.dev, state.ino))
+    let identity =
+        beneath::identity(source).context(|| format!("volume {id}: stat the volume source"))?;
+    Ok(identity == (state.dev, state.ino))
 }
 
 /// After a failed publish: takes down a mount of `source` it attached.
-fn take_down_mine(id: &VolumeId, target: &Target, source: &OwnedFd) -> Result<()> {
-    match target.state()? {
-        Some(state) if state.mount_root && is_root_of(id, &state, source)? => target.unmount(),
+fn take_down_mine(
+    mounter: &dyn Mounter,
+    id: &VolumeId,
+    target: &Target,
+    source: &OwnedFd,
+) -> Result<()> {
+    match mounter.state(target)? {
+        Some(state) if state.mount_root && is_root_of(id, &state, source)? => {
+            mounter.unmount(target)
+        }
         _ => Ok(()),
     }
 }

@@ -52,7 +52,7 @@ pub fn file_name(id: &VolumeId) -> String {
 /// Writes (or replaces) the record in the pool's `meta` directory.
 pub fn save(meta: &(impl SyncDir + ?Sized), pool_path: &str, record: &VolumeRecord) -> Result<()> {
     let bytes = serde_json::to_vec(record)
-        .map_err(|e| Error::Internal(format!("volume {}: encode record: {e}", record.id)))?;
+        .map_err(|e| Error::failed(format!("volume {}: encode record", record.id), e))?;
     let name = file_name(&record.id);
     beneath::write_atomic(meta, &name, &bytes)
         .context(|| format!("volume {}: write record {pool_path}/meta/{name}", record.id))

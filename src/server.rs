@@ -30,7 +30,7 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
         .or_else(|| endpoint.strip_prefix("unix:"))
         .unwrap_or(endpoint);
     if !path.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "endpoint {endpoint:?} is not a unix socket: expected unix:///absolute/path"
         )));
     }
@@ -41,24 +41,23 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
 /// if it is a socket; anything else there is an error.
 pub fn listen(socket: &Path) -> Result<UnixListener> {
     match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(|e| {
-            Error::Internal(format!("remove stale socket {}: {e}", socket.display()))
-        })?,
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket)
+            .map_err(|e| Error::failed(format!("remove stale socket {}", socket.display()), e))?,
         Ok(_) => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::WrongState(format!(
                 "{} exists and is not a socket; refusing to replace it",
                 socket.display()
             )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::Internal(format!("stat {}: {e}", socket.display()))),
+        Err(e) => return Err(Error::failed(format!("stat {}", socket.display()), e)),
     }
     // The umask makes bind(2) create the socket 0600: no window with wider
     // access. It is process-wide, so this runs at start, before any volume work.
     let previous = umask(Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(socket);
     umask(previous);
-    listener.map_err(|e| Error::Internal(format!("listen on {}: {e}", socket.display())))
+    listener.map_err(|e| Error::failed(format!("listen on {}", socket.display()), e))
 }
 
 /// Serves Identity, Controller and Node on `listener` until `shutdown`
@@ -144,7 +143,7 @@ async fn run(
         }
     };
     std::fs::remove_file(socket).ok();
-    served.map_err(|e| Error::Internal(format!("gRPC server on {}: {e}", socket.display())))
+    served.map_err(|e| Error::failed(format!("gRPC server on {}", socket.display()), e))
 }
 
 /// Installs SIGTERM and SIGINT handlers now (so a signal that arrives
@@ -152,9 +151,8 @@ async fn run(
 /// the first of them.
 pub fn termination_signal() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let install = |kind: SignalKind| {
-        signal(kind).map_err(|e| Error::Internal(format!("install signal handler: {e}")))
-    };
+    let install =
+        |kind: SignalKind| signal(kind).map_err(|e| Error::failed("install signal handler", e));
     let (mut term, mut int) = (
         install(SignalKind::terminate())?,
         install(SignalKind::interrupt())?,

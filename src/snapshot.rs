@@ -167,7 +167,7 @@ pub fn write(
         meta_changed,
         entries,
     })
-    .map_err(|e| Error::Internal(format!("encode the snapshot of {pool_path}: {e}")))?;
+    .map_err(|e| Error::failed(format!("encode the snapshot of {pool_path}"), e))?;
     beneath::write_atomic(&root.as_fd(), FILE, &bytes)
         .context(|| format!("write {pool_path}/{FILE}"))?;
     Ok(true)

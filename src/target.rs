@@ -84,22 +84,21 @@ impl Target {
         let path = validate::host_path(field, raw)?;
         let relative = path.strip_prefix(kubelet_dir).ok().filter(|r| in_layout(r));
         let Some(relative) = relative else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "volume {id}: {field} {} is not where kubelet publishes CSI volumes: expected {kubelet}/pods/<pod uid>/volumes/kubernetes.io~csi/<pv>/mount or {kubelet}/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod uid> (--kubelet-dir)",
                 Echo(raw),
                 kubelet = kubelet_dir.display()
             )));
         };
         let name = relative.file_name().expect("a layout ends in a name");
-        let name = CString::new(name.as_encoded_bytes()).map_err(|_| {
-            Error::InvalidArgument(format!("volume {id}: {field} holds a NUL byte"))
-        })?;
+        let name = CString::new(name.as_encoded_bytes())
+            .map_err(|_| Error::Invalid(format!("volume {id}: {field} holds a NUL byte")))?;
         let parent_path = path.parent().expect("a layout has a parent");
         let parent = match beneath::open_without_symlinks(kubelet_dir, parent_path) {
             Ok(parent) => parent,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "volume {id}: {field} {} is reached through a symlink or a non-directory beneath {}",
                     path.display(),
                     kubelet_dir.display()
@@ -189,7 +188,7 @@ impl Target {
             SFlag::S_IFDIR => UnlinkatFlags::RemoveDir,
             SFlag::S_IFREG => UnlinkatFlags::NoRemoveDir,
             _ => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::WrongState(format!(
                     "volume {}: target {} is neither a directory nor a file; left in place",
                     self.volume,
                     self.path.display()
@@ -206,6 +205,32 @@ impl Target {
                 )
             }),
         }
+    }
+}
+
+/// Checks that a volume path from a request (NodeGetVolumeStats,
+/// NodeExpandVolume) lies beneath the
+/// kubelet's directory, the only place kubelet asks for mounts, and that
+/// its parent is reached from there without a symlink (one planted to
+/// lead elsewhere on the host is refused). A missing parent is left for
+/// the operation to report.
+pub fn volume_path(kubelet_dir: &Path, field: &str, raw: &str) -> Result<PathBuf> {
+    let path = validate::host_path(field, raw)?;
+    let dir = kubelet_dir;
+    if path == dir || !path.starts_with(dir) {
+        return Err(Error::Invalid(format!(
+            "{field} {raw:?} is not beneath the kubelet directory {} (--kubelet-dir)",
+            dir.display()
+        )));
+    }
+    let parent = path.parent().unwrap_or(dir);
+    match beneath::open_without_symlinks(dir, parent) {
+        Ok(_) | Err(Errno::ENOENT) => Ok(path),
+        Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => Err(Error::Invalid(format!(
+            "{field} {raw:?} is reached through a symlink or a non-directory beneath {}",
+            dir.display()
+        ))),
+        Err(errno) => Err(errno).context(|| format!("{field} {raw:?}: open {}", parent.display())),
     }
 }
 

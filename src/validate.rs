@@ -46,10 +46,10 @@ const MOUNT_FLAGS: [(&str, MsFlags); 10] = [
 /// are only hashed into ids, never used as paths.
 pub fn volume_name(name: &str) -> Result<&str> {
     if name.is_empty() {
-        return Err(Error::InvalidArgument("volume name is missing".into()));
+        return Err(Error::Invalid("volume name is missing".into()));
     }
     if name.len() > 256 || name.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume name {} is malformed: expected 1 to 256 bytes without control characters",
             Echo(name)
         )));
@@ -68,7 +68,7 @@ pub fn driver_name(name: &str) -> Result<&str> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !ok {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "driver name {} is malformed: expected at most 63 characters of [a-zA-Z0-9.-], starting and ending with a letter or digit",
             Echo(name)
         )));
@@ -95,7 +95,7 @@ impl CapacityRequest {
 pub fn expansion(volume: &VolumeId, range: Option<&CapacityRange>) -> Result<CapacityRequest> {
     let checked = capacity(range)?;
     if checked.required == 0 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "volume {volume}: capacity_range.required_bytes is missing"
         )));
     }
@@ -108,12 +108,12 @@ pub fn capacity(range: Option<&CapacityRange>) -> Result<CapacityRequest> {
     };
     let (required, limit) = (range.required_bytes, range.limit_bytes);
     if required < 0 || limit < 0 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "capacity_range is negative: required_bytes={required}, limit_bytes={limit}"
         )));
     }
     if limit > 0 && required > limit {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "capacity_range required_bytes={required} exceeds limit_bytes={limit}"
         )));
     }
@@ -206,13 +206,11 @@ pub fn serves<'a>(
 /// each must be one that a volume of `kind` holding `fs_type` can serve.
 pub fn capabilities(kind: KindName, fs_type: &str, caps: &[VolumeCapability]) -> Result<()> {
     if caps.is_empty() {
-        return Err(Error::InvalidArgument(
-            "volume_capabilities are missing".into(),
-        ));
+        return Err(Error::Invalid("volume_capabilities are missing".into()));
     }
     caps.iter()
         .try_for_each(|c| serves(kind, fs_type, c).map(drop))
-        .map_err(Error::InvalidArgument)
+        .map_err(Error::Invalid)
 }
 
 /// Filesystems a kind=file volume can be formatted with; the first is the default.
@@ -231,7 +229,7 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
         .collect();
     if params.kind != KindName::File {
         if params.fs_type.is_some() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Invalid(
                 "parameter fsType applies to kind=file only".into(),
             ));
         }
@@ -239,7 +237,7 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
     }
     if asked.is_empty() {
         if params.fs_type.is_some() && !caps.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Invalid(
                 "parameter fsType names a filesystem, but the capabilities ask for block access only".into(),
             ));
         }
@@ -252,14 +250,14 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
         .chain(asked.into_iter().filter(|f| !f.is_empty()));
     let chosen = named.next().unwrap_or(FILE_SYSTEMS[0]);
     if let Some(other) = named.find(|f| *f != chosen) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "fsType {} and fs_type {} disagree",
             Echo(chosen),
             Echo(other)
         )));
     }
     if !FILE_SYSTEMS.contains(&chosen) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "fsType {} is not supported: supported filesystems are {}",
             Echo(chosen),
             FILE_SYSTEMS.join(", ")
@@ -304,7 +302,7 @@ impl Enforce {
             "required" => Ok(Enforce::Required),
             "best-effort" => Ok(Enforce::BestEffort),
             "none" => Ok(Enforce::None),
-            other => Err(Error::InvalidArgument(format!(
+            other => Err(Error::Invalid(format!(
                 "parameter enforce={} is not known: values are required, best-effort, none",
                 Echo(other)
             ))),
@@ -327,7 +325,7 @@ pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
             "enforce" => checked.enforce = Enforce::parse(value)?,
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "parameter {} is not known: known parameters are {} and {SIDECAR_PREFIX}*",
                     Echo(unknown),
                     PARAMETER_KEYS.join(", ")
@@ -355,7 +353,7 @@ pub fn ephemeral_attributes(context: &HashMap<String, String>) -> Result<(Volume
             "size" => size = quantity("size", value)?,
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "ephemeral volume attribute {} is not known: known attributes are {}",
                     Echo(unknown),
                     EPHEMERAL_KEYS.join(", ")
@@ -365,7 +363,7 @@ pub fn ephemeral_attributes(context: &HashMap<String, String>) -> Result<(Volume
     }
     let params = parameters(&params)?;
     if !matches!(params.kind, KindName::Directory | KindName::Memory) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "ephemeral volumes are kind directory or memory, not {}",
             params.kind.as_str()
         )));
@@ -398,7 +396,7 @@ pub fn quantity(field: &str, raw: &str) -> Result<u64> {
         .filter(|_| !digits.starts_with('+'))
         .and_then(|n| n.checked_mul(unit))
         .ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::Invalid(format!(
                 "{field} {} is not a quantity of bytes: expected whole numbers such as 1073741824, 512Mi or 1Gi",
                 Echo(raw)
             ))
@@ -415,7 +413,7 @@ pub fn mount_flags(flags: &[String]) -> Result<MsFlags> {
             .map(|(_, bits)| acc | *bits)
             .ok_or_else(|| {
                 let allowed: Vec<_> = MOUNT_FLAGS.iter().map(|(n, _)| *n).collect();
-                Error::InvalidArgument(format!(
+                Error::Invalid(format!(
                     "mount flag {} is not allowed: allowed flags are {}",
                     Echo(flag),
                     allowed.join(", ")
@@ -432,10 +430,10 @@ const MAX_NAME_BYTES: usize = 255;
 /// absolute, normal components only, no longer than Linux takes.
 pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
     if raw.is_empty() {
-        return Err(Error::InvalidArgument(format!("{field} is missing")));
+        return Err(Error::Invalid(format!("{field} is missing")));
     }
     if raw.len() > MAX_PATH_BYTES || raw.split('/').any(|c| c.len() > MAX_NAME_BYTES) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "{field} of {} bytes is too long: at most {MAX_PATH_BYTES} bytes, {MAX_NAME_BYTES} per component",
             raw.len()
         )));
@@ -445,7 +443,7 @@ pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
         .skip(1)
         .all(|c| !c.is_empty() && c != "." && c != "..");
     if !raw.starts_with('/') || !normal || raw.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "{field} {} must be an absolute path without '.' or '..' components",
             Echo(raw)
         )));
@@ -486,7 +484,7 @@ mod tests {
         for (required, limit) in [(-1, 0), (0, -1), (11, 10)] {
             assert!(matches!(
                 capacity(Some(&range(required, limit))),
-                Err(Error::InvalidArgument(_))
+                Err(Error::Invalid(_))
             ));
         }
         let req = capacity(Some(&range(10, 20))).unwrap();

@@ -3,10 +3,11 @@
 //! It answers lookups, pagination and capacity promised per pool in O(1) or
 //! O(log n); the records on disk stay the durable truth.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::PathBuf;
 
+use crate::capacity::Promises;
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::Backing;
 use crate::record::VolumeRecord;
@@ -29,7 +30,7 @@ pub struct Volume {
 #[derive(Debug, Default)]
 pub struct VolumeTable {
     by_id: BTreeMap<VolumeId, Volume>,
-    promised: HashMap<Backing, u64>,
+    promised: Promises,
 }
 
 impl VolumeTable {
@@ -60,7 +61,7 @@ impl VolumeTable {
 
     /// Adds a volume (not yet published) and counts its capacity against its pool.
     pub fn insert(&mut self, record: VolumeRecord) {
-        *self.promised.entry(backing(&record)).or_default() += record.capacity_bytes;
+        self.promised.add(backing(&record), record.capacity_bytes);
         let volume = Volume {
             record,
             published: BTreeSet::new(),
@@ -81,7 +82,7 @@ impl VolumeTable {
         let new_backing = backing(&volume.record);
         let added = volume.record.capacity_bytes;
         self.release(&old);
-        *self.promised.entry(new_backing).or_default() += added;
+        self.promised.add(new_backing, added);
     }
 
     pub fn remove(&mut self, id: &VolumeId) -> Option<Volume> {
@@ -91,14 +92,13 @@ impl VolumeTable {
     }
 
     fn release(&mut self, record: &VolumeRecord) {
-        if let Some(sum) = self.promised.get_mut(&backing(record)) {
-            *sum = sum.saturating_sub(record.capacity_bytes);
-        }
+        self.promised
+            .release(&backing(record), record.capacity_bytes);
     }
 
     /// Bytes promised to the volumes drawing on `backing`.
     pub fn promised(&self, backing: &Backing) -> u64 {
-        self.promised.get(backing).copied().unwrap_or(0)
+        self.promised.of(backing)
     }
 
     /// Up to `max` volumes (all if 0) in id order from `start` on, and the id

@@ -391,7 +391,7 @@ async fn entries_of_a_record_naming_another_pool_are_not_quarantined() {
 #[tokio::test]
 async fn a_pool_serves_one_driver_process_at_a_time() {
     let d = TestDriver::start().await;
-    let second = hostpath_csi::driver::Driver::open(d.config.clone()).unwrap_err();
+    let second = hostpath_csi::startup::open(d.config.clone()).unwrap_err();
     assert!(second.to_string().contains("in use by another"), "{second}");
     // Nor one pool under two names.
     let scratch = common::Scratch::new();
@@ -405,6 +405,6 @@ async fn a_pool_serves_one_driver_process_at_a_time() {
             )
         })
         .collect();
-    let refused = hostpath_csi::driver::Driver::open(twice).unwrap_err();
+    let refused = hostpath_csi::startup::open(twice).unwrap_err();
     assert!(refused.to_string().contains("given twice"), "{refused}");
 }

@@ -15,7 +15,7 @@ use nix::unistd::fsync;
 
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath::SyncDir;
-use crate::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext, Within};
 use crate::ids::VolumeId;
 use crate::mounts::{self, MountEntry, MountIndex};
 use crate::pool::Enforcement;
@@ -48,20 +48,19 @@ fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
     match &pool.enforcement {
         Enforcement::BtrfsQgroups { .. } => {
             let subvolume = btrfs::subvolume_id(dir)?.ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+                Error::WrongState(format!(
                     "volume {id}: {}/volumes/{id} exists but is not a btrfs subvolume",
                     pool.shown()
                 ))
             })?;
             if bytes > 0 {
-                btrfs::set_limit(dir, subvolume, bytes)
-                    .map_err(|e| Error::Internal(format!("volume {id}: {e}")))?;
+                btrfs::set_limit(dir, subvolume, bytes).within(|| format!("volume {id}"))?;
             }
             Ok(())
         }
         Enforcement::ProjectQuotas => {
             let project = project_of(pool, id, dir)?.ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+                Error::WrongState(format!(
                     "volume {id}: {}/volumes/{id} exists but carries no project id",
                     pool.shown()
                 ))
@@ -80,7 +79,7 @@ fn limit(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<()> {
 /// The error for an enforced volume in a pool that can no longer enforce
 /// (its quotas were turned off since the volume was made).
 fn cannot_enforce(pool: &Pool, id: &VolumeId, why: &str) -> Error {
-    Error::FailedPrecondition(format!(
+    Error::WrongState(format!(
         "volume {id}: its capacity is to be enforced, but pool {} ({}) cannot: {why}",
         pool.name,
         pool.shown()

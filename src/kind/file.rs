@@ -26,6 +26,7 @@ use super::own_mount::{self, MountPoint};
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath;
 use crate::beneath::SyncDir;
+use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
 use crate::ids::VolumeId;
@@ -111,7 +112,7 @@ fn run_allowing(
         )
         .spawn()
         .map_err(|e| {
-            Error::FailedPrecondition(format!(
+            Error::WrongState(format!(
                 "volume {id}: cannot run {program} (is it installed?): {e}"
             ))
         })?;
@@ -125,7 +126,7 @@ fn run_allowing(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             child.kill().ok();
             child.wait().ok();
-            return Err(Error::Internal(format!(
+            return Err(Error::Broken(format!(
                 "{}: still running after {TOOL_DEADLINE:?}, killed",
                 what()
             )));
@@ -142,7 +143,7 @@ fn run_allowing(
         &mut said,
     )
     .ok();
-    Err(Error::Internal(format!(
+    Err(Error::Broken(format!(
         "{} failed ({status}): {}",
         what(),
         String::from_utf8_lossy(&said).trim()
@@ -163,7 +164,7 @@ fn filesystem_smaller_than_image(id: &VolumeId, fs_type: &str, image: &OwnedFd) 
         _ => return Ok(false),
     };
     nix::sys::uio::pread(image, &mut block, offset).context(what)?;
-    let fs_bytes = fs_bytes(&block).ok_or_else(|| Error::Internal(what()))?;
+    let fs_bytes = fs_bytes(&block).ok_or_else(|| Error::Broken(what()))?;
     let image_bytes = u64::try_from(fstat(image).context(what)?.st_size).unwrap_or(0);
     Ok(fs_bytes < image_bytes)
 }
@@ -214,7 +215,7 @@ fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Resu
         "ext4" => ("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", "nodiscard"]),
         "xfs" => ("mkfs.xfs", &["-q", "-f", "-K"]),
         other => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "volume {id}: fsType {other:?} is not supported"
             )));
         }
@@ -242,10 +243,10 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
     let file = openat2(&pool.volumes, temp.as_str(), how).context(what)?;
     fchmod(&file, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
     let size = i64::try_from(record.capacity_bytes).map_err(|_| {
-        Error::OutOfRange(format!(
-            "volume {id}: {} bytes is too large",
-            record.capacity_bytes
-        ))
+        Error::Capacity(Shortage::TooLarge {
+            volume: id.to_string(),
+            bytes: record.capacity_bytes,
+        })
     })?;
     ftruncate(&file, size).context(what)?;
     if !record.fs_type.is_empty() {
@@ -266,11 +267,10 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
 fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<OwnedFd> {
     let id = &record.id;
     let shown = image_path(pool, id);
-    let image = open_image(pool, id)?.ok_or_else(|| {
-        Error::FailedPrecondition(format!("volume {id}: {} is missing", shown.display()))
-    })?;
+    let image = open_image(pool, id)?
+        .ok_or_else(|| Error::WrongState(format!("volume {id}: {} is missing", shown.display())))?;
     if let Some(raw) = attached(pool, id)?.first() {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::WrongState(format!(
             "volume {id}: {} is attached raw as {}; it cannot be mounted as well",
             shown.display(),
             raw.path.display()
@@ -451,7 +451,7 @@ impl VolumeKind for File {
     fn expand(&self, pool: &Pool, record: &VolumeRecord) -> Result<bool> {
         let id = &record.id;
         let image = open_image(pool, id)?.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+            Error::WrongState(format!(
                 "volume {id}: {} is missing",
                 image_path(pool, id).display()
             ))
@@ -460,10 +460,10 @@ impl VolumeKind for File {
         let size = u64::try_from(fstat(&image).context(what)?.st_size).unwrap_or(0);
         if size < record.capacity_bytes {
             let target = i64::try_from(record.capacity_bytes).map_err(|_| {
-                Error::OutOfRange(format!(
-                    "volume {id}: {} bytes is too large",
-                    record.capacity_bytes
-                ))
+                Error::Capacity(Shortage::TooLarge {
+                    volume: id.to_string(),
+                    bytes: record.capacity_bytes,
+                })
             })?;
             ftruncate(&image, target).context(what)?;
             fsync(&image).context(what)?;
@@ -490,7 +490,7 @@ impl VolumeKind for File {
         match record.fs_type.as_str() {
             "ext4" => {
                 let device = devices.iter().find(|d| !d.read_only).ok_or_else(|| {
-                    Error::Internal(format!(
+                    Error::Broken(format!(
                         "volume {id}: mounted, but no loop device of its image was found"
                     ))
                 })?;
@@ -500,7 +500,7 @@ impl VolumeKind for File {
                     if has_sys_resource() {
                         err
                     } else {
-                        Error::FailedPrecondition(format!(
+                        Error::WrongState(format!(
                             "{err}; growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks: run the node plugin privileged; the filesystem grows at its next mount"
                         ))
                     }
@@ -558,7 +558,7 @@ impl VolumeKind for File {
             return own_mount::stats(id, source);
         }
         let image = open_image(pool, id)?.ok_or_else(|| {
-            Error::NotFound(format!(
+            Error::Unknown(format!(
                 "volume {id}: {} is missing",
                 image_path(pool, id).display()
             ))

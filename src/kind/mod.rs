@@ -56,7 +56,7 @@ impl KindName {
             .find(|k| k.as_str() == raw)
             .ok_or_else(|| {
                 let known: Vec<_> = KindName::ALL.iter().map(|k| k.as_str()).collect();
-                Error::InvalidArgument(format!(
+                Error::Invalid(format!(
                     "parameter kind={raw:?} is not supported: supported kinds are {}",
                     known.join(", ")
                 ))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, abnormal, condition};
+use super::{RpcResult, abnormal, condition, wire_bytes};
 use crate::csi::VolumeCondition;
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
@@ -20,7 +20,7 @@ use crate::csi::{
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     controller_get_volume_response, list_volumes_response,
 };
-use crate::driver::{Driver, Listed, blocking};
+use crate::driver::{Driver, Listed};
 use crate::error::{Echo, Error};
 use crate::ids::VolumeId;
 use crate::kind::KindName;
@@ -28,6 +28,7 @@ use crate::lifecycle::{self, NewVolume};
 use crate::record::VolumeRecord;
 use crate::validate::{self, Enforce};
 use crate::volumes;
+use crate::work::blocking;
 
 pub struct ControllerService {
     driver: Arc<Driver>,
@@ -69,13 +70,13 @@ impl Controller for ControllerService {
         let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities)?;
         validate::capabilities(params.kind, &fs_type, &req.volume_capabilities)?;
         if req.volume_content_source.is_some() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "volume {name}: volume_content_source is not supported: this driver offers no snapshots or clones"
             ))
             .into());
         }
         if !req.mutable_parameters.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "volume {name}: mutable_parameters are not supported: this driver offers no volume modification"
             ))
             .into());
@@ -124,10 +125,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
         if req.volume_capabilities.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "volume {id}: volume_capabilities are missing"
-            ))
-            .into());
+            return Err(
+                Error::Invalid(format!("volume {id}: volume_capabilities are missing")).into(),
+            );
         }
         let record = self.driver.volume(&id)?.record;
         let verdict = req
@@ -160,9 +160,8 @@ impl Controller for ControllerService {
         request: Request<ListVolumesRequest>,
     ) -> RpcResult<ListVolumesResponse> {
         let req = request.into_inner();
-        let max = usize::try_from(req.max_entries).map_err(|_| {
-            Error::InvalidArgument(format!("max_entries {} is negative", req.max_entries))
-        })?;
+        let max = usize::try_from(req.max_entries)
+            .map_err(|_| Error::Invalid(format!("max_entries {} is negative", req.max_entries)))?;
         let start = match req.starting_token.as_str() {
             "" => None,
             token => Some(
@@ -170,7 +169,7 @@ impl Controller for ControllerService {
                     .strip_prefix(TOKEN_PREFIX)
                     .and_then(|id| VolumeId::parse(id).ok())
                     .ok_or_else(|| {
-                        Error::Aborted(format!(
+                        Error::Busy(format!(
                             "starting_token {} was not issued by this driver",
                             Echo(token)
                         ))
@@ -225,11 +224,10 @@ impl Controller for ControllerService {
                 if lifecycle::refusal(pool, &params).is_some() {
                     return Ok(0);
                 }
-                driver.available(pool, kind)
+                driver.ledger.available(pool, kind, driver.volumes())
             })
             .await?
         };
-        let as_i64 = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
         // Without capabilities a file volume would hold the parameter's
         // filesystem, else ext4; with block ones only, none.
         let holds = match (fs_type, req.volume_capabilities.is_empty(), params.kind) {
@@ -242,9 +240,9 @@ impl Controller for ControllerService {
         };
         let minimum = params.kind.minimum_capacity(&holds);
         Ok(Response::new(GetCapacityResponse {
-            available_capacity: as_i64(available),
-            maximum_volume_size: Some(as_i64(available)),
-            minimum_volume_size: Some(as_i64(minimum)),
+            available_capacity: wire_bytes(available),
+            maximum_volume_size: Some(wire_bytes(available)),
+            minimum_volume_size: Some(wire_bytes(minimum)),
         }))
     }
 
@@ -279,13 +277,13 @@ impl Controller for ControllerService {
             if let Some(cap) = &req.volume_capability {
                 let record = driver.volume(&id)?.record;
                 validate::serves(record.kind, &record.fs_type, cap)
-                    .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
+                    .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
             }
             lifecycle::expand(&driver, &id, range)
         })
         .await?;
         Ok(Response::new(ControllerExpandVolumeResponse {
-            capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
+            capacity_bytes: wire_bytes(record.capacity_bytes),
             node_expansion_required,
         }))
     }
@@ -361,7 +359,7 @@ impl ControllerService {
 /// The Volume message of a served volume.
 fn volume_message(driver: &Driver, record: &VolumeRecord) -> Volume {
     Volume {
-        capacity_bytes: i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX),
+        capacity_bytes: wire_bytes(record.capacity_bytes),
         volume_id: record.id.to_string(),
         volume_context: HashMap::from([
             ("kind".to_owned(), record.kind.as_str().to_owned()),

@@ -5,7 +5,7 @@
 
 use tonic::{Request, Response};
 
-use super::RpcResult;
+use super::{RpcResult, wire_bytes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::{
@@ -31,7 +31,7 @@ impl Controller for ExpansionOnlyController {
         let id = VolumeId::parse(&req.volume_id)?;
         let range = validate::expansion(&id, req.capacity_range.as_ref())?;
         Ok(Response::new(ControllerExpandVolumeResponse {
-            capacity_bytes: i64::try_from(range.required).unwrap_or(i64::MAX),
+            capacity_bytes: wire_bytes(range.required),
             node_expansion_required: true,
         }))
     }

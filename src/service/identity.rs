@@ -11,7 +11,8 @@ use crate::csi::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
-use crate::driver::{Driver, blocking};
+use crate::driver::Driver;
+use crate::work::blocking;
 
 pub struct IdentityService {
     driver_name: String,

@@ -1,6 +1,7 @@
 //! The CSI gRPC services, each a thin layer over the shared [`Driver`]:
 //! validate the request, claim the volume, do the work off the async
-//! workers, answer. Controller mode serves `expansion_only` instead of
+//! workers, answer; `status` turns any error into the gRPC code the spec
+//! asks for. Controller mode serves `expansion_only` instead of
 //! `controller` and `node`, with no Driver.
 //!
 //! [`Driver`]: crate::driver::Driver
@@ -9,6 +10,7 @@ pub mod controller;
 pub mod expansion_only;
 pub mod identity;
 pub mod node;
+pub mod status;
 
 use crate::csi::VolumeCondition;
 use crate::driver::Driver;
@@ -16,6 +18,12 @@ use crate::volumes::Volume;
 
 /// What every RPC handler returns.
 type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+/// Bytes as the wire's int64 fields carry them (a size beyond i64::MAX,
+/// which no request can ask for, shows as the largest there is).
+fn wire_bytes(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
 
 /// A condition saying the volume is healthy.
 fn healthy() -> VolumeCondition {

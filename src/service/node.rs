@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
-use nix::sys::statvfs::{FsFlags, statvfs};
 use tonic::{Request, Response};
 
-use super::{RpcResult, condition};
+use super::{RpcResult, condition, wire_bytes};
 use crate::beneath;
 use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, Type, rpc};
@@ -21,18 +20,19 @@ use crate::csi::{
     NodePublishVolumeResponse, NodeServiceCapability, NodeUnpublishVolumeRequest,
     NodeUnpublishVolumeResponse, VolumeUsage,
 };
-use crate::driver::{Driver, blocking};
+use crate::driver::Driver;
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
 use crate::guard::Held;
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle;
-use crate::mounts::{self, BindPolicy};
+use crate::mounts::BindPolicy;
 use crate::publish::{self, Publish};
 use crate::record::VolumeRecord;
-use crate::target::Target;
+use crate::target::{self, Target};
 use crate::validate::{self, Requested};
+use crate::work::blocking;
 
 /// Node capabilities this driver offers.
 const CAPABILITIES: [rpc::Type; 4] = [
@@ -76,11 +76,12 @@ impl Node for NodeService {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
         let target_path = validate::host_path("target_path", &req.target_path)?;
-        let cap = req.volume_capability.as_ref().ok_or_else(|| {
-            Error::InvalidArgument(format!("volume {id}: volume_capability is missing"))
-        })?;
-        let requested = validate::capability(cap)
-            .map_err(|m| Error::InvalidArgument(format!("volume {id}: {m}")))?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("volume {id}: volume_capability is missing")))?;
+        let requested =
+            validate::capability(cap).map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
         let extra = match requested {
             Requested::Mount(mount) => validate::mount_flags(&mount.mount_flags)?,
             Requested::Block => MsFlags::empty(),
@@ -100,7 +101,7 @@ impl Node for NodeService {
             let kubelet_dir = &driver.config.kubelet_dir;
             let Some(target) = Target::open(kubelet_dir, &id, "target_path", &req.target_path)?
             else {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "volume {id}: the parent directory of target {} does not exist (the caller makes it)",
                     target_path.display()
                 )));
@@ -151,9 +152,7 @@ impl Node for NodeService {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
         if req.volume_path.is_empty() {
-            return Err(
-                Error::InvalidArgument(format!("volume {id}: volume_path is missing")).into(),
-            );
+            return Err(Error::Invalid(format!("volume {id}: volume_path is missing")).into());
         }
         let driver = Arc::clone(&self.driver);
         let response = blocking(move || volume_stats(&driver, &id, &req.volume_path)).await?;
@@ -171,9 +170,7 @@ impl Node for NodeService {
         let req = request.into_inner();
         let id = VolumeId::parse(&req.volume_id)?;
         if req.volume_path.is_empty() {
-            return Err(
-                Error::InvalidArgument(format!("volume {id}: volume_path is missing")).into(),
-            );
+            return Err(Error::Invalid(format!("volume {id}: volume_path is missing")).into());
         }
         let range = validate::capacity(req.capacity_range.as_ref())?;
         let held = self.driver.guards.claim(format!("volume {id}"))?;
@@ -190,7 +187,7 @@ impl Node for NodeService {
         })
         .await?;
         Ok(Response::new(NodeExpandVolumeResponse {
-            capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+            capacity_bytes: wire_bytes(capacity),
         }))
     }
 
@@ -214,7 +211,7 @@ impl Node for NodeService {
         let config = &self.driver.config;
         Ok(Response::new(NodeGetInfoResponse {
             node_id: config.node_id.clone(),
-            max_volumes_per_node: i64::try_from(config.max_volumes).unwrap_or(i64::MAX),
+            max_volumes_per_node: wire_bytes(config.max_volumes),
             accessible_topology: Some(self.driver.topology()),
         }))
     }
@@ -225,24 +222,20 @@ impl Node for NodeService {
 fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> Result<OwnedFd> {
     let id = &record.id;
     let not_here = || {
-        Error::NotFound(format!(
+        Error::Unknown(format!(
             "volume {id} is not published at {}",
             Echo(raw_path)
         ))
     };
-    let path = driver
-        .target_path("volume_path", raw_path)
+    let path = target::volume_path(&driver.config.kubelet_dir, "volume_path", raw_path)
         .map_err(|_| not_here())?;
-    let shown = path.display();
-    let state = mounts::path_state(&path)
-        .context(|| format!("volume {id}: stat {shown}"))?
-        .ok_or_else(not_here)?;
+    let mounter = driver.mounter();
+    let state = mounter.path_state(id, &path)?.ok_or_else(not_here)?;
     let access = if state.file_type == SFlag::S_IFDIR {
         Access::Mount
     } else {
-        let flags = statvfs(&path).context(|| format!("volume {id}: statvfs {shown}"))?;
         Access::Block {
-            read_only: flags.flags().contains(FsFlags::ST_RDONLY),
+            read_only: mounter.path_read_only(id, &path)?,
         }
     };
     let pool = driver.pool(Some(&record.pool))?;
@@ -280,9 +273,9 @@ fn volume_stats(
     let source = published_source(driver, record, raw_path)?;
     let stats = backend.stats(pool, record, &source)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
-        total: i64::try_from(total).unwrap_or(i64::MAX),
-        used: i64::try_from(used).unwrap_or(i64::MAX),
-        available: i64::try_from(available).unwrap_or(i64::MAX),
+        total: wire_bytes(total),
+        used: wire_bytes(used),
+        available: wire_bytes(available),
         unit: unit as i32,
     };
     Ok(NodeGetVolumeStatsResponse {

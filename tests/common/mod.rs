@@ -18,7 +18,7 @@ use hostpath_csi::csi::{
 };
 use hostpath_csi::driver::{Driver, DriverConfig};
 use hostpath_csi::ids::PoolName;
-use hostpath_csi::{loopdev, mounts, server};
+use hostpath_csi::{loopdev, mounts, server, startup};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -193,7 +193,7 @@ impl TestDriver {
     async fn serve(scratch: Scratch, config: DriverConfig) -> Self {
         let socket = scratch.path().join("csi.sock");
         let opened = config.clone();
-        let driver = tokio::task::spawn_blocking(move || Driver::open(opened))
+        let driver = tokio::task::spawn_blocking(move || startup::open(opened))
             .await
             .unwrap()
             .unwrap();
@@ -247,9 +247,11 @@ impl TestDriver {
     pub async fn shutdown(&mut self) {
         if self.stop_serving().await {
             let driver = Arc::clone(&self.driver);
-            tokio::task::spawn_blocking(move || driver.stop(std::time::Duration::from_secs(10)))
-                .await
-                .unwrap();
+            tokio::task::spawn_blocking(move || {
+                startup::stop(&driver, std::time::Duration::from_secs(10))
+            })
+            .await
+            .unwrap();
         }
     }
 
