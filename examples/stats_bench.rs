@@ -19,10 +19,10 @@ use hostpath_csi::csi::{
     CapacityRange, CreateVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
     NodeUnpublishVolumeRequest, VolumeCapability,
 };
-use hostpath_csi::driver::{Driver, DriverConfig};
+use hostpath_csi::driver::DriverConfig;
 use hostpath_csi::ids::PoolName;
 use hostpath_csi::loopdev::{self, Lifetime};
-use hostpath_csi::{beneath, server};
+use hostpath_csi::{beneath, server, startup};
 
 mod support;
 use support::{cleanup, quantiles, shown};
@@ -68,7 +68,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.to_owned(),
     };
-    let driver = Arc::new(Driver::open(config)?);
+    let driver = Arc::new(startup::open(config)?);
     let listener = server::listen(&socket)?;
     let served = socket.clone();
     tokio::spawn(

@@ -25,6 +25,38 @@ fn confined() -> ResolveFlag {
         | ResolveFlag::RESOLVE_NO_XDEV
 }
 
+/// Whether an open beneath a directory may enter another mount on its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounts {
+    /// Never (`RESOLVE_NO_XDEV`): within the directory's own filesystem.
+    Stay,
+    /// Yes: a target that is a mount point is opened at the mount's root.
+    Enter,
+}
+
+/// Opens `name` (a relative path) beneath directory `dir` with `flags`
+/// (`O_CLOEXEC` added; `mode` for a file it creates):
+/// never above `dir`, never through a symlink, magic links included, and
+/// into another mount only as `mounts` says. The one way the driver opens
+/// a path beneath a directory it holds.
+pub fn open_at<P: ?Sized + nix::NixPath>(
+    dir: impl AsFd,
+    name: &P,
+    flags: OFlag,
+    mode: Mode,
+    mounts: Mounts,
+) -> nix::Result<OwnedFd> {
+    let resolve = match mounts {
+        Mounts::Stay => confined(),
+        Mounts::Enter => confined() - ResolveFlag::RESOLVE_NO_XDEV,
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(resolve);
+    openat2(dir, name, how)
+}
+
 /// Opens directory `path` (`O_PATH`), reached from directory `root` (which
 /// it lies beneath, else EXDEV) without a symlink, whatever mounts lie
 /// between.

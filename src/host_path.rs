@@ -6,9 +6,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
 
+use crate::beneath::{self, Mounts};
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::validate;
 
@@ -144,19 +145,12 @@ pub fn open(
 /// Opens `relative` beneath `root` as O_PATH; a symlink anywhere, the last
 /// component included, is ELOOP.
 fn open_beneath(root: &OwnedFd, relative: &Path) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
     let relative = if relative.as_os_str().is_empty() {
         Path::new(".")
     } else {
         relative
     };
-    openat2(root, relative, how)
+    beneath::open_at(root, relative, OFlag::O_PATH, Mode::empty(), Mounts::Enter)
 }
 
 /// DirectoryOrCreate: each missing directory is made with mode 0755, one
@@ -180,10 +174,14 @@ fn create_dirs(volume: &str, root: &OwnedFd, prefix: &Path, relative: &Path) -> 
                 ));
             }
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        let next = match openat2(&dir, part, how) {
+        let opened = beneath::open_at(
+            &dir,
+            part,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+            Mounts::Enter,
+        );
+        let next = match opened {
             Ok(next) => next,
             Err(Errno::ELOOP) => {
                 return Err(Error::Invalid(format!(
@@ -220,13 +218,14 @@ fn create_file(volume: &str, root: &OwnedFd, path: &Path, relative: &Path) -> Re
         }
         Err(_) => return Ok(()), // symlinks and the like: reported by the final open
     };
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        )
-        .mode(Mode::from_bits_truncate(0o644))
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    match openat2(&parent_fd, name, how) {
+    let created = beneath::open_at(
+        &parent_fd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o644),
+        Mounts::Enter,
+    );
+    match created {
         Ok(file) => fchmod(&file, Mode::from_bits_truncate(0o644))
             .context(|| format!("volume {volume}: chmod {}", path.display())),
         Err(Errno::EEXIST) => Ok(()),

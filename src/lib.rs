@@ -32,6 +32,8 @@ pub mod shared_sync;
 pub mod snapshot;
 pub mod startup;
 pub mod target;
+#[cfg(test)]
+mod testing;
 pub mod usage_cache;
 pub mod validate;
 pub mod volumes;

@@ -276,3 +276,139 @@ pub fn expand(
     failpoint::hit("expand:grown");
     Ok((record, node_step))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::{Shortage, Source};
+    use crate::csi::Topology;
+    use crate::testing::{TestDriver, new_volume};
+
+    fn sized(required: u64) -> CapacityRequest {
+        CapacityRequest { required, limit: 0 }
+    }
+
+    /// The capacity the table and the record on disk hold for `id`.
+    fn stored_capacity(t: &TestDriver, id: &VolumeId) -> (u64, u64) {
+        let in_table = t.driver.volume(id).unwrap().record.capacity_bytes;
+        let pool = t.driver.pool(None).unwrap();
+        let shown = pool.shown().to_string();
+        let listed = record::list(&pool.meta, &shown).unwrap();
+        let loaded = record::load(&pool.meta, &shown, &listed);
+        let on_disk = loaded.records.iter().find(|r| &r.id == id).unwrap();
+        (in_table, on_disk.capacity_bytes)
+    }
+
+    #[test]
+    fn a_repeated_create_returns_the_same_volume_and_an_incompatible_one_conflicts() {
+        let t = TestDriver::open(|_| {});
+        let first = create(&t.driver, new_volume("a", KindName::Memory, 1 << 20)).unwrap();
+        let again = create(&t.driver, new_volume("a", KindName::Memory, 1 << 20)).unwrap();
+        assert_eq!(
+            (again.id, again.capacity_bytes),
+            (first.id.clone(), 1 << 20)
+        );
+        let bigger = create(&t.driver, new_volume("a", KindName::Memory, 2 << 20)).unwrap_err();
+        assert!(matches!(bigger, Error::Conflict(_)), "{bigger}");
+        let other_kind = create(&t.driver, new_volume("a", KindName::Directory, 0)).unwrap_err();
+        assert!(matches!(other_kind, Error::Conflict(_)), "{other_kind}");
+        assert_eq!(t.driver.table().count(), 1);
+    }
+
+    #[test]
+    fn the_ledger_refuses_what_the_budget_or_the_volume_limit_cannot_give() {
+        let t = TestDriver::open(|c| c.max_volumes = 2);
+        create(&t.driver, new_volume("a", KindName::Memory, 40 << 20)).unwrap();
+        let err = create(&t.driver, new_volume("b", KindName::Memory, 40 << 20)).unwrap_err();
+        let Error::Capacity(Shortage::NoRoom {
+            available,
+            source_of,
+            ..
+        }) = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(*available, 24 << 20, "64 MiB budget, 40 MiB promised");
+        assert_eq!(*source_of, Source::Memory("node-1".into()));
+        create(&t.driver, new_volume("c", KindName::Memory, 24 << 20)).unwrap();
+        let err = create(&t.driver, new_volume("d", KindName::Directory, 0)).unwrap_err();
+        assert!(
+            matches!(err, Error::Capacity(Shortage::TooMany { max: 2, .. })),
+            "{err}"
+        );
+        assert!(
+            t.driver.volume(&VolumeId::mint("b")).is_err(),
+            "nothing left of b"
+        );
+    }
+
+    #[test]
+    fn a_volume_for_another_node_is_not_made_here() {
+        let t = TestDriver::open(|_| {});
+        let mut request = new_volume("a", KindName::Directory, 0);
+        let elsewhere = Topology {
+            segments: [(t.driver.topology_key(), "node-2".to_owned())].into(),
+        };
+        request.requirement = Some(TopologyRequirement {
+            requisite: vec![elsewhere],
+            preferred: Vec::new(),
+        });
+        let err = create(&t.driver, request).unwrap_err();
+        assert!(matches!(err, Error::NotHere(_)), "{err}");
+        assert_eq!(t.driver.table().count(), 0);
+    }
+
+    #[test]
+    fn expansion_grows_durably_refuses_shrinking_and_beyond_the_budget_and_repeats_as_no_change() {
+        let t = TestDriver::open(|_| {});
+        let id = create(&t.driver, new_volume("a", KindName::Memory, 8 << 20))
+            .unwrap()
+            .id;
+        let shrink = expand(&t.driver, &id, sized(4 << 20)).unwrap_err();
+        assert!(
+            matches!(shrink, Error::Capacity(Shortage::Shrink { .. })),
+            "{shrink}"
+        );
+        let (record, _) = expand(&t.driver, &id, sized(16 << 20)).unwrap();
+        assert_eq!(record.capacity_bytes, 16 << 20);
+        assert_eq!(stored_capacity(&t, &id), (16 << 20, 16 << 20));
+        // The same size again, or none: no change.
+        expand(&t.driver, &id, sized(16 << 20)).unwrap();
+        expand(&t.driver, &id, sized(0)).unwrap();
+        assert_eq!(stored_capacity(&t, &id), (16 << 20, 16 << 20));
+        let err = expand(&t.driver, &id, sized(65 << 20)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Capacity(Shortage::NoRoomToGrow {
+                    more,
+                    available,
+                    ..
+                }) if more == 49 << 20 && available == 48 << 20
+            ),
+            "{err}"
+        );
+        assert_eq!(stored_capacity(&t, &id), (16 << 20, 16 << 20), "unchanged");
+        let unknown = expand(&t.driver, &VolumeId::mint("nope"), sized(1)).unwrap_err();
+        assert!(matches!(unknown, Error::Unknown(_)), "{unknown}");
+    }
+
+    #[test]
+    fn delete_removes_the_volume_and_its_record_and_repeats_as_ok() {
+        let t = TestDriver::open(|_| {});
+        let id = create(&t.driver, new_volume("a", KindName::Directory, 0))
+            .unwrap()
+            .id;
+        let pool = t.driver.pool(None).unwrap();
+        let shown = pool.shown().to_string();
+        assert_eq!(record::list(&pool.meta, &shown).unwrap().len(), 1);
+        delete(&t.driver, &id).unwrap();
+        assert!(t.driver.volume(&id).is_err());
+        assert_eq!(record::list(&pool.meta, &shown).unwrap().len(), 0);
+        delete(&t.driver, &id).unwrap();
+        delete(&t.driver, &VolumeId::mint("never-made")).unwrap();
+        // Its promise is released: the whole budget is there again.
+        let memory = create(&t.driver, new_volume("m", KindName::Memory, 64 << 20)).unwrap();
+        assert_eq!(memory.capacity_bytes, 64 << 20);
+    }
+}

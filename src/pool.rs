@@ -11,18 +11,18 @@ use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::fcntl::{Flock, FlockArg, OFlag, renameat};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 use nix::unistd::fsync;
 
-use crate::beneath::SyncDir;
+use crate::beneath::{self, Mounts, SyncDir};
 use crate::error::{Error, Result, SysContext, Within};
 use crate::ids::PoolName;
 use crate::mounts::MountIndex;
 use crate::shared_sync::SharedSyncDir;
 use crate::usage_cache::UsageCache;
-use crate::{beneath, btrfs, project_quota};
+use crate::{btrfs, project_quota};
 
 /// Name of the file a writability probe writes where O_TMPFILE is missing.
 const PROBE_FILE: &str = ".probe";
@@ -186,6 +186,19 @@ impl Pool {
         Ok(pool)
     }
 
+    /// The path of entry `name` of the pool's `volumes/`, for messages,
+    /// the mount table and tools that take a path (never to open it: that
+    /// goes through the `volumes` fd).
+    pub fn entry_path(&self, name: &str) -> PathBuf {
+        self.path.join("volumes").join(name)
+    }
+
+    /// Entry `name` of `volumes/` as the mount table's roots name it: its
+    /// path within the pool's filesystem.
+    pub fn entry_root(&self, name: &str) -> PathBuf {
+        self.fs_root.join("volumes").join(name)
+    }
+
     /// The pool path as text, for messages.
     pub fn shown(&self) -> std::path::Display<'_> {
         self.path.display()
@@ -215,11 +228,14 @@ impl Pool {
         }
         // An unnamed temp file proves writability and leaves nothing behind;
         // filesystems without O_TMPFILE get a named file, removed at once.
-        let how = OpenHow::new()
-            .flags(OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
-            .mode(Mode::from_bits_truncate(0o600))
-            .resolve(ResolveFlag::RESOLVE_BENEATH);
-        let written = match openat2(&self.meta, ".", how) {
+        let probe = beneath::open_at(
+            &self.meta,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY,
+            Mode::from_bits_truncate(0o600),
+            Mounts::Stay,
+        );
+        let written = match probe {
             Err(Errno::EOPNOTSUPP | Errno::EISDIR) => {
                 beneath::write_atomic(&self.meta, PROBE_FILE, b"")
                     .and_then(|()| beneath::remove_file(&self.meta, PROBE_FILE))

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use nix::sys::stat::SFlag;
 
 use crate::beneath;
-use crate::csi::VolumeCapability;
 use crate::driver::Driver;
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
@@ -32,7 +31,8 @@ pub struct Publish {
     pub id: VolumeId,
     pub target: Target,
     pub policy: BindPolicy,
-    pub capability: VolumeCapability,
+    /// The access the capability asks for (checked by the caller).
+    pub requested: Requested,
     pub context: HashMap<String, String>,
 }
 
@@ -88,7 +88,7 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
         return Ok(false);
     }
     let (params, size) = validate::ephemeral_attributes(&request.context)?;
-    validate::serves(params.kind, "", &request.capability)
+    validate::kind_serves(params.kind, "", &request.requested)
         .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
     lifecycle::create(
         driver,
@@ -177,9 +177,9 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
     let id = &request.id;
     if let Ok(volume) = driver.volume(id) {
         let record = &volume.record;
-        let access = validate::serves(record.kind, &record.fs_type, &request.capability)
-            .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?
-            .access(policy.read_only);
+        validate::kind_serves(record.kind, &record.fs_type, &request.requested)
+            .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
+        let access = request.requested.access(policy.read_only);
         let pool = driver.pool(Some(&record.pool))?;
         let backend = record.kind.backend();
         let Some(opened) = backend.open_source(pool, record, access)? else {
@@ -220,10 +220,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
             Echo(ephemeral)
         )));
     }
-    if !matches!(
-        validate::capability(&request.capability),
-        Ok(Requested::Mount(_))
-    ) {
+    if !matches!(request.requested, Requested::Mount { .. }) {
         return Err(Error::Invalid(format!(
             "volume {id}: static hostPath volumes offer mount access only"
         )));
@@ -396,5 +393,227 @@ fn take_down_mine(
             mounter.unmount(target)
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::kind::KindName;
+    use crate::mounter::fake::Mounted;
+    use crate::testing::{self, TestDriver};
+
+    fn policy(read_only: bool) -> BindPolicy {
+        BindPolicy {
+            read_only,
+            extra: nix::mount::MsFlags::empty(),
+            devices: false,
+        }
+    }
+
+    /// A driver holding one directory volume, and a target path for it.
+    fn with_volume() -> (TestDriver, VolumeId, std::path::PathBuf) {
+        let t = TestDriver::open(|_| {});
+        let record =
+            lifecycle::create(&t.driver, testing::new_volume("v", KindName::Directory, 0)).unwrap();
+        let target = t.target_path("pod-a");
+        (t, record.id, target)
+    }
+
+    fn request(t: &TestDriver, id: &VolumeId, path: &Path, read_only: bool) -> Publish {
+        Publish {
+            id: id.clone(),
+            target: target(t, id, path),
+            policy: policy(read_only),
+            requested: testing::mount_access(),
+            context: HashMap::new(),
+        }
+    }
+
+    fn target(t: &TestDriver, id: &VolumeId, path: &Path) -> Target {
+        Target::open(&t.kubelet_dir, id, "target_path", path.to_str().unwrap())
+            .unwrap()
+            .expect("the target's parent exists")
+    }
+
+    /// The identity of the volume's directory, as a mount of it shows.
+    fn volume_identity(t: &TestDriver, id: &VolumeId) -> (u64, u64) {
+        let record = t.driver.volume(id).unwrap().record;
+        let pool = t.driver.pool(Some(&record.pool)).unwrap();
+        let source = record
+            .kind
+            .backend()
+            .open_existing(pool, &record, Access::Mount)
+            .unwrap()
+            .unwrap();
+        beneath::identity(&source).unwrap()
+    }
+
+    fn calls(t: &TestDriver, path: &Path) -> Vec<String> {
+        let shown = path.display().to_string();
+        t.mounter
+            .take_calls()
+            .into_iter()
+            .map(|call| call.replace(&shown, "T"))
+            .collect()
+    }
+
+    fn published(t: &TestDriver, id: &VolumeId) -> usize {
+        t.driver.volume(id).unwrap().published.len()
+    }
+
+    #[test]
+    fn a_publish_makes_the_target_and_binds_once_and_a_repeat_changes_nothing() {
+        let (t, id, path) = with_volume();
+        publish(&t.driver, &request(&t, &id, &path, false)).unwrap();
+        assert_eq!(calls(&t, &path), ["make T", "attach T"]);
+        let (dev, ino) = volume_identity(&t, &id);
+        let flags = mounts::flags_for(0, policy(false));
+        assert_eq!(t.mounter.at(&path), [Mounted { dev, ino, flags }]);
+        assert_eq!(published(&t, &id), 1);
+        publish(&t.driver, &request(&t, &id, &path, false)).unwrap();
+        assert_eq!(
+            calls(&t, &path),
+            Vec::<String>::new(),
+            "a repeat is OK as it is"
+        );
+        assert_eq!(t.mounter.at(&path).len(), 1);
+    }
+
+    #[test]
+    fn a_repeat_with_another_read_only_setting_is_a_conflict_and_leaves_the_mount() {
+        let (t, id, path) = with_volume();
+        publish(&t.driver, &request(&t, &id, &path, false)).unwrap();
+        t.mounter.take_calls();
+        let err = publish(&t.driver, &request(&t, &id, &path, true)).unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("readonly=false"), "{err}");
+        assert_eq!(calls(&t, &path), Vec::<String>::new());
+        assert_eq!(t.mounter.at(&path).len(), 1);
+    }
+
+    #[test]
+    fn a_half_done_bind_is_replaced_by_a_restricted_copy() {
+        let (t, id, path) = with_volume();
+        std::fs::create_dir(&path).unwrap();
+        let (dev, ino) = volume_identity(&t, &id);
+        // What an older driver left: the bind without its restricting flags.
+        t.mounter.stack(&path, Mounted { dev, ino, flags: 0 });
+        publish(&t.driver, &request(&t, &id, &path, true)).unwrap();
+        assert_eq!(calls(&t, &path), ["unmount T", "attach T"]);
+        let flags = mounts::flags_for(0, policy(true));
+        assert_eq!(t.mounter.at(&path), [Mounted { dev, ino, flags }]);
+        assert_eq!(published(&t, &id), 1);
+    }
+
+    #[test]
+    fn a_target_holding_something_else_is_a_conflict_and_is_left_alone() {
+        let (t, id, path) = with_volume();
+        // Another mount there.
+        std::fs::create_dir(&path).unwrap();
+        let foreign = Mounted {
+            dev: 1,
+            ino: 1,
+            flags: 0,
+        };
+        t.mounter.stack(&path, foreign);
+        let err = publish(&t.driver, &request(&t, &id, &path, false)).unwrap_err();
+        assert!(err.to_string().contains("another mount"), "{err}");
+        assert!(matches!(err, Error::Conflict(_)));
+        assert_eq!(t.mounter.at(&path), [foreign]);
+        // A file where a directory target belongs.
+        let other = t.target_path("pod-b");
+        std::fs::write(&other, b"").unwrap();
+        let err = publish(&t.driver, &request(&t, &id, &other, false)).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        assert!(other.is_file(), "left in place");
+        assert_eq!(calls(&t, &path), Vec::<String>::new());
+        assert_eq!(published(&t, &id), 0);
+    }
+
+    #[test]
+    fn a_failed_attach_leaves_no_target_and_no_ephemeral_volume_behind() {
+        let (t, id, path) = with_volume();
+        *t.mounter.fail_attach.lock().unwrap() = true;
+        let err = publish(&t.driver, &request(&t, &id, &path, false)).unwrap_err();
+        assert!(matches!(err, Error::Sys { .. }), "{err}");
+        assert_eq!(calls(&t, &path), ["make T", "attach T", "remove T"]);
+        assert!(!testing::exists(&path), "the target made for it is gone");
+        assert_eq!(published(&t, &id), 0);
+
+        let inline = VolumeId::parse("csi-inline-1").unwrap();
+        let mut ephemeral = request(&t, &inline, &t.target_path("pod-b"), false);
+        ephemeral.context = HashMap::from([(EPHEMERAL_KEY.to_owned(), "true".to_owned())]);
+        *t.mounter.fail_attach.lock().unwrap() = true;
+        publish(&t.driver, &ephemeral).unwrap_err();
+        assert!(
+            t.driver.volume(&inline).is_err(),
+            "the inline volume is deleted again"
+        );
+    }
+
+    #[test]
+    fn unpublish_takes_down_every_stacked_mount_of_the_volume_then_the_target() {
+        let (t, id, path) = with_volume();
+        publish(&t.driver, &request(&t, &id, &path, false)).unwrap();
+        let mine = t.mounter.at(&path)[0];
+        t.mounter.stack(&path, mine);
+        t.mounter.stack(&path, mine);
+        t.mounter.take_calls();
+        unpublish(&t.driver, &id, &target(&t, &id, &path)).unwrap();
+        assert_eq!(
+            calls(&t, &path),
+            ["unmount T", "unmount T", "unmount T", "remove T"]
+        );
+        assert!(!testing::exists(&path));
+        assert_eq!(published(&t, &id), 0);
+        // Again: nothing there, nothing to do.
+        unpublish(&t.driver, &id, &target(&t, &id, &path)).unwrap();
+        assert_eq!(calls(&t, &path), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unpublish_never_takes_down_a_mount_that_is_not_the_volumes() {
+        let (t, id, path) = with_volume();
+        publish(&t.driver, &request(&t, &id, &path, false)).unwrap();
+        let foreign = Mounted {
+            dev: 1,
+            ino: 1,
+            flags: 0,
+        };
+        t.mounter.stack(&path, foreign);
+        t.mounter.take_calls();
+        let err = unpublish(&t.driver, &id, &target(&t, &id, &path)).unwrap_err();
+        assert!(matches!(err, Error::WrongState(_)), "{err}");
+        assert_eq!(calls(&t, &path), Vec::<String>::new());
+        assert_eq!(t.mounter.at(&path).len(), 2);
+        // A target another volume is published on is not this one's to clear.
+        let other =
+            lifecycle::create(&t.driver, testing::new_volume("w", KindName::Directory, 0)).unwrap();
+        let theirs = t.target_path("pod-b");
+        publish(&t.driver, &request(&t, &other.id, &theirs, false)).unwrap();
+        t.mounter.take_calls();
+        let unknown = VolumeId::parse("gone-1").unwrap();
+        unpublish(&t.driver, &unknown, &target(&t, &unknown, &theirs)).unwrap_err();
+        assert_eq!(t.mounter.at(&theirs).len(), 1);
+    }
+
+    #[test]
+    fn an_ephemeral_volume_is_made_at_publish_and_deleted_with_its_last_target() {
+        let t = TestDriver::open(|_| {});
+        let id = VolumeId::parse("csi-inline-2").unwrap();
+        let path = t.target_path("pod-a");
+        let mut inline = request(&t, &id, &path, false);
+        inline.context = HashMap::from([
+            (EPHEMERAL_KEY.to_owned(), "true".to_owned()),
+            ("kind".to_owned(), "directory".to_owned()),
+        ]);
+        publish(&t.driver, &inline).unwrap();
+        assert!(t.driver.volume(&id).unwrap().record.ephemeral);
+        publish(&t.driver, &inline).unwrap();
+        unpublish(&t.driver, &id, &target(&t, &id, &path)).unwrap();
+        assert!(t.driver.volume(&id).is_err(), "deleted with its target");
     }
 }

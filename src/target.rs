@@ -16,11 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::beneath;
+use crate::beneath::{self, Mounts};
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::ids::VolumeId;
 use crate::mounts::{self, PathState};
@@ -133,17 +133,14 @@ impl Target {
                 Mode::from_bits_truncate(0o750),
             )
         } else {
-            let how = OpenHow::new()
-                .flags(
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                )
-                .mode(Mode::from_bits_truncate(0o640))
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-            openat2(&self.parent, self.name.as_c_str(), how).map(drop)
+            beneath::open_at(
+                &self.parent,
+                self.name.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o640),
+                Mounts::Enter,
+            )
+            .map(drop)
         };
         made.context(|| {
             format!(
@@ -157,10 +154,14 @@ impl Target {
     /// Opens the target itself (`O_PATH`, never a symlink in its place); a
     /// mount on it is entered, so the fd is of the mount's root.
     pub fn open_path(&self) -> Result<OwnedFd> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        openat2(&self.parent, self.name.as_c_str(), how).context(|| {
+        beneath::open_at(
+            &self.parent,
+            self.name.as_c_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+            Mounts::Enter,
+        )
+        .context(|| {
             format!(
                 "volume {}: open target {}",
                 self.volume,

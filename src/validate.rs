@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use nix::mount::MsFlags;
 
+use crate::csi::volume_capability::AccessType;
 use crate::csi::volume_capability::access_mode::Mode;
-use crate::csi::volume_capability::{AccessType, MountVolume};
 use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Echo, Error, Result};
 use crate::ids::{PoolName, VolumeId};
@@ -123,18 +123,23 @@ pub fn capacity(range: Option<&CapacityRange>) -> Result<CapacityRequest> {
     })
 }
 
-/// The access a capability asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Requested<'a> {
-    Mount(&'a MountVolume),
+/// The access a capability asks for, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// A filesystem: the type it names ("" for any) and its allowlisted
+    /// mount flags.
+    Mount {
+        fs_type: String,
+        flags: MsFlags,
+    },
     Block,
 }
 
-impl Requested<'_> {
+impl Requested {
     /// The access to serve, `read_only` as the publish asks.
-    pub fn access(self, read_only: bool) -> Access {
+    pub fn access(&self, read_only: bool) -> Access {
         match self {
-            Requested::Mount(_) => Access::Mount,
+            Requested::Mount { .. } => Access::Mount,
             Requested::Block => Access::Block { read_only },
         }
     }
@@ -143,12 +148,12 @@ impl Requested<'_> {
 /// Checks the parts of a capability every kind shares: an access type, a
 /// single-node access mode and allowlisted mount flags. The error text says
 /// what is supported.
-pub fn capability(cap: &VolumeCapability) -> std::result::Result<Requested<'_>, String> {
+pub fn capability(cap: &VolumeCapability) -> std::result::Result<Requested, String> {
     let access = match &cap.access_type {
-        Some(AccessType::Mount(mount)) => {
-            mount_flags(&mount.mount_flags).map_err(|e| e.to_string())?;
-            Requested::Mount(mount)
-        }
+        Some(AccessType::Mount(mount)) => Requested::Mount {
+            fs_type: mount.fs_type.clone(),
+            flags: mount_flags(&mount.mount_flags).map_err(|e| e.to_string())?,
+        },
         Some(AccessType::Block(_)) => Requested::Block,
         None => return Err("volume capability has no access_type (mount or block)".into()),
     };
@@ -167,12 +172,23 @@ pub fn capability(cap: &VolumeCapability) -> std::result::Result<Requested<'_>, 
 
 /// Checks a capability against what a volume of `kind` holding `fs_type`
 /// ("" when unformatted) can serve.
-pub fn serves<'a>(
+pub fn serves(
     kind: KindName,
     fs_type: &str,
-    cap: &'a VolumeCapability,
-) -> std::result::Result<Requested<'a>, String> {
+    cap: &VolumeCapability,
+) -> std::result::Result<Requested, String> {
     let access = capability(cap)?;
+    kind_serves(kind, fs_type, &access)?;
+    Ok(access)
+}
+
+/// Checks access already asked for against what a volume of `kind`
+/// holding `fs_type` ("" when unformatted) can serve.
+pub fn kind_serves(
+    kind: KindName,
+    fs_type: &str,
+    access: &Requested,
+) -> std::result::Result<(), String> {
     match (kind, access) {
         (KindName::File, Requested::Block) if !fs_type.is_empty() => {
             return Err(format!(
@@ -186,20 +202,22 @@ pub fn serves<'a>(
                 kind.as_str()
             ));
         }
-        (KindName::File, Requested::Mount(_)) if fs_type.is_empty() => {
+        (KindName::File, Requested::Mount { .. }) if fs_type.is_empty() => {
             return Err(
                 "the volume was created for block access only; it holds no filesystem".into(),
             );
         }
-        (KindName::File, Requested::Mount(m)) if !m.fs_type.is_empty() && m.fs_type != fs_type => {
+        (KindName::File, Requested::Mount { fs_type: asked, .. })
+            if !asked.is_empty() && asked != fs_type =>
+        {
             return Err(format!(
                 "fs_type {} asked for, but the volume holds {fs_type}",
-                Echo(&m.fs_type)
+                Echo(asked)
             ));
         }
         _ => {}
     }
-    Ok(access)
+    Ok(())
 }
 
 /// Checks a list of capabilities (at least one) as CreateVolume needs:
@@ -454,7 +472,7 @@ pub fn host_path(field: &str, raw: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csi::volume_capability::{AccessMode, BlockVolume};
+    use crate::csi::volume_capability::{AccessMode, BlockVolume, MountVolume};
 
     fn cap(mode: Mode, access: AccessType) -> VolumeCapability {
         VolumeCapability {

@@ -258,7 +258,7 @@ impl VolumeKind for Directory {
 
     /// Binds whose root lies in `…/volumes/<id>` on the volume's filesystem.
     fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
-        let in_fs = pool.fs_root.join("volumes").join(id.as_str());
+        let in_fs = pool.entry_root(id.as_str());
         let candidates = mounts.of_volume_dir(&in_fs);
         if candidates.is_empty() {
             return Ok(Vec::new());

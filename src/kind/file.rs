@@ -17,15 +17,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::fcntl::{AtFlags, OFlag, renameat};
 use nix::mount::{MsFlags, mount};
 use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
 use nix::unistd::{fsync, ftruncate};
 
 use super::own_mount::{self, MountPoint};
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
-use crate::beneath;
-use crate::beneath::SyncDir;
+use crate::beneath::{self, Mounts, SyncDir};
 use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
@@ -55,18 +54,18 @@ fn image_name(id: &VolumeId) -> String {
 
 /// The image's path as the kernel reports a loop device's backing file.
 fn image_path(pool: &Pool, id: &VolumeId) -> PathBuf {
-    pool.path.join("volumes").join(image_name(id))
+    pool.entry_path(&image_name(id))
 }
 
 fn open_image(pool: &Pool, id: &VolumeId) -> Result<Option<OwnedFd>> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
-    match openat2(&pool.volumes, image_name(id).as_str(), how) {
+    let opened = beneath::open_at(
+        &pool.volumes,
+        image_name(id).as_str(),
+        OFlag::O_RDWR | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+        Mounts::Stay,
+    );
+    match opened {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::ENOENT) => Ok(None),
         Err(errno) => {
@@ -228,19 +227,16 @@ fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Resu
 fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
     let id = &record.id;
     let temp = format!("{}.tmp", image_name(id));
-    let temp_path = pool.path.join("volumes").join(&temp);
+    let temp_path = pool.entry_path(&temp);
     let what = || format!("volume {id}: create {}", temp_path.display());
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        )
-        .mode(Mode::from_bits_truncate(IMAGE_MODE))
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
-    let file = openat2(&pool.volumes, temp.as_str(), how).context(what)?;
+    let file = beneath::open_at(
+        &pool.volumes,
+        temp.as_str(),
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(IMAGE_MODE),
+        Mounts::Stay,
+    )
+    .context(what)?;
     fchmod(&file, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
     let size = i64::try_from(record.capacity_bytes).map_err(|_| {
         Error::Capacity(Shortage::TooLarge {
@@ -303,7 +299,7 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     drop(attached);
     if grown && record.fs_type == "xfs" {
         // xfs grows only while mounted.
-        let mount_point = pool.path.join("volumes").join(id.as_str());
+        let mount_point = pool.entry_path(id.as_str());
         run(id, "xfs_growfs", &["-d"], &mount_point)?;
     }
     own_mount::reopen(pool, id)
@@ -506,12 +502,7 @@ impl VolumeKind for File {
                     }
                 })
             }
-            "xfs" => run(
-                id,
-                "xfs_growfs",
-                &["-d"],
-                &pool.path.join("volumes").join(id.as_str()),
-            ),
+            "xfs" => run(id, "xfs_growfs", &["-d"], &pool.entry_path(id.as_str())),
             _ => Ok(()),
         }
     }

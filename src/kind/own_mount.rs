@@ -54,7 +54,7 @@ pub fn unmount(pool: &Pool, id: &VolumeId) -> Result<()> {
     // The fd `look` opens must be closed before unmounting (EBUSY).
     let mounted = matches!(look(pool, id)?, MountPoint::Mounted(_));
     if mounted {
-        let path = pool.path.join("volumes").join(id.as_str());
+        let path = pool.entry_path(id.as_str());
         umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
             .context(|| format!("volume {id}: unmount {}", path.display()))?;
     }
@@ -68,7 +68,7 @@ pub fn users(pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<Moun
     };
     let (dev, _) =
         beneath::identity(&fd).context(|| format!("volume {id}: stat its filesystem"))?;
-    let own = pool.path.join("volumes").join(id.as_str());
+    let own = pool.entry_path(id.as_str());
     Ok(mounts
         .of_device(dev)
         .iter()

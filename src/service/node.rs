@@ -82,8 +82,8 @@ impl Node for NodeService {
             .ok_or_else(|| Error::Invalid(format!("volume {id}: volume_capability is missing")))?;
         let requested =
             validate::capability(cap).map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
-        let extra = match requested {
-            Requested::Mount(mount) => validate::mount_flags(&mount.mount_flags)?,
+        let extra = match &requested {
+            Requested::Mount { flags, .. } => *flags,
             Requested::Block => MsFlags::empty(),
         };
         let read_only =
@@ -93,7 +93,6 @@ impl Node for NodeService {
             extra: extra - MsFlags::MS_RDONLY,
             devices: false,
         };
-        let capability = cap.clone();
         let held = self.claim(&id, &target_path)?;
         let driver = Arc::clone(&self.driver);
         blocking(move || {
@@ -110,7 +109,7 @@ impl Node for NodeService {
                 id,
                 target,
                 policy,
-                capability,
+                requested,
                 context: req.volume_context,
             };
             publish::publish(&driver, &request)
@@ -300,4 +299,51 @@ fn volume_stats(
         .collect(),
         volume_condition: Some(condition(driver, &volume)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::kind::KindName;
+    use crate::testing::{self, TestDriver};
+
+    #[test]
+    fn stats_answer_only_where_the_volume_is_published() {
+        let t = TestDriver::open(|_| {});
+        let id = lifecycle::create(&t.driver, testing::new_volume("v", KindName::Directory, 0))
+            .unwrap()
+            .id;
+        let path = t.target_path("pod-a");
+        let shown = path.to_str().unwrap();
+        let request = Publish {
+            id: id.clone(),
+            target: Target::open(&t.kubelet_dir, &id, "target_path", shown)
+                .unwrap()
+                .unwrap(),
+            policy: BindPolicy {
+                read_only: false,
+                extra: MsFlags::empty(),
+                devices: false,
+            },
+            requested: testing::mount_access(),
+            context: HashMap::new(),
+        };
+        let not_found = |raw: &str| match volume_stats(&t.driver, &id, raw) {
+            Err(err @ Error::Unknown(_)) => err.to_string(),
+            other => panic!("{raw}: {other:?}"),
+        };
+        // Made, but nothing mounted there yet.
+        std::fs::create_dir(&path).unwrap();
+        assert!(not_found(shown).contains("is not published at"));
+        std::fs::remove_dir(&path).unwrap();
+        publish::publish(&t.driver, &request).unwrap();
+        let stats = volume_stats(&t.driver, &id, shown).unwrap();
+        assert_eq!(stats.usage[0].unit, Unit::Bytes as i32);
+        assert!(!stats.volume_condition.unwrap().abnormal);
+        not_found(t.target_path("pod-b").to_str().unwrap());
+        not_found("/etc");
+        not_found("relative/path");
+    }
 }
