@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::ids::PoolName;
-use crate::kind::{Backing, KindName};
+use crate::kind::{Backing, Content, KindName};
 use crate::pool::Pool;
 use crate::validate::CapacityRequest;
 use crate::volumes::VolumeTable;
@@ -120,8 +120,8 @@ pub enum Shortage {
 pub struct Ask<'a> {
     pub volume: &'a str,
     pub kind: KindName,
-    /// The filesystem an image holds ("" for none).
-    pub fs_type: &'a str,
+    /// What an image holds.
+    pub content: Content,
     pub range: CapacityRequest,
 }
 
@@ -216,10 +216,9 @@ impl Ledger {
                 volume: ask.volume.to_owned(),
                 limit: ask.range.limit,
                 kind: ask.kind.as_str(),
-                holding: if ask.fs_type.is_empty() {
-                    String::new()
-                } else {
-                    format!(" holding {}", ask.fs_type)
+                holding: match ask.content {
+                    Content::Raw => String::new(),
+                    Content::Fs(fs) => format!(" holding {}", fs.as_str()),
                 },
                 minimum,
             },
@@ -336,7 +335,7 @@ fn choose(ask: &Ask<'_>, available: u64) -> std::result::Result<u64, Shortfall> 
     let (kind, range) = (ask.kind, ask.range);
     let sized = range.required != 0 || range.limit != 0;
     let minimum = kind
-        .minimum_capacity(ask.fs_type)
+        .minimum_capacity(ask.content)
         .max(if sized { GRANULE } else { 0 });
     let limit = if range.limit == 0 {
         u64::MAX
@@ -364,17 +363,21 @@ fn choose(ask: &Ask<'_>, available: u64) -> std::result::Result<u64, Shortfall> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::FsType;
+
+    const RAW: Content = Content::Raw;
+    const XFS: Content = Content::Fs(FsType::Xfs);
 
     fn choose_for(
         kind: KindName,
-        fs_type: &str,
+        content: Content,
         (required, limit): (u64, u64),
         available: u64,
     ) -> std::result::Result<u64, Shortfall> {
         let ask = Ask {
             volume: "v",
             kind,
-            fs_type,
+            content,
             range: CapacityRequest { required, limit },
         };
         choose(&ask, available)
@@ -384,45 +387,45 @@ mod tests {
     fn sizes_round_up_to_blocks_and_the_kind_minimum_within_the_limit() {
         let room = 1 << 40;
         let dir = KindName::Directory;
-        assert_eq!(choose_for(dir, "", (0, 0), room), Ok(0));
-        assert_eq!(choose_for(dir, "", (1000, 0), room), Ok(4096));
-        assert_eq!(choose_for(dir, "", (4097, 0), room), Ok(8192));
-        assert_eq!(choose_for(dir, "", (4097, 5000), room), Ok(4097));
+        assert_eq!(choose_for(dir, RAW, (0, 0), room), Ok(0));
+        assert_eq!(choose_for(dir, RAW, (1000, 0), room), Ok(4096));
+        assert_eq!(choose_for(dir, RAW, (4097, 0), room), Ok(8192));
+        assert_eq!(choose_for(dir, RAW, (4097, 5000), room), Ok(4097));
         assert_eq!(
-            choose_for(dir, "", (0, 1000), room),
+            choose_for(dir, RAW, (0, 1000), room),
             Err(Shortfall::BelowMinimum(4096))
         );
-        assert_eq!(choose_for(dir, "", (0, 10_000), room), Ok(8192));
-        let xfs_minimum = KindName::File.minimum_capacity("xfs");
+        assert_eq!(choose_for(dir, RAW, (0, 10_000), room), Ok(8192));
+        let xfs_minimum = KindName::File.minimum_capacity(XFS);
         assert_eq!(
-            choose_for(KindName::File, "xfs", (100 << 20, 0), room),
+            choose_for(KindName::File, XFS, (100 << 20, 0), room),
             Ok(xfs_minimum)
         );
         assert_eq!(
-            choose_for(KindName::File, "xfs", (0, 100 << 20), room),
+            choose_for(KindName::File, XFS, (0, 100 << 20), room),
             Err(Shortfall::BelowMinimum(xfs_minimum))
         );
-        assert_eq!(choose_for(KindName::Memory, "", (100, 0), room), Ok(4096));
+        assert_eq!(choose_for(KindName::Memory, RAW, (100, 0), room), Ok(4096));
     }
 
     #[test]
     fn a_sized_request_never_gets_zero_from_a_full_pool() {
         let dir = KindName::Directory;
         assert_eq!(
-            choose_for(dir, "", (0, 1 << 30), 0),
+            choose_for(dir, RAW, (0, 1 << 30), 0),
             Err(Shortfall::NoRoom(4096))
         );
         assert_eq!(
-            choose_for(dir, "", (0, 1 << 30), 4095),
+            choose_for(dir, RAW, (0, 1 << 30), 4095),
             Err(Shortfall::NoRoom(4096))
         );
-        assert_eq!(choose_for(dir, "", (0, 1 << 30), 5000), Ok(4096));
+        assert_eq!(choose_for(dir, RAW, (0, 1 << 30), 5000), Ok(4096));
         assert_eq!(
-            choose_for(dir, "", (8192, 0), 5000),
+            choose_for(dir, RAW, (8192, 0), 5000),
             Err(Shortfall::NoRoom(8192))
         );
         // Nothing asked: no limit, whatever the room.
-        assert_eq!(choose_for(dir, "", (0, 0), 0), Ok(0));
+        assert_eq!(choose_for(dir, RAW, (0, 0), 0), Ok(0));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::VolumeId;
-use crate::kind::KindName;
+use crate::kind::{Content, KindName};
 use crate::mounts::MountIndex;
 use crate::pool::{Enforcement, Pool};
 use crate::record::{self, VolumeRecord};
@@ -23,8 +23,8 @@ pub struct NewVolume {
     pub requirement: Option<TopologyRequirement>,
     /// Made by a publish of a CSI ephemeral inline volume.
     pub ephemeral: bool,
-    /// The filesystem a kind=file volume gets ("" for none).
-    pub fs_type: String,
+    /// What a kind=file volume holds: a filesystem, or raw for block access.
+    pub content: Content,
 }
 
 pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
@@ -127,7 +127,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
     let ask = Ask {
         volume: &request.name,
         kind,
-        fs_type: &request.fs_type,
+        content: request.content,
         range: request.range,
     };
     let capacity_bytes = driver.ledger.reserve(&table, pool, offered, &ask)?;
@@ -138,7 +138,7 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         kind,
         capacity_bytes,
         ephemeral: request.ephemeral,
-        fs_type: request.fs_type.clone(),
+        content: request.content,
         enforced: enforced(pool, &request.params),
     };
     table.insert(record.clone());
@@ -180,7 +180,7 @@ fn check_same_request(
     if !reachable
         || !range.admits(existing.capacity_bytes)
         || existing.kind != params.kind
-        || existing.fs_type != request.fs_type
+        || existing.content != request.content
         || existing.pool != pool.name
     {
         return Err(Error::Conflict(format!(
@@ -189,10 +189,10 @@ fn check_same_request(
             existing.kind.as_str(),
             existing.pool,
             existing.capacity_bytes,
-            existing.fs_type,
+            existing.content.as_str(),
             params.kind.as_str(),
             pool.name,
-            request.fs_type,
+            request.content.as_str(),
             range.required,
             range.limit
         )));

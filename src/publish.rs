@@ -13,7 +13,7 @@ use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
 use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
-use crate::kind::Access;
+use crate::kind::{Access, Content};
 use crate::lifecycle::{self, NewVolume};
 use crate::mounter::Mounter;
 use crate::mounts::{self, BindPolicy, MountIndex};
@@ -88,7 +88,7 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
         return Ok(false);
     }
     let (params, size) = validate::ephemeral_attributes(&request.context)?;
-    validate::kind_serves(params.kind, "", &request.requested)
+    validate::kind_serves(params.kind, Content::Raw, &request.requested)
         .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
     lifecycle::create(
         driver,
@@ -102,7 +102,7 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
             params,
             requirement: None,
             ephemeral: true,
-            fs_type: String::new(),
+            content: Content::Raw,
         },
     )?;
     Ok(true)
@@ -177,7 +177,7 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
     let id = &request.id;
     if let Ok(volume) = driver.volume(id) {
         let record = &volume.record;
-        validate::kind_serves(record.kind, &record.fs_type, &request.requested)
+        validate::kind_serves(record.kind, record.content, &request.requested)
             .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
         let access = request.requested.access(policy.read_only);
         let pool = driver.pool(Some(&record.pool))?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::beneath::{self, SyncDir};
 use crate::error::{Error, Result, SysContext};
 use crate::ids::{PoolName, VolumeId};
-use crate::kind::KindName;
+use crate::kind::{Content, KindName};
 
 /// What the driver knows about a volume that must survive a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,9 +27,9 @@ pub struct VolumeRecord {
     /// A CSI ephemeral inline volume: made at publish, deleted at unpublish.
     #[serde(default)]
     pub ephemeral: bool,
-    /// The filesystem a kind=file volume holds ("" for none: block only).
-    #[serde(default)]
-    pub fs_type: String,
+    /// The filesystem a kind=file volume holds (raw: block only).
+    #[serde(default, rename = "fs_type")]
+    pub content: Content,
     /// A directory volume held to its capacity by the pool's filesystem.
     #[serde(default)]
     pub enforced: bool,
@@ -183,7 +183,7 @@ mod tests {
             kind: KindName::Directory,
             capacity_bytes: 1 << 20,
             ephemeral: false,
-            fs_type: String::new(),
+            content: Content::Raw,
             enforced: false,
         }
     }
@@ -218,5 +218,27 @@ mod tests {
         remove(&dir, "p", &a.id).unwrap();
         remove(&dir, "p", &a.id).unwrap();
         assert_eq!(load_all().records.len(), 1);
+    }
+
+    #[test]
+    fn the_content_is_stored_as_the_filesystem_name_as_before() {
+        let mut file = record("f");
+        file.kind = KindName::File;
+        file.content = Content::Fs(crate::kind::FsType::Xfs);
+        let json = serde_json::to_string(&file).unwrap();
+        assert!(json.contains(r#""fs_type":"xfs""#), "{json}");
+        let back: VolumeRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, file);
+        let raw = serde_json::to_string(&record("d")).unwrap();
+        assert!(raw.contains(r#""fs_type":"""#), "{raw}");
+        // Records written before the field existed hold no filesystem.
+        let old = raw.replace(r#","fs_type":"""#, "");
+        assert_eq!(
+            serde_json::from_str::<VolumeRecord>(&old).unwrap(),
+            record("d")
+        );
+        let unknown = raw.replace(r#""fs_type":"""#, r#""fs_type":"btrfs""#);
+        let err = serde_json::from_str::<VolumeRecord>(&unknown).unwrap_err();
+        assert!(err.to_string().contains("unknown filesystem"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::driver::{Driver, DriverConfig};
 use crate::ids::{PoolName, VolumeId};
-use crate::kind::KindName;
+use crate::kind::{Content, KindName};
 use crate::lifecycle::NewVolume;
 use crate::mounter::fake::FakeMounter;
 use crate::startup;
@@ -72,7 +72,7 @@ pub fn new_volume(name: &str, kind: KindName, required: u64) -> NewVolume {
         params: validate::parameters(&parameters).unwrap(),
         requirement: None,
         ephemeral: false,
-        fs_type: String::new(),
+        content: Content::Raw,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Echo, Error, Result};
 use crate::ids::{PoolName, VolumeId};
-use crate::kind::{Access, KindName};
+use crate::kind::{Access, Content, FsType, KindName};
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
 pub const PARAMETER_KEYS: [&str; 4] = ["kind", "pool", "fsType", "enforce"];
@@ -170,48 +170,49 @@ pub fn capability(cap: &VolumeCapability) -> std::result::Result<Requested, Stri
     Ok(access)
 }
 
-/// Checks a capability against what a volume of `kind` holding `fs_type`
-/// ("" when unformatted) can serve.
+/// Checks a capability against what a volume of `kind` holding `content`
+/// can serve.
 pub fn serves(
     kind: KindName,
-    fs_type: &str,
+    content: Content,
     cap: &VolumeCapability,
 ) -> std::result::Result<Requested, String> {
     let access = capability(cap)?;
-    kind_serves(kind, fs_type, &access)?;
+    kind_serves(kind, content, &access)?;
     Ok(access)
 }
 
 /// Checks access already asked for against what a volume of `kind`
-/// holding `fs_type` ("" when unformatted) can serve.
+/// holding `content` can serve.
 pub fn kind_serves(
     kind: KindName,
-    fs_type: &str,
+    content: Content,
     access: &Requested,
 ) -> std::result::Result<(), String> {
-    match (kind, access) {
-        (KindName::File, Requested::Block) if !fs_type.is_empty() => {
+    match (kind, access, content) {
+        (KindName::File, Requested::Block, Content::Fs(fs)) => {
             return Err(format!(
-                "the volume holds an {fs_type} filesystem; it was created for mount access, not block"
+                "the volume holds an {} filesystem; it was created for mount access, not block",
+                fs.as_str()
             ));
         }
-        (KindName::File, Requested::Block) => {}
-        (_, Requested::Block) => {
+        (KindName::File, Requested::Block, Content::Raw) => {}
+        (_, Requested::Block, _) => {
             return Err(format!(
                 "block access is not supported by kind={}: only kind=file offers it",
                 kind.as_str()
             ));
         }
-        (KindName::File, Requested::Mount { .. }) if fs_type.is_empty() => {
+        (KindName::File, Requested::Mount { .. }, Content::Raw) => {
             return Err(
                 "the volume was created for block access only; it holds no filesystem".into(),
             );
         }
-        (KindName::File, Requested::Mount { fs_type: asked, .. })
-            if !asked.is_empty() && asked != fs_type =>
+        (KindName::File, Requested::Mount { fs_type: asked, .. }, held)
+            if !asked.is_empty() && asked != held.as_str() =>
         {
             return Err(format!(
-                "fs_type {} asked for, but the volume holds {fs_type}",
+                "fs_type {} asked for, but the volume holds {held}",
                 Echo(asked)
             ));
         }
@@ -221,23 +222,21 @@ pub fn kind_serves(
 }
 
 /// Checks a list of capabilities (at least one) as CreateVolume needs:
-/// each must be one that a volume of `kind` holding `fs_type` can serve.
-pub fn capabilities(kind: KindName, fs_type: &str, caps: &[VolumeCapability]) -> Result<()> {
+/// each must be one that a volume of `kind` holding `content` can serve.
+pub fn capabilities(kind: KindName, content: Content, caps: &[VolumeCapability]) -> Result<()> {
     if caps.is_empty() {
         return Err(Error::Invalid("volume_capabilities are missing".into()));
     }
     caps.iter()
-        .try_for_each(|c| serves(kind, fs_type, c).map(drop))
+        .try_for_each(|c| serves(kind, content, c).map(drop))
         .map_err(Error::Invalid)
 }
 
-/// Filesystems a kind=file volume can be formatted with; the first is the default.
-pub const FILE_SYSTEMS: [&str; 2] = ["ext4", "xfs"];
-
-/// The filesystem a new volume gets: for kind=file with any mount
-/// capability, the `fsType` parameter or the capabilities' fs_type (they
-/// must agree), else ext4; "" otherwise (no filesystem of its own).
-pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Result<String> {
+/// What a new volume holds: for kind=file with any mount capability, the
+/// filesystem the `fsType` parameter or the capabilities' fs_type name
+/// (they must agree), else the first of [`FsType::ALL`]; raw otherwise (no
+/// filesystem of its own, or block access only).
+pub fn chosen_content(params: &VolumeParams, caps: &[VolumeCapability]) -> Result<Content> {
     let asked: Vec<&str> = caps
         .iter()
         .filter_map(|c| match &c.access_type {
@@ -251,7 +250,7 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
                 "parameter fsType applies to kind=file only".into(),
             ));
         }
-        return Ok(String::new());
+        return Ok(Content::Raw);
     }
     if asked.is_empty() {
         if params.fs_type.is_some() && !caps.is_empty() {
@@ -259,14 +258,14 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
                 "parameter fsType names a filesystem, but the capabilities ask for block access only".into(),
             ));
         }
-        return Ok(String::new());
+        return Ok(Content::Raw);
     }
     let mut named = params
         .fs_type
         .iter()
         .map(String::as_str)
         .chain(asked.into_iter().filter(|f| !f.is_empty()));
-    let chosen = named.next().unwrap_or(FILE_SYSTEMS[0]);
+    let chosen = named.next().unwrap_or(FsType::ALL[0].as_str());
     if let Some(other) = named.find(|f| *f != chosen) {
         return Err(Error::Invalid(format!(
             "fsType {} and fs_type {} disagree",
@@ -274,14 +273,17 @@ pub fn chosen_fs_type(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
             Echo(other)
         )));
     }
-    if !FILE_SYSTEMS.contains(&chosen) {
-        return Err(Error::Invalid(format!(
-            "fsType {} is not supported: supported filesystems are {}",
-            Echo(chosen),
-            FILE_SYSTEMS.join(", ")
-        )));
+    match FsType::parse(chosen) {
+        Some(fs) => Ok(Content::Fs(fs)),
+        None => {
+            let known: Vec<_> = FsType::ALL.iter().map(|f| f.as_str()).collect();
+            Err(Error::Invalid(format!(
+                "fsType {} is not supported: supported filesystems are {}",
+                Echo(chosen),
+                known.join(", ")
+            )))
+        }
     }
-    Ok(chosen.to_owned())
 }
 
 /// Whether a capability's access mode allows only reading.
@@ -521,23 +523,28 @@ mod tests {
         );
         let block = cap(Mode::SingleNodeWriter, AccessType::Block(BlockVolume {}));
         assert_eq!(capability(&block).unwrap(), Requested::Block);
-        let err = serves(KindName::Directory, "", &block).unwrap_err();
+        let err = serves(KindName::Directory, Content::Raw, &block).unwrap_err();
         assert!(err.contains("only kind=file"), "{err}");
         assert_eq!(
-            serves(KindName::File, "", &block).unwrap(),
+            serves(KindName::File, Content::Raw, &block).unwrap(),
             Requested::Block
         );
-        let err = serves(KindName::File, "", &cap(Mode::SingleNodeWriter, mount())).unwrap_err();
+        let err = serves(
+            KindName::File,
+            Content::Raw,
+            &cap(Mode::SingleNodeWriter, mount()),
+        )
+        .unwrap_err();
         assert!(err.contains("block access only"), "{err}");
         assert!(
             serves(
                 KindName::File,
-                "ext4",
+                Content::Fs(FsType::Ext4),
                 &cap(Mode::SingleNodeWriter, mount())
             )
             .is_ok()
         );
-        assert!(capabilities(KindName::Directory, "", &[]).is_err());
+        assert!(capabilities(KindName::Directory, Content::Raw, &[]).is_err());
         assert!(is_reader_only(&cap(Mode::SingleNodeReaderOnly, mount())));
         assert!(!is_reader_only(&cap(Mode::SingleNodeWriter, mount())));
     }
@@ -560,29 +567,29 @@ mod tests {
         let block = cap(Mode::SingleNodeWriter, AccessType::Block(BlockVolume {}));
         let file = KindName::File;
         assert_eq!(
-            chosen_fs_type(&params(file, None), &[with_fs("")]).unwrap(),
-            "ext4"
+            chosen_content(&params(file, None), &[with_fs("")]).unwrap(),
+            Content::Fs(FsType::Ext4)
         );
         assert_eq!(
-            chosen_fs_type(&params(file, None), &[with_fs("xfs")]).unwrap(),
-            "xfs"
+            chosen_content(&params(file, None), &[with_fs("xfs")]).unwrap(),
+            Content::Fs(FsType::Xfs)
         );
         assert_eq!(
-            chosen_fs_type(&params(file, Some("xfs")), &[with_fs("")]).unwrap(),
-            "xfs"
+            chosen_content(&params(file, Some("xfs")), &[with_fs("")]).unwrap(),
+            Content::Fs(FsType::Xfs)
         );
         assert_eq!(
-            chosen_fs_type(&params(file, None), std::slice::from_ref(&block)).unwrap(),
-            ""
+            chosen_content(&params(file, None), std::slice::from_ref(&block)).unwrap(),
+            Content::Raw
         );
-        assert!(chosen_fs_type(&params(file, Some("xfs")), &[with_fs("ext4")]).is_err());
-        assert!(chosen_fs_type(&params(file, None), &[with_fs("btrfs")]).is_err());
+        assert!(chosen_content(&params(file, Some("xfs")), &[with_fs("ext4")]).is_err());
+        assert!(chosen_content(&params(file, None), &[with_fs("btrfs")]).is_err());
         assert!(
-            chosen_fs_type(&params(KindName::Directory, Some("ext4")), &[with_fs("")]).is_err()
+            chosen_content(&params(KindName::Directory, Some("ext4")), &[with_fs("")]).is_err()
         );
         assert_eq!(
-            chosen_fs_type(&params(KindName::Directory, None), &[with_fs("ext4")]).unwrap(),
-            ""
+            chosen_content(&params(KindName::Directory, None), &[with_fs("ext4")]).unwrap(),
+            Content::Raw
         );
     }
 

@@ -126,7 +126,7 @@ mod tests {
             kind: KindName::Directory,
             capacity_bytes: capacity,
             ephemeral: false,
-            fs_type: String::new(),
+            content: crate::kind::Content::Raw,
             enforced: false,
         }
     }

@@ -23,7 +23,7 @@ use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
 use nix::unistd::{fsync, ftruncate};
 
 use super::own_mount::{self, MountPoint};
-use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use super::{Access, Content, FsType, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath::{self, Mounts, SyncDir};
 use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
@@ -154,13 +154,12 @@ type SuperblockSize = fn(&[u8; 1024]) -> Option<u64>;
 
 /// Whether the filesystem in `image` is smaller than the image (it was
 /// expanded while nobody had it mounted), from its superblock.
-fn filesystem_smaller_than_image(id: &VolumeId, fs_type: &str, image: &OwnedFd) -> Result<bool> {
-    let what = || format!("volume {id}: read the {fs_type} superblock");
+fn filesystem_smaller_than_image(id: &VolumeId, fs: FsType, image: &OwnedFd) -> Result<bool> {
+    let what = || format!("volume {id}: read the {} superblock", fs.as_str());
     let mut block = [0u8; 1024];
-    let (offset, fs_bytes): (i64, SuperblockSize) = match fs_type {
-        "ext4" => (1024, ext4_bytes),
-        "xfs" => (0, xfs_bytes),
-        _ => return Ok(false),
+    let (offset, fs_bytes): (i64, SuperblockSize) = match fs {
+        FsType::Ext4 => (1024, ext4_bytes),
+        FsType::Xfs => (0, xfs_bytes),
     };
     nix::sys::uio::pread(image, &mut block, offset).context(what)?;
     let fs_bytes = fs_bytes(&block).ok_or_else(|| Error::Broken(what()))?;
@@ -207,17 +206,12 @@ fn has_sys_resource() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
-/// Runs mkfs for `fs_type` on the file at `path` (built from the pool path
+/// Runs mkfs for `fs` on the file at `path` (built from the pool path
 /// and a minted id: no caller's text), with an argv array and no shell.
-fn make_filesystem(id: &VolumeId, fs_type: &str, path: &std::path::Path) -> Result<()> {
-    let (program, args): (&str, &[&str]) = match fs_type {
-        "ext4" => ("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", "nodiscard"]),
-        "xfs" => ("mkfs.xfs", &["-q", "-f", "-K"]),
-        other => {
-            return Err(Error::Invalid(format!(
-                "volume {id}: fsType {other:?} is not supported"
-            )));
-        }
+fn make_filesystem(id: &VolumeId, fs: FsType, path: &std::path::Path) -> Result<()> {
+    let (program, args): (&str, &[&str]) = match fs {
+        FsType::Ext4 => ("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", "nodiscard"]),
+        FsType::Xfs => ("mkfs.xfs", &["-q", "-f", "-K"]),
     };
     run(id, program, args, path)
 }
@@ -245,8 +239,8 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
         })
     })?;
     ftruncate(&file, size).context(what)?;
-    if !record.fs_type.is_empty() {
-        make_filesystem(id, &record.fs_type, &temp_path)?;
+    if let Content::Fs(fs) = record.content {
+        make_filesystem(id, fs, &temp_path)?;
     }
     fsync(&file).context(what)?;
     renameat(
@@ -263,6 +257,12 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
 fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<OwnedFd> {
     let id = &record.id;
     let shown = image_path(pool, id);
+    let Content::Fs(fs) = record.content else {
+        return Err(Error::WrongState(format!(
+            "volume {id}: {} holds no filesystem to mount; it was created for block access",
+            shown.display()
+        )));
+    };
     let image = open_image(pool, id)?
         .ok_or_else(|| Error::WrongState(format!("volume {id}: {} is missing", shown.display())))?;
     if let Some(raw) = attached(pool, id)?.first() {
@@ -272,8 +272,8 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
             raw.path.display()
         )));
     }
-    let grown = filesystem_smaller_than_image(id, &record.fs_type, &image)?;
-    if grown && record.fs_type == "ext4" {
+    let grown = filesystem_smaller_than_image(id, fs, &image)?;
+    if grown && fs == FsType::Ext4 {
         // Offline, before mounting: no privilege beyond root's is needed.
         run_allowing(id, "e2fsck", &["-f", "-p"], &shown, &[0, 1])?;
         run(id, "resize2fs", &[], &shown)?;
@@ -282,7 +282,7 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     mount(
         Some(attached.device.path.as_path()),
         fd_path(dir).as_str(),
-        Some(record.fs_type.as_str()),
+        Some(fs.as_str()),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
@@ -290,14 +290,14 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
         format!(
             "volume {id}: mount {} ({}, {}) on {}/volumes/{id}",
             attached.device.path.display(),
-            record.fs_type,
+            fs.as_str(),
             shown.display(),
             pool.shown()
         )
     })?;
     // The mount now holds the device; closing our fd no longer detaches it.
     drop(attached);
-    if grown && record.fs_type == "xfs" {
+    if grown && fs == FsType::Xfs {
         // xfs grows only while mounted.
         let mount_point = pool.entry_path(id.as_str());
         run(id, "xfs_growfs", &["-d"], &mount_point)?;
@@ -483,8 +483,8 @@ impl VolumeKind for File {
         if !mounted {
             return Ok(());
         }
-        match record.fs_type.as_str() {
-            "ext4" => {
+        match record.content {
+            Content::Fs(FsType::Ext4) => {
                 let device = devices.iter().find(|d| !d.read_only).ok_or_else(|| {
                     Error::Broken(format!(
                         "volume {id}: mounted, but no loop device of its image was found"
@@ -502,8 +502,10 @@ impl VolumeKind for File {
                     }
                 })
             }
-            "xfs" => run(id, "xfs_growfs", &["-d"], &pool.entry_path(id.as_str())),
-            _ => Ok(()),
+            Content::Fs(FsType::Xfs) => {
+                run(id, "xfs_growfs", &["-d"], &pool.entry_path(id.as_str()))
+            }
+            Content::Raw => Ok(()),
         }
     }
 

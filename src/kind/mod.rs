@@ -30,6 +30,80 @@ pub enum KindName {
     File,
 }
 
+/// A filesystem the driver formats an image volume with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    /// Every filesystem offered; the first is the default.
+    pub const ALL: [FsType; 2] = [FsType::Ext4, FsType::Xfs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<FsType> {
+        FsType::ALL.into_iter().find(|f| f.as_str() == raw)
+    }
+}
+
+/// What a volume holds that the driver made inside it: nothing (`Raw`: a
+/// directory or tmpfs as its kind makes it, or an unformatted image served
+/// as a block device), or a filesystem in an image. Records store it as
+/// the filesystem's name, "" for raw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Content {
+    #[default]
+    Raw,
+    Fs(FsType),
+}
+
+impl Content {
+    /// The filesystem's name, "" for raw.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Content::Raw => "",
+            Content::Fs(fs) => fs.as_str(),
+        }
+    }
+
+    pub fn is_raw(self) -> bool {
+        self == Content::Raw
+    }
+}
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Content> for String {
+    fn from(content: Content) -> String {
+        content.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for Content {
+    type Error = String;
+
+    fn try_from(raw: String) -> std::result::Result<Content, String> {
+        match raw.as_str() {
+            "" => Ok(Content::Raw),
+            name => FsType::parse(name)
+                .map(Content::Fs)
+                .ok_or_else(|| format!("unknown filesystem {name:?}")),
+        }
+    }
+}
+
 /// What a volume's capacity is taken from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Backing {
@@ -77,14 +151,14 @@ impl KindName {
         self != KindName::Directory
     }
 
-    /// The smallest volume of this kind (holding `fs_type`, for kind=file).
-    pub fn minimum_capacity(self, fs_type: &str) -> u64 {
-        match (self, fs_type) {
+    /// The smallest volume of this kind (holding `content`, for kind=file).
+    pub fn minimum_capacity(self, content: Content) -> u64 {
+        match (self, content) {
             (KindName::Directory, _) => 0,
             (KindName::Memory, _) => memory::MINIMUM_SIZE,
-            (KindName::File, "xfs") => file::XFS_MINIMUM,
-            (KindName::File, "") => file::RAW_MINIMUM,
-            (KindName::File, _) => file::EXT4_MINIMUM,
+            (KindName::File, Content::Fs(FsType::Xfs)) => file::XFS_MINIMUM,
+            (KindName::File, Content::Raw) => file::RAW_MINIMUM,
+            (KindName::File, Content::Fs(FsType::Ext4)) => file::EXT4_MINIMUM,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::csi::{
 use crate::driver::{Driver, Listed};
 use crate::error::{Echo, Error};
 use crate::ids::VolumeId;
-use crate::kind::KindName;
+use crate::kind::{Content, FsType, KindName};
 use crate::lifecycle::{self, NewVolume};
 use crate::record::VolumeRecord;
 use crate::validate::{self, Enforce};
@@ -67,8 +67,8 @@ impl Controller for ControllerService {
         let name = validate::volume_name(&req.name)?.to_owned();
         let range = validate::capacity(req.capacity_range.as_ref())?;
         let params = validate::parameters(&req.parameters)?;
-        let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities)?;
-        validate::capabilities(params.kind, &fs_type, &req.volume_capabilities)?;
+        let content = validate::chosen_content(&params, &req.volume_capabilities)?;
+        validate::capabilities(params.kind, content, &req.volume_capabilities)?;
         if req.volume_content_source.is_some() {
             return Err(Error::Invalid(format!(
                 "volume {name}: volume_content_source is not supported: this driver offers no snapshots or clones"
@@ -88,7 +88,7 @@ impl Controller for ControllerService {
             params,
             requirement: req.accessibility_requirements,
             ephemeral: false,
-            fs_type,
+            content,
         };
         let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);
@@ -133,7 +133,7 @@ impl Controller for ControllerService {
         let verdict = req
             .volume_capabilities
             .iter()
-            .try_for_each(|cap| validate::serves(record.kind, &record.fs_type, cap).map(drop))
+            .try_for_each(|cap| validate::serves(record.kind, record.content, cap).map(drop))
             .and_then(|()| self.same_parameters(&record, &req.parameters));
         let response = match verdict {
             Ok(_) => ValidateVolumeCapabilitiesResponse {
@@ -206,12 +206,12 @@ impl Controller for ControllerService {
             .as_ref()
             .is_some_and(|t| !self.driver.is_this_node(t));
         // A filesystem the capabilities or parameters name decides the minimum.
-        let fs_type = validate::chosen_fs_type(&params, &req.volume_capabilities);
-        let unsupported = match &fs_type {
-            Ok(fs_type) => req
+        let content = validate::chosen_content(&params, &req.volume_capabilities);
+        let unsupported = match content {
+            Ok(content) => req
                 .volume_capabilities
                 .iter()
-                .any(|cap| validate::serves(params.kind, fs_type, cap).is_err()),
+                .any(|cap| validate::serves(params.kind, content, cap).is_err()),
             Err(_) => true,
         };
         let available = if elsewhere || unsupported {
@@ -230,15 +230,18 @@ impl Controller for ControllerService {
         };
         // Without capabilities a file volume would hold the parameter's
         // filesystem, else ext4; with block ones only, none.
-        let holds = match (fs_type, req.volume_capabilities.is_empty(), params.kind) {
-            (_, true, KindName::File) => params
-                .fs_type
-                .clone()
-                .unwrap_or_else(|| validate::FILE_SYSTEMS[0].to_owned()),
-            (Ok(fs_type), ..) => fs_type,
-            (Err(_), ..) => String::new(),
+        let holds = match (content, req.volume_capabilities.is_empty(), params.kind) {
+            (_, true, KindName::File) => Content::Fs(
+                params
+                    .fs_type
+                    .as_deref()
+                    .and_then(FsType::parse)
+                    .unwrap_or(FsType::ALL[0]),
+            ),
+            (Ok(content), ..) => content,
+            (Err(_), ..) => Content::Raw,
         };
-        let minimum = params.kind.minimum_capacity(&holds);
+        let minimum = params.kind.minimum_capacity(holds);
         Ok(Response::new(GetCapacityResponse {
             available_capacity: wire_bytes(available),
             maximum_volume_size: Some(wire_bytes(available)),
@@ -276,7 +279,7 @@ impl Controller for ControllerService {
             let _held = held;
             if let Some(cap) = &req.volume_capability {
                 let record = driver.volume(&id)?.record;
-                validate::serves(record.kind, &record.fs_type, cap)
+                validate::serves(record.kind, record.content, cap)
                     .map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
             }
             lifecycle::expand(&driver, &id, range)
@@ -339,11 +342,15 @@ impl ControllerService {
                 record.pool
             ));
         }
-        if let Some(fs_type) = params.fs_type.as_ref().filter(|f| **f != record.fs_type) {
+        if let Some(fs_type) = params
+            .fs_type
+            .as_ref()
+            .filter(|f| f.as_str() != record.content.as_str())
+        {
             return Err(format!(
                 "parameters ask for fsType {}, but the volume holds {:?}",
                 Echo(fs_type),
-                record.fs_type
+                record.content.as_str()
             ));
         }
         if params.enforce == Enforce::Required && !record.enforced {
