@@ -113,7 +113,9 @@ async fn run(options: &Options, scratch: &Path) -> Result<(), Failure> {
         None => start_ours(options, scratch)?,
     };
     wait_ready(&subject.socket).await?;
-    let targets = subject.kubelet_dir.join("load-bench");
+    // Targets in kubelet's layout, `pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount`,
+    // the only place the driver publishes: see `target()`.
+    let targets = subject.kubelet_dir.join("pods");
     std::fs::create_dir_all(&targets)?;
     let floor_dir = scratch.join("floor");
     std::fs::create_dir_all(&floor_dir)?;
@@ -510,7 +512,13 @@ async fn lifecycles(
                 if i >= count {
                     break;
                 }
-                let target = targets.join(format!("{label}-{i}"));
+                let target = match target(&targets, &format!("{label}-{i}")) {
+                    Ok(target) => target,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
                 match lifecycle(&mut csi, format!("life-{label}-{i}"), &target).await {
                     Ok(phases) => {
                         for (name, took) in phases {
@@ -541,6 +549,14 @@ async fn lifecycles(
         latencies,
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+/// The mount target of pod `pod` beneath `pods` (kubelet's `pods/`
+/// directory), its parent made as kubelet makes it before publishing.
+fn target(pods: &Path, pod: &str) -> std::io::Result<PathBuf> {
+    let parent = pods.join(pod).join("volumes/kubernetes.io~csi/pv");
+    std::fs::create_dir_all(&parent)?;
+    Ok(parent.join("mount"))
 }
 
 /// One CreateVolume → NodePublishVolume → NodeUnpublishVolume →
@@ -697,7 +713,7 @@ fn floor_creates(
 /// and (for our driver) how long until its pool's trash is empty again.
 async fn big_delete(subject: &Subject, targets: &Path, files: usize) -> Result<(), Failure> {
     let mut csi = CsiClient::connect(subject.socket.clone()).await?;
-    let target = targets.join("big");
+    let target = target(targets, "big")?;
     let volume = csi
         .controller
         .create_volume(create_request("big".into()))
