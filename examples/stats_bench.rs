@@ -113,7 +113,10 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         );
     }
     for (i, (label, how, params)) in cases.into_iter().enumerate() {
-        let target = scratch.join(format!("target-{i}"));
+        // A target in kubelet's layout, its parent made as kubelet does.
+        let parent = scratch.join(format!("pods/bench-{i}/volumes/kubernetes.io~csi/pv"));
+        std::fs::create_dir_all(&parent)?;
+        let target = parent.join("mount");
         let id = create_and_publish(&mut csi, &format!("bench-{i}"), params, &target).await?;
         fill(&target, files)?;
         nix::unistd::sync();
