@@ -13,7 +13,9 @@ use crate::mounter::fake::FakeMounter;
 use crate::startup;
 use crate::validate::{self, CapacityRequest, Requested};
 
-/// A driver that lives as long as its temporary directory.
+/// A driver that lives as long as its temporary directory. Unit tests make
+/// no real mounts: dropping one that finds a mount beneath its directory
+/// takes it down and fails the test.
 pub struct TestDriver {
     pub driver: Driver,
     pub mounter: Arc<FakeMounter>,
@@ -59,6 +61,29 @@ impl TestDriver {
             .join(format!("pods/{pod}/volumes/kubernetes.io~csi/pv"));
         std::fs::create_dir_all(&parent).unwrap();
         parent.join("mount")
+    }
+}
+
+impl Drop for TestDriver {
+    fn drop(&mut self) {
+        let scratch = self._scratch.path();
+        let mut left: Vec<PathBuf> = crate::mounts::mount_table()
+            .expect("read the mount table")
+            .into_iter()
+            .map(|entry| entry.mount_point)
+            .filter(|point| point.starts_with(scratch))
+            .collect();
+        // Deepest first, so that each unmount finds what it names.
+        left.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+        for point in &left {
+            nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH).ok();
+        }
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "a unit test mounted for real beneath {}: {left:?}",
+                scratch.display()
+            );
+        }
     }
 }
 
