@@ -180,12 +180,11 @@ pub mod fake {
         fn top(&self, path: &Path) -> Option<Mounted> {
             self.at(path).last().copied()
         }
-    }
 
-    impl Mounter for FakeMounter {
-        fn state(&self, target: &Target) -> Result<Option<PathState>> {
-            let real = target.state()?;
-            Ok(match (real, self.top(&target.path)) {
+        /// What is at `path`, `real` as the filesystem shows it, with the
+        /// top pretended mount's root in its place.
+        fn seen(&self, path: &Path, real: Option<PathState>) -> Option<PathState> {
+            match (real, self.top(path)) {
                 (Some(real), Some(top)) => Some(PathState {
                     mount_root: true,
                     dev: top.dev,
@@ -193,7 +192,13 @@ pub mod fake {
                     ..real
                 }),
                 (real, _) => real,
-            })
+            }
+        }
+    }
+
+    impl Mounter for FakeMounter {
+        fn state(&self, target: &Target) -> Result<Option<PathState>> {
+            Ok(self.seen(&target.path, target.state()?))
         }
 
         fn make(&self, target: &Target, is_dir: bool) -> Result<()> {
@@ -256,15 +261,7 @@ pub mod fake {
 
         fn path_state(&self, _id: &VolumeId, path: &Path) -> Result<Option<PathState>> {
             let real = mounts::path_state(path).context(|| "stat".into())?;
-            Ok(match (real, self.top(path)) {
-                (Some(real), Some(top)) => Some(PathState {
-                    mount_root: true,
-                    dev: top.dev,
-                    ino: top.ino,
-                    ..real
-                }),
-                (real, _) => real,
-            })
+            Ok(self.seen(path, real))
         }
 
         fn path_read_only(&self, _id: &VolumeId, path: &Path) -> Result<bool> {
