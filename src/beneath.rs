@@ -1,8 +1,10 @@
 //! File operations confined beneath a directory fd.
 //!
-//! Every open resolves with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)`: no symlink is followed, no path
-//! escapes the directory, and no walk crosses into another mount.
+//! Every open goes through [`open_at`]: `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so no symlink is followed
+//! and no path escapes the directory; with [`Mounts::Stay`] (the default of
+//! every walk here) also `RESOLVE_NO_XDEV`, so none crosses into another
+//! mount.
 
 use std::ffi::{CStr, CString};
 use std::io::Write;
@@ -17,6 +19,11 @@ use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
 use crate::failpoint;
+
+/// How a directory is opened to read its entries.
+const DIRECTORY: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW);
 
 fn confined() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH
@@ -70,39 +77,28 @@ pub fn open_without_symlinks(root: &Path, path: &Path) -> nix::Result<OwnedFd> {
     if relative.as_os_str().is_empty() {
         return Ok(root);
     }
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    openat2(&root, relative, how)
+    open_at(
+        &root,
+        relative,
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        Mode::empty(),
+        Mounts::Enter,
+    )
 }
 
 /// Opens the directory `name` beneath `parent`.
 pub fn open_dir<P: ?Sized + nix::NixPath>(parent: impl AsFd, name: &P) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(confined());
-    openat2(parent, name, how)
+    open_at(parent, name, DIRECTORY, Mode::empty(), Mounts::Stay)
 }
 
 /// Opens the directory entry `name` of `parent` even when a filesystem is
 /// mounted on it (a memory volume's tmpfs). `name` is one component, so
 /// that is the only mount crossed; symlinks are still refused.
 pub fn open_mount_root(parent: impl AsFd, name: &str) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
     if name.contains('/') {
         return Err(Errno::EINVAL);
     }
-    openat2(parent, name, how)
+    open_at(parent, name, DIRECTORY, Mode::empty(), Mounts::Enter)
 }
 
 /// A directory whose entry changes can be made durable.
@@ -142,17 +138,13 @@ pub fn ensure_dir(
 pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> nix::Result<()> {
     let fd = dir.as_fd();
     let temp = format!(".{name}.tmp");
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_TRUNC
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
-        )
-        .mode(Mode::from_bits_truncate(0o600))
-        .resolve(confined());
-    let mut file = std::fs::File::from(openat2(fd, temp.as_str(), how)?);
+    let mut file = std::fs::File::from(open_at(
+        fd,
+        temp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+        Mounts::Stay,
+    )?);
     let written = file
         .write_all(bytes)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
@@ -173,11 +165,13 @@ pub fn write_atomic(dir: &(impl SyncDir + ?Sized), name: &str, bytes: &[u8]) -> 
 /// Creates the empty file `name` in `dir` if it is missing (a marker),
 /// durably.
 pub fn create_empty(dir: &(impl SyncDir + ?Sized), name: &str) -> nix::Result<()> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .mode(Mode::from_bits_truncate(0o600))
-        .resolve(confined());
-    drop(openat2(dir.as_fd(), name, how)?);
+    drop(open_at(
+        dir.as_fd(),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+        Mounts::Stay,
+    )?);
     dir.sync()
 }
 
@@ -187,11 +181,9 @@ pub fn create_empty(dir: &(impl SyncDir + ?Sized), name: &str) -> nix::Result<()
 /// is asked first: a small file takes one read and the read that finds its
 /// end.
 pub fn read_file(dir: impl AsFd, name: &CStr, limit: usize) -> nix::Result<Vec<u8>> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(confined());
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW;
     // A unix socket cannot be opened at all (ENXIO): not a regular file either.
-    let fd = openat2(dir, name, how).map_err(|e| match e {
+    let fd = open_at(dir, name, flags, Mode::empty(), Mounts::Stay).map_err(|e| match e {
         Errno::ENXIO => Errno::EINVAL,
         e => e,
     })?;
