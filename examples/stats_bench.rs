@@ -67,6 +67,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         memory_budget: 8 << 30,
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.to_owned(),
+        nearly_full_percent: 90,
     };
     let driver = Arc::new(startup::open(config)?);
     let listener = server::listen(&socket)?;

@@ -168,6 +168,15 @@ pub fn set_limit(fd: impl AsFd, id: u64, bytes: u64) -> Result<()> {
         .context(|| format!("btrfs: limit qgroup 0/{id} to {bytes} bytes"))
 }
 
+/// The limit on the bytes subvolume `id` may refer to; `None` when it has
+/// none (or quotas are off, which drops every limit).
+pub fn limit_of(fsid: &str, id: u64) -> Option<u64> {
+    std::fs::read_to_string(qgroups_dir(fsid).join(format!("0_{id}/max_referenced")))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&bytes| bytes > 0)
+}
+
 /// Bytes subvolume `id` refers to, as of the last transaction commit.
 pub fn referenced(fsid: &str, id: u64) -> Result<u64> {
     let path = qgroups_dir(fsid).join(format!("0_{id}/referenced"));

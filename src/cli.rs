@@ -111,6 +111,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Percent of a pool's filesystem in use at which NodeGetStorageHealth
+    /// reports it nearly full; 0 never does.
+    #[arg(
+        long,
+        env = "HOSTPATH_CSI_POOL_NEARLY_FULL_PERCENT",
+        default_value_t = 90,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub pool_nearly_full_percent: u8,
 }
 
 impl ServeArgs {
@@ -166,6 +175,7 @@ impl ServeArgs {
                 .iter()
                 .map(|p| allowed_prefix(p))
                 .collect::<Result<_>>()?,
+            nearly_full_percent: self.pool_nearly_full_percent,
         })
     }
 }

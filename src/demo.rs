@@ -53,6 +53,7 @@ pub async fn run() -> Result<(), String> {
         memory_budget: 1 << 30,
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.path().to_owned(),
+        nearly_full_percent: 90,
     };
     println!("pool {} · socket {}", pool_path.display(), socket.display());
     let driver = Arc::new(startup::open(config).map_err(|e| e.to_string())?);

@@ -2,7 +2,7 @@
 //! pools, volume table, capacity ledger, operation guards and mounter.
 //! Opening and stopping it is `startup`'s job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -10,6 +10,7 @@ use crate::capacity::Ledger;
 use crate::csi::Topology;
 use crate::error::{Error, Result};
 use crate::guard::OperationGuards;
+use crate::health::{self, Finding, PoolFinding, PoolReason};
 use crate::ids::{PoolName, VolumeId};
 use crate::mounter::Mounter;
 use crate::pool::Pool;
@@ -54,6 +55,9 @@ pub struct DriverConfig {
     pub allowed_host_paths: Vec<PathBuf>,
     /// The kubelet's directory: every target and volume path lies beneath it.
     pub kubelet_dir: PathBuf,
+    /// Percent of a pool's filesystem in use at which its health says
+    /// nearly full (0: never).
+    pub nearly_full_percent: u8,
 }
 
 /// The shared core behind the three CSI services.
@@ -68,6 +72,9 @@ pub struct Driver {
     pub guards: OperationGuards,
     pub ledger: Ledger,
     mounter: Arc<dyn Mounter>,
+    /// The pool problems found at the last look, to log each as it appears
+    /// and clears.
+    pool_problems: Mutex<BTreeSet<(PoolName, PoolReason)>>,
 }
 
 impl Driver {
@@ -92,6 +99,7 @@ impl Driver {
             guards: OperationGuards::default(),
             ledger,
             mounter,
+            pool_problems: Mutex::default(),
         }
     }
 
@@ -137,6 +145,11 @@ impl Driver {
     }
 
     /// The problem with a volume whose record could not be read at start.
+    /// How many volumes have a record that could not be read.
+    pub fn unreadable_count(&self) -> u64 {
+        self.unreadable.len() as u64
+    }
+
     pub fn unreadable(&self, id: &VolumeId) -> Option<&str> {
         self.unreadable.get(id).map(String::as_str)
     }
@@ -156,7 +169,43 @@ impl Driver {
         })
     }
 
-    /// Records what happened to a volume for its condition to report.
+    /// Notes a volume's findings: logs those new since its last check and
+    /// the reasons that cleared.
+    pub fn observe(&self, id: &VolumeId, findings: &[Finding]) {
+        if let Some(volume) = self.table().get_mut(id) {
+            volume.problems = health::log_changes(id, &volume.problems, findings);
+        }
+    }
+
+    /// What is wrong with each pool now, logged as problems appear and clear.
+    pub fn storage_findings(&self) -> Vec<PoolFinding> {
+        let findings: Vec<PoolFinding> = self
+            .pools
+            .iter()
+            .flat_map(|pool| health::of_pool(pool, self.config.nearly_full_percent))
+            .collect();
+        let now: BTreeSet<_> = findings
+            .iter()
+            .map(|f| (f.pool.clone(), f.reason))
+            .collect();
+        let mut before = self
+            .pool_problems
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for finding in findings
+            .iter()
+            .filter(|f| !before.contains(&(f.pool.clone(), f.reason)))
+        {
+            tracing::warn!(pool = %finding.pool, reason = finding.reason.as_str(), "{}", finding.message);
+        }
+        for (pool, reason) in before.difference(&now) {
+            tracing::info!(%pool, reason = reason.as_str(), "pool health problem cleared");
+        }
+        *before = now;
+        findings
+    }
+
+    /// Records what happened to a volume for its health to report.
     pub fn note(&self, id: &VolumeId, notice: String) {
         tracing::warn!(volume = %id, "{notice}");
         if let Some(volume) = self.table().get_mut(id) {

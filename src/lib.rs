@@ -13,6 +13,7 @@ pub mod driver;
 pub mod error;
 pub mod failpoint;
 pub mod guard;
+pub mod health;
 pub mod heap;
 pub mod host_path;
 pub mod ids;

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::driver::Driver;
 use crate::error::Result;
+use crate::health::{self, Reason};
 use crate::kind::Backing;
 use crate::work::blocking;
 
@@ -142,6 +143,56 @@ pub fn render(driver: &Driver) -> Result<String> {
                 .or_default() += 1;
         }
     }
+    // Health: each volume's backing is looked at outside the table's lock.
+    let served: Vec<_> = driver.table().iter().cloned().collect();
+    let mut problems: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
+    for volume in &served {
+        let findings = health::of_volume(driver, volume);
+        driver.observe(&volume.record.id, &findings);
+        for finding in findings {
+            *problems
+                .entry((
+                    volume.record.pool.to_string(),
+                    volume.record.kind.as_str(),
+                    finding.reason.as_str(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    let unreadable = driver.unreadable_count();
+    let pool_problems = driver.storage_findings();
+    family(
+        "hostpath_csi_volume_problems",
+        "Volumes with a health problem now, per pool, kind and reason (as NodeGetVolumeHealth reports them).",
+        problems
+            .into_iter()
+            .map(|((pool, kind, reason), n)| {
+                (
+                    format!("{{pool=\"{pool}\",kind=\"{kind}\",reason=\"{reason}\"}}"),
+                    n,
+                )
+            })
+            .chain((unreadable > 0).then(|| {
+                (
+                    format!("{{reason=\"{}\"}}", Reason::RecordUnreadable.as_str()),
+                    unreadable,
+                )
+            }))
+            .collect(),
+    );
+    family(
+        "hostpath_csi_pool_problem",
+        "1 for each health problem a pool has now, per pool and reason (as NodeGetStorageHealth reports them).",
+        pool_problems
+            .into_iter()
+            .map(|f| {
+                (
+                    format!("{{pool=\"{}\",reason=\"{}\"}}", f.pool, f.reason.as_str()),
+                    1,
+                )
+            })
+            .collect(),
+    );
     family(
         "hostpath_csi_pool_enforcement",
         "Whether the pool holds directory volumes to their capacity (1) or only tracks it (0), and how.",

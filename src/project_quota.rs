@@ -188,6 +188,11 @@ pub fn used_bytes(fd: impl AsFd, id: u32) -> nix::Result<u64> {
     quota_of(fd, id).map(|quota| quota.bcount * BASIC_BLOCK)
 }
 
+/// The block limit of project `id` in bytes (0: no limit).
+pub fn limit_bytes(fd: impl AsFd, id: u32) -> nix::Result<u64> {
+    quota_of(fd, id).map(|quota| quota.blk_hardlimit * BASIC_BLOCK)
+}
+
 /// Sets the block limit of project `id` (0: no limit), rounded up to
 /// whole 512-byte units.
 pub fn set_limit(fd: impl AsFd, id: u32, bytes: u64) -> nix::Result<()> {

@@ -18,7 +18,7 @@ use crate::lifecycle::{self, NewVolume};
 use crate::mounter::Mounter;
 use crate::mounts::{self, BindPolicy, MountIndex};
 use crate::target::Target;
-use crate::validate::{self, Requested};
+use crate::validate::{self, Requested, Sharing};
 
 /// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -33,6 +33,8 @@ pub struct Publish {
     pub policy: BindPolicy,
     /// The access the capability asks for (checked by the caller).
     pub requested: Requested,
+    /// Whether its access mode lets other targets have the volume too.
+    pub sharing: Sharing,
     pub context: HashMap<String, String>,
 }
 
@@ -132,6 +134,7 @@ fn undo(driver: &Driver, id: &VolumeId, made_now: bool) {
 }
 
 fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
+    check_sharing(driver, request)?;
     let mut request_policy = request.policy;
     let source = resolve(driver, request, &mut request_policy)?;
     let Publish { id, target, .. } = request;
@@ -171,6 +174,35 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a second target for a volume whose access mode allows one
+/// (the new request's, or that of a publish still in place).
+fn check_sharing(driver: &Driver, request: &Publish) -> Result<()> {
+    let id = &request.id;
+    let Ok(volume) = driver.volume(id) else {
+        return Ok(());
+    };
+    let mut others = volume
+        .published
+        .iter()
+        .filter(|(path, _)| **path != request.target.path);
+    let conflict = match request.sharing {
+        Sharing::Alone => others.next(),
+        Sharing::Shared => others.find(|(_, sharing)| **sharing == Some(Sharing::Alone)),
+    };
+    match conflict {
+        None => Ok(()),
+        Some((other, _)) => Err(Error::WrongState(format!(
+            "volume {id}: it is published at {} already, and {} access mode allows one target per node (SINGLE_NODE_MULTI_WRITER allows several)",
+            other.display(),
+            if request.sharing == Sharing::Alone {
+                "the requested"
+            } else {
+                "that publish's"
+            }
+        ))),
+    }
+}
+
 /// Finds the source: a volume of this node's pools, else the static host
 /// path the context names.
 fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Result<Source> {
@@ -183,8 +215,13 @@ fn resolve(driver: &Driver, request: &Publish, policy: &mut BindPolicy) -> Resul
         let pool = driver.pool(Some(&record.pool))?;
         let backend = record.kind.backend();
         let Some(opened) = backend.open_source(pool, record, access)? else {
-            let problem = backend.problem(pool, id)?.unwrap_or_default();
-            return Err(Error::WrongState(problem));
+            let findings = backend.health(pool, record, false)?;
+            let problems: Vec<_> = findings.into_iter().map(|f| f.message).collect();
+            return Err(Error::WrongState(if problems.is_empty() {
+                format!("volume {id}: its backing cannot be opened")
+            } else {
+                problems.join("; ")
+            }));
         };
         if opened.recreated {
             driver.note(id, format!(
@@ -286,7 +323,9 @@ fn confirm_existing(
 
 fn mark_published(driver: &Driver, request: &Publish) {
     if let Some(volume) = driver.table().get_mut(&request.id) {
-        volume.published.insert(request.target.path.clone());
+        volume
+            .published
+            .insert(request.target.path.clone(), Some(request.sharing));
     }
 }
 
@@ -325,7 +364,7 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
             Ok(!driver
                 .table()
                 .iter_mut()
-                .any(|v| v.published.contains(&target.path)))
+                .any(|v| v.published.contains_key(&target.path)))
         })?,
     }
     let Some(record) = driver.table().get_mut(id).map(|volume| {
@@ -428,6 +467,7 @@ mod tests {
             target: target(t, id, path),
             policy: policy(read_only),
             requested: testing::mount_access(),
+            sharing: Sharing::Shared,
             context: HashMap::new(),
         }
     }

@@ -125,7 +125,7 @@ fn find_published(driver: &Driver) -> Result<()> {
         let pool = driver.pool(Some(&record.pool))?;
         for entry in record.kind.backend().users(pool, &record.id, &index)? {
             tracing::info!(volume = %record.id, target = %entry.mount_point.display(), "found published");
-            volume.published.insert(entry.mount_point);
+            volume.published.insert(entry.mount_point, None);
         }
     }
     Ok(())

@@ -42,6 +42,7 @@ impl TestDriver {
             memory_budget: 64 << 20,
             allowed_host_paths: Vec::new(),
             kubelet_dir: kubelet_dir.clone(),
+            nearly_full_percent: 90,
         };
         tweak(&mut config);
         let mounter = Arc::new(FakeMounter::default());

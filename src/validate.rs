@@ -286,6 +286,26 @@ pub fn chosen_content(params: &VolumeParams, caps: &[VolumeCapability]) -> Resul
     }
 }
 
+/// Whether a volume published with an access mode may be published at
+/// other targets of the node at the same time (CSI's table of repeated
+/// NodePublishVolume calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// SINGLE_NODE_MULTI_WRITER: any number of targets.
+    Shared,
+    /// SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY and
+    /// SINGLE_NODE_SINGLE_WRITER: one target at a time.
+    Alone,
+}
+
+/// How the capability's access mode lets a volume be shared on the node.
+pub fn sharing(cap: &VolumeCapability) -> Sharing {
+    match cap.access_mode.map(|m| m.mode) {
+        Some(mode) if mode == Mode::SingleNodeMultiWriter as i32 => Sharing::Shared,
+        _ => Sharing::Alone,
+    }
+}
+
 /// Whether a capability's access mode allows only reading.
 pub fn is_reader_only(cap: &VolumeCapability) -> bool {
     cap.access_mode

@@ -3,14 +3,16 @@
 //! It answers lookups, pagination and capacity promised per pool in O(1) or
 //! O(log n); the records on disk stay the durable truth.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
 
 use crate::capacity::Promises;
+use crate::health::Reason;
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::Backing;
 use crate::record::VolumeRecord;
+use crate::validate::Sharing;
 
 fn backing(record: &VolumeRecord) -> Backing {
     record.kind.backing(&record.pool)
@@ -20,11 +22,14 @@ fn backing(record: &VolumeRecord) -> Backing {
 #[derive(Clone, Debug)]
 pub struct Volume {
     pub record: VolumeRecord,
-    /// Target paths this volume is bind-mounted on.
-    pub published: BTreeSet<PathBuf>,
+    /// Target paths this volume is bind-mounted on, with how the publish
+    /// there let others share it (unknown for targets found at start).
+    pub published: BTreeMap<PathBuf, Option<Sharing>>,
     /// Something that happened to the volume in this run that its
-    /// condition must report (e.g. contents lost and recreated).
+    /// health must report (e.g. contents lost and recreated).
     pub notice: Option<String>,
+    /// The problems its last health check found (to log changes only).
+    pub problems: Vec<Reason>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +60,10 @@ impl VolumeTable {
             .map(|v| v.record.clone())
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Volume> {
+        self.by_id.values()
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Volume> {
         self.by_id.values_mut()
     }
@@ -64,8 +73,9 @@ impl VolumeTable {
         self.promised.add(backing(&record), record.capacity_bytes);
         let volume = Volume {
             record,
-            published: BTreeSet::new(),
+            published: BTreeMap::new(),
             notice: None,
+            problems: Vec::new(),
         };
         if let Some(old) = self.by_id.insert(volume.record.id.clone(), volume) {
             self.release(&old.record);
@@ -148,7 +158,7 @@ mod tests {
             .get_mut(&grown.id)
             .unwrap()
             .published
-            .insert("/t".into());
+            .insert("/t".into(), None);
         grown.capacity_bytes = 50;
         table.update(grown.clone());
         assert_eq!(table.promised(&a), 50);

@@ -548,7 +548,6 @@ async fn list_volumes_pages_through_everything_once() {
                 vec![]
             };
             assert_eq!(status.published_node_ids, expected, "{id}");
-            assert!(!status.volume_condition.unwrap().abnormal);
             seen.push(id);
         }
         if page.next_token.is_empty() {
@@ -669,7 +668,7 @@ async fn controller_get_volume_reports_condition_and_publication() {
         .into_inner();
     assert_eq!(healthy.volume.unwrap().volume_id, id);
     let status = healthy.status.unwrap();
-    assert!(!status.volume_condition.unwrap().abnormal);
+    assert!(common::health(&mut d.csi, &id).await.is_empty());
     assert!(status.published_node_ids.is_empty());
 
     let target = d.target("pod-get");
@@ -688,20 +687,10 @@ async fn controller_get_volume_reports_condition_and_publication() {
     d.unpublish(&id, &target).await.unwrap();
 
     std::fs::remove_dir(d.volume_dir(&id)).unwrap();
-    let gone = d
-        .csi
-        .controller
-        .controller_get_volume(get(&id))
-        .await
-        .unwrap()
-        .into_inner();
-    let condition = gone.status.unwrap().volume_condition.unwrap();
-    assert!(condition.abnormal);
-    assert!(
-        condition.message.contains("is missing"),
-        "{}",
-        condition.message
-    );
+    let gone = common::health(&mut d.csi, &id).await;
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].0, "BackingMissing");
+    assert!(gone[0].1.contains("is missing"), "{}", gone[0].1);
     assert_code(
         d.csi.controller.controller_get_volume(get("vol-x")).await,
         Code::NotFound,
@@ -738,7 +727,8 @@ async fn controller_capabilities_are_listed() {
         rpc::Type::ListVolumes,
         rpc::Type::GetCapacity,
         rpc::Type::GetVolume,
-        rpc::Type::VolumeCondition,
+        rpc::Type::GetVolumeHealth,
+        rpc::Type::ListVolumeHealth,
         rpc::Type::SingleNodeMultiWriter,
         rpc::Type::ListVolumesPublishedNodes,
         rpc::Type::ExpandVolume,

@@ -123,7 +123,7 @@ async fn controller_mode_approves_expansion_for_the_node_and_offers_nothing_else
     assert_eq!(create.code(), Code::Unimplemented);
     let node = csi
         .node
-        .node_get_info(NodeGetInfoRequest {})
+        .node_get_info(NodeGetInfoRequest::default())
         .await
         .unwrap_err();
     assert_eq!(node.code(), Code::Unimplemented);

@@ -261,17 +261,8 @@ async fn violations(node: &Node, csi: &mut CsiClient, expected: &Expected) -> Ve
             if !mounted.contains(&node.pool().join("volumes").join(id)) {
                 found.push(format!("memory volume {id} has no tmpfs"));
             }
-            let got = csi
-                .controller
-                .controller_get_volume(ControllerGetVolumeRequest {
-                    volume_id: id.to_string(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let condition = got.status.unwrap().volume_condition.unwrap();
-            if condition.abnormal {
-                found.push(format!("memory volume {id}: {}", condition.message));
+            for (reason, message) in common::health(csi, id).await {
+                found.push(format!("memory volume {id}: {reason}: {message}"));
             }
         }
     }

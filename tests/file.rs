@@ -19,7 +19,7 @@ use hostpath_csi::csi::{
 use tonic::Code;
 
 fn block_capability() -> VolumeCapability {
-    let mut cap = mount_capability(Mode::SingleNodeWriter);
+    let mut cap = mount_capability(Mode::SingleNodeMultiWriter);
     cap.access_type = Some(AccessType::Block(BlockVolume {}));
     cap
 }

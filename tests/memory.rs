@@ -27,20 +27,11 @@ async fn create_memory(
     Ok(volume.volume_id)
 }
 
+/// Whether the volume's health reports a problem, and what all of it says.
 async fn condition(d: &mut TestDriver, id: &str) -> (bool, String) {
-    let status = d
-        .csi
-        .controller
-        .controller_get_volume(ControllerGetVolumeRequest {
-            volume_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
-    let c = status.volume_condition.unwrap();
-    (c.abnormal, c.message)
+    let found = common::health(&mut d.csi, id).await;
+    let text: Vec<String> = found.iter().map(|(r, m)| format!("{r}: {m}")).collect();
+    (!found.is_empty(), text.join("; "))
 }
 
 #[tokio::test]
@@ -160,7 +151,10 @@ async fn after_a_reboot_a_memory_volume_comes_back_empty_and_says_so() {
     let mut d = d.restart().await;
 
     let (abnormal, message) = condition(&mut d, &id).await;
-    assert!(abnormal && message.contains("is gone"), "{message}");
+    assert!(
+        abnormal && message.contains("TmpfsGone: ") && message.contains("is gone"),
+        "{message}"
+    );
     d.unpublish(&id, &target).await.unwrap();
     d.publish(&id, &target, false).await.unwrap();
     let names: Vec<_> = std::fs::read_dir(&target)
@@ -169,7 +163,10 @@ async fn after_a_reboot_a_memory_volume_comes_back_empty_and_says_so() {
         .collect();
     assert!(names.is_empty(), "served {names:?}");
     let (abnormal, message) = condition(&mut d, &id).await;
-    assert!(abnormal && message.contains("recreated empty"), "{message}");
+    assert!(
+        abnormal && message.contains("ContentsLost: ") && message.contains("recreated empty"),
+        "{message}"
+    );
     d.unpublish(&id, &target).await.unwrap();
     d.csi.controller.delete_volume(delete(&id)).await.unwrap();
     assert!(d.scratch.mounts().is_empty());

@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    NODE, TOPOLOGY_KEY, TestDriver, assert_code, create_request_with, mount_options,
-    publish_request,
+    NODE, TOPOLOGY_KEY, TestDriver, assert_code, create_request_with, mount_capability,
+    mount_options, publish_request,
 };
 use hostpath_csi::csi::node_service_capability::{Type, rpc};
 use hostpath_csi::csi::volume_capability::AccessType;
@@ -14,6 +14,7 @@ use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_usage::Unit;
 use hostpath_csi::csi::{
     NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+    NodePublishVolumeRequest,
 };
 use tonic::Code;
 
@@ -75,14 +76,92 @@ async fn read_only_publish_refuses_writes_and_a_different_mode_is_already_exists
         .as_mut()
         .unwrap()
         .mode = Mode::SingleNodeReaderOnly as i32;
+    // It allows one target, and the volume has one already.
+    assert_code(
+        d.csi.node.node_publish_volume(request.clone()).await,
+        Code::FailedPrecondition,
+        "published at",
+    );
+    d.unpublish(&id, &target).await.unwrap();
     d.csi.node.node_publish_volume(request).await.unwrap();
     assert!(
         mount_options(Path::new(&reader_target))
             .unwrap()
             .starts_with("ro,")
     );
-    d.unpublish(&id, &target).await.unwrap();
     d.unpublish(&id, &reader_target).await.unwrap();
+}
+
+/// A publish request for `id` at `target` with access mode `mode`.
+fn with_mode(id: &str, target: &str, mode: Mode) -> NodePublishVolumeRequest {
+    let mut request = publish_request(id, target, false);
+    request.volume_capability = Some(mount_capability(mode));
+    request
+}
+
+#[tokio::test]
+async fn access_modes_of_one_target_refuse_a_second_and_multi_writer_shares() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-modes", 0).await;
+    let (first, second, third) = (d.target("pod-1"), d.target("pod-2"), d.target("pod-3"));
+    let one_target = [
+        Mode::SingleNodeSingleWriter,
+        Mode::SingleNodeWriter,
+        Mode::SingleNodeReaderOnly,
+    ];
+    for held in one_target {
+        let request = with_mode(&id, &first, held);
+        d.csi
+            .node
+            .node_publish_volume(request.clone())
+            .await
+            .unwrap();
+        d.csi.node.node_publish_volume(request).await.unwrap();
+        for mode in one_target.into_iter().chain([Mode::SingleNodeMultiWriter]) {
+            assert_code(
+                d.csi
+                    .node
+                    .node_publish_volume(with_mode(&id, &second, mode))
+                    .await,
+                Code::FailedPrecondition,
+                "allows one target per node",
+            );
+            assert!(
+                !Path::new(&second).exists(),
+                "{held:?} then {mode:?}: nothing made"
+            );
+        }
+        d.unpublish(&id, &first).await.unwrap();
+        // Free again: the second target may have it now.
+        let request = with_mode(&id, &second, held);
+        d.csi.node.node_publish_volume(request).await.unwrap();
+        d.unpublish(&id, &second).await.unwrap();
+    }
+    // SINGLE_NODE_MULTI_WRITER shares, until one asks to be alone.
+    for target in [&first, &second] {
+        let request = with_mode(&id, target, Mode::SingleNodeMultiWriter);
+        d.csi.node.node_publish_volume(request).await.unwrap();
+    }
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(with_mode(&id, &third, Mode::SingleNodeSingleWriter))
+            .await,
+        Code::FailedPrecondition,
+        "published at",
+    );
+    // A mode no node-local volume has is refused as a bad argument.
+    assert_code(
+        d.csi
+            .node
+            .node_publish_volume(with_mode(&id, &third, Mode::MultiNodeMultiWriter))
+            .await,
+        Code::InvalidArgument,
+        "",
+    );
+    for target in [&first, &second] {
+        d.unpublish(&id, target).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -257,7 +336,6 @@ async fn volume_stats_measure_this_volume_only() {
     assert!(bytes.used >= 4 << 20 && bytes.used < 5 << 20, "{bytes:?}");
     assert_eq!(bytes.available, bytes.total - bytes.used);
     assert_eq!(inodes.used, 3, "root, sub and blob");
-    assert!(!response.volume_condition.unwrap().abnormal);
     let again = d
         .csi
         .node
@@ -299,7 +377,7 @@ async fn node_info_and_capabilities() {
     let info = d
         .csi
         .node
-        .node_get_info(NodeGetInfoRequest {})
+        .node_get_info(NodeGetInfoRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -331,7 +409,8 @@ async fn node_info_and_capabilities() {
     got.sort();
     let mut want = vec![
         rpc::Type::GetVolumeStats as i32,
-        rpc::Type::VolumeCondition as i32,
+        rpc::Type::GetVolumeHealth as i32,
+        rpc::Type::GetStorageHealth as i32,
         rpc::Type::SingleNodeMultiWriter as i32,
         rpc::Type::ExpandVolume as i32,
     ];

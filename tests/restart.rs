@@ -119,16 +119,15 @@ async fn a_fifo_or_socket_named_as_a_record_is_reported_and_does_not_hang_the_st
     let _socket = std::os::unix::net::UnixListener::bind(meta.join("vol-socket.json")).unwrap();
     let restarted = tokio::time::timeout(Duration::from_secs(30), d.restart_after_crash()).await;
     let mut d = restarted.expect("the driver started within 30 s");
-    let mut seen: Vec<(String, bool, String)> = listed_in_pages(&mut d.csi, 10)
+    let mut seen: Vec<(String, bool, String)> = common::listed_health_in_pages(&mut d.csi, 10)
         .await
         .into_iter()
-        .map(|entry| {
-            let condition = entry.status.unwrap().volume_condition.unwrap();
-            (
-                entry.volume.unwrap().volume_id,
-                condition.abnormal,
-                condition.message,
-            )
+        .map(|(id, reasons, message)| {
+            assert!(
+                reasons.iter().all(|r| r == "RecordUnreadable"),
+                "{reasons:?}"
+            );
+            (id, !reasons.is_empty(), message)
         })
         .collect();
     seen.sort();
@@ -158,14 +157,10 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     let mut d = d.restart_after_crash().await;
     // Listed, one page at a time, with the unreadable one abnormal.
     let mut seen = Vec::new();
-    for entry in listed_in_pages(&mut d.csi, 1).await {
-        let condition = entry.status.unwrap().volume_condition.unwrap();
-        seen.push((
-            entry.volume.unwrap().volume_id,
-            condition.abnormal,
-            condition.message,
-        ));
+    for (id, reasons, message) in common::listed_health_in_pages(&mut d.csi, 1).await {
+        seen.push((id, !reasons.is_empty(), message));
     }
+    assert_eq!(listed_in_pages(&mut d.csi, 1).await.len(), 2);
     seen.sort();
     let mut ids: Vec<&String> = seen.iter().map(|(id, _, _)| id).collect();
     ids.sort();
@@ -175,20 +170,10 @@ async fn a_corrupt_record_does_not_stop_the_others_being_served() {
     for (id, abnormal, message) in &seen {
         assert_eq!(*abnormal, id == &bad, "{id}: {message}");
     }
-    let got = d
-        .csi
-        .controller
-        .controller_get_volume(ControllerGetVolumeRequest {
-            volume_id: bad.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let condition = got.status.unwrap().volume_condition.unwrap();
+    let got = common::health(&mut d.csi, &bad).await;
     assert!(
-        condition.abnormal && condition.message.contains("could not be read"),
-        "{}",
-        condition.message
+        got.len() == 1 && got[0].0 == "RecordUnreadable" && got[0].1.contains("could not be read"),
+        "{got:?}"
     );
     assert!(record.exists(), "a corrupt record is left for the operator");
     assert!(!d.pool().join("meta").join(".vol-x.json.tmp").exists());

@@ -16,6 +16,7 @@ use nix::unistd::fsync;
 use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext, Within};
+use crate::health::{Finding, Reason};
 use crate::ids::VolumeId;
 use crate::mounts::{self, MountEntry, MountIndex};
 use crate::pool::Enforcement;
@@ -157,6 +158,46 @@ fn limited_usage(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Op
     }
 }
 
+/// Why an enforced volume's limit does not hold it now, if it does not
+/// (quotas turned off, its qgroup or project limit gone).
+fn enforcement_lapse(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Option<String>> {
+    if !record.enforced {
+        return Ok(None);
+    }
+    let id = &record.id;
+    let bytes = record.capacity_bytes;
+    Ok(match &pool.enforcement {
+        Enforcement::BtrfsQgroups { fsid } => {
+            if !btrfs::quotas_enabled(fsid) {
+                Some(format!("btrfs quotas are off on pool {}", pool.name))
+            } else if let Some(subvolume) = btrfs::subvolume_id(dir)? {
+                (bytes > 0 && btrfs::limit_of(fsid, subvolume).is_none())
+                    .then(|| format!("qgroup 0/{subvolume} has no limit"))
+            } else {
+                Some(format!(
+                    "{}/volumes/{id} is not a btrfs subvolume",
+                    pool.shown()
+                ))
+            }
+        }
+        Enforcement::ProjectQuotas => match project_quota::enforcing(&pool.root) {
+            Err(why) => Some(why),
+            Ok(()) => match project_of(pool, id, dir)? {
+                None => Some(format!(
+                    "{}/volumes/{id} carries no project id",
+                    pool.shown()
+                )),
+                Some(project) => {
+                    let limit = project_quota::limit_bytes(dir, project)
+                        .context(|| format!("volume {id}: read the limit of project {project}"))?;
+                    (bytes > 0 && limit == 0).then(|| format!("project {project} has no limit"))
+                }
+            },
+        },
+        Enforcement::Unavailable(why) => Some(why.clone()),
+    })
+}
+
 impl VolumeKind for Directory {
     /// A plain directory, or on a pool that enforces capacity a btrfs
     /// subvolume whose qgroup is limited to the capacity.
@@ -208,13 +249,24 @@ impl VolumeKind for Directory {
         pool.trash_volume(id.as_str())
     }
 
+    /// An enforced volume whose limit lapsed (quotas turned off and on
+    /// again) gets it back here; if that fails it is still served.
     fn open_source(
         &self,
         pool: &Pool,
         record: &VolumeRecord,
         _access: Access,
     ) -> Result<Option<Opened>> {
-        Ok(open_dir(pool, &record.id)?.map(|fd| Opened {
+        let Some(fd) = open_dir(pool, &record.id)? else {
+            return Ok(None);
+        };
+        if record.enforced
+            && enforcement_lapse(pool, record, &fd)?.is_some()
+            && let Err(err) = limit(pool, record, &fd)
+        {
+            tracing::warn!(volume = %record.id, %err, "could not restore the volume's capacity limit");
+        }
+        Ok(Some(Opened {
             fd,
             recreated: false,
         }))
@@ -252,8 +304,42 @@ impl VolumeKind for Directory {
         }
     }
 
-    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
-        Ok(open_dir(pool, id)?.is_none().then(|| missing(pool, id)))
+    fn health(&self, pool: &Pool, record: &VolumeRecord, _published: bool) -> Result<Vec<Finding>> {
+        let id = &record.id;
+        let dir = match beneath::open_dir(&pool.volumes, id.as_str()) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT) => {
+                return Ok(vec![Finding::new(
+                    Reason::BackingMissing,
+                    missing(pool, id),
+                )]);
+            }
+            Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                return Ok(vec![Finding::new(
+                    Reason::BackingReplaced,
+                    format!(
+                        "volume {id}: {}/volumes/{id} is no longer a directory",
+                        pool.shown()
+                    ),
+                )]);
+            }
+            Err(errno) => {
+                return Err(errno)
+                    .context(|| format!("volume {id}: open {}/volumes/{id}", pool.shown()));
+            }
+        };
+        Ok(enforcement_lapse(pool, record, &dir)?
+            .map(|why| {
+                Finding::new(
+                    Reason::QuotaNotEnforced,
+                    format!(
+                        "volume {id}: created with its capacity of {} bytes enforced, but nothing holds it to that now: {why}",
+                        record.capacity_bytes
+                    ),
+                )
+            })
+            .into_iter()
+            .collect())
     }
 
     /// Binds whose root lies in `…/volumes/<id>` on the volume's filesystem.

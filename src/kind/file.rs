@@ -28,6 +28,7 @@ use crate::beneath::{self, Mounts, SyncDir};
 use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
+use crate::health::{self, Finding, Reason};
 use crate::ids::VolumeId;
 use crate::loopdev::{self, Lifetime, LoopDevice};
 use crate::mounts::fd_path;
@@ -305,6 +306,73 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
     own_mount::reopen(pool, id)
 }
 
+/// The loop block devices' major number.
+const LOOP_MAJOR: u64 = 7;
+
+/// What is wrong with the filesystem of an image mounted on the volume's
+/// mount point: its device detached, errors it recorded (ext4), or every
+/// access failing (XFS shut down, the device gone).
+fn filesystem_health(pool: &Pool, id: &VolumeId, fs: FsType) -> Result<Vec<Finding>> {
+    let failing = |err: &Error| {
+        Finding::new(
+            Reason::FilesystemFailing,
+            format!("volume {id}: its filesystem fails every access: {err}"),
+        )
+    };
+    let root = match own_mount::look(pool, id) {
+        Ok(MountPoint::Missing) => {
+            return Ok(vec![Finding::new(
+                Reason::BackingMissing,
+                missing(pool, id),
+            )]);
+        }
+        Ok(MountPoint::Unmounted(_)) => return Ok(Vec::new()),
+        Ok(MountPoint::Mounted(root)) => root,
+        Err(err) if health::is_io_error(&err) => return Ok(vec![failing(&err)]),
+        Err(err) => return Err(err),
+    };
+    let st = match fstat(&root).context(|| format!("volume {id}: stat its filesystem")) {
+        Ok(st) => st,
+        Err(err) if health::is_io_error(&err) => return Ok(vec![failing(&err)]),
+        Err(err) => return Err(err),
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(st.st_dev),
+        nix::sys::stat::minor(st.st_dev),
+    );
+    if major != LOOP_MAJOR {
+        return Ok(Vec::new());
+    }
+    let sysfs = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if std::fs::metadata(sysfs.join("loop/backing_file")).is_err() {
+        return Ok(vec![Finding::new(
+            Reason::LoopDetached,
+            format!("volume {id}: loop{minor}, which its filesystem is mounted from, is detached"),
+        )]);
+    }
+    let errors = std::fs::read_to_string(format!("/sys/fs/ext4/loop{minor}/errors_count"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|&n| fs == FsType::Ext4 && n > 0);
+    Ok(errors
+        .map(|n| {
+            let function = std::fs::read_to_string(format!(
+                "/sys/fs/ext4/loop{minor}/first_error_func"
+            ))
+            .unwrap_or_default();
+            Finding::new(
+                Reason::FilesystemErrors,
+                format!(
+                    "volume {id}: its ext4 filesystem (loop{minor}) has recorded {n} error(s), the first in {}; unpublish it everywhere and run e2fsck on {}",
+                    function.trim(),
+                    image_path(pool, id).display()
+                ),
+            )
+        })
+        .into_iter()
+        .collect())
+}
+
 /// The loop devices attached to the volume's image now (none if it is gone).
 fn attached(pool: &Pool, id: &VolumeId) -> Result<Vec<LoopDevice>> {
     let Some(image) = open_image(pool, id)? else {
@@ -518,21 +586,60 @@ impl VolumeKind for File {
         Ok(Some(u64::try_from(st.st_blocks).unwrap_or(0) * 512))
     }
 
-    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
-        let image_there = fstatat(
+    fn health(&self, pool: &Pool, record: &VolumeRecord, published: bool) -> Result<Vec<Finding>> {
+        let id = &record.id;
+        let shown = image_path(pool, id);
+        let image = match fstatat(
             &pool.volumes,
             image_name(id).as_str(),
             AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok();
-        let dir_there = !matches!(own_mount::look(pool, id)?, MountPoint::Missing);
-        Ok((!image_there || !dir_there).then(|| {
-            if image_there {
-                missing(pool, id)
-            } else {
-                format!("volume {id}: {} is missing", image_path(pool, id).display())
+        ) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                return Ok(vec![Finding::new(
+                    Reason::BackingMissing,
+                    format!("volume {id}: {} is missing", shown.display()),
+                )]);
             }
-        }))
+            Err(errno) => {
+                return Err(errno).context(|| format!("volume {id}: stat {}", shown.display()));
+            }
+        };
+        if image.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(vec![Finding::new(
+                Reason::BackingReplaced,
+                format!(
+                    "volume {id}: {} is no longer a regular file",
+                    shown.display()
+                ),
+            )]);
+        }
+        let mut findings = Vec::new();
+        let size = u64::try_from(image.st_size).unwrap_or(0);
+        if size < record.capacity_bytes {
+            findings.push(Finding::new(
+                Reason::ImageTruncated,
+                format!(
+                    "volume {id}: {} is {size} bytes, shorter than its capacity of {} bytes",
+                    shown.display(),
+                    record.capacity_bytes
+                ),
+            ));
+        }
+        match record.content {
+            Content::Fs(fs) => findings.extend(filesystem_health(pool, id, fs)?),
+            Content::Raw if published && attached(pool, id)?.is_empty() => {
+                findings.push(Finding::new(
+                    Reason::LoopDetached,
+                    format!(
+                        "volume {id}: it is published, but no loop device serves {} any more: its targets fail every read and write until it is published again",
+                        shown.display()
+                    ),
+                ));
+            }
+            Content::Raw => {}
+        }
+        Ok(findings)
     }
 
     fn users(&self, pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {

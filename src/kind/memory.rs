@@ -23,6 +23,7 @@ use super::{Access, Opened, VolumeKind, VolumeStats, missing};
 use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::failpoint;
+use crate::health::{Finding, Reason};
 use crate::ids::VolumeId;
 use crate::mounts::{self, MountEntry, MountIndex, fd_path};
 use crate::pool::Pool;
@@ -187,15 +188,19 @@ impl VolumeKind for Memory {
         Ok(None)
     }
 
-    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>> {
+    fn health(&self, pool: &Pool, record: &VolumeRecord, _published: bool) -> Result<Vec<Finding>> {
+        let id = &record.id;
         Ok(match own_mount::look(pool, id)? {
-            MountPoint::Missing => Some(missing(pool, id)),
-            MountPoint::Mounted(_) => None,
-            MountPoint::Unmounted(_) if never_used(pool, id)? => None,
-            MountPoint::Unmounted(_) => Some(format!(
-                "volume {id}: its tmpfs on {}/volumes/{id} is gone and its contents with it (node reboot?); the next publish mounts an empty one",
-                pool.shown()
-            )),
+            MountPoint::Missing => vec![Finding::new(Reason::BackingMissing, missing(pool, id))],
+            MountPoint::Mounted(_) => Vec::new(),
+            MountPoint::Unmounted(_) if never_used(pool, id)? => Vec::new(),
+            MountPoint::Unmounted(_) => vec![Finding::new(
+                Reason::TmpfsGone,
+                format!(
+                    "volume {id}: its tmpfs on {}/volumes/{id} is gone and its contents with it (node reboot?); the next publish mounts an empty one",
+                    pool.shown()
+                ),
+            )],
         })
     }
 

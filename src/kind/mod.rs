@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::health::Finding;
 use crate::ids::{PoolName, VolumeId};
 use crate::mounts::{MountEntry, MountIndex};
 use crate::pool::Pool;
@@ -250,8 +251,9 @@ pub trait VolumeKind: Send + Sync {
         access: Access,
     ) -> Result<Option<OwnedFd>>;
 
-    /// What is wrong with the backing right now, if anything. Changes nothing.
-    fn problem(&self, pool: &Pool, id: &VolumeId) -> Result<Option<String>>;
+    /// What is wrong with the backing right now (nothing: empty), for a
+    /// volume published somewhere or not. Changes nothing.
+    fn health(&self, pool: &Pool, record: &VolumeRecord, published: bool) -> Result<Vec<Finding>>;
 
     /// Mounts that use the volume (published targets, subPath binds, any the
     /// driver lost track of), not counting the backing's own mount.

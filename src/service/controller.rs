@@ -6,22 +6,24 @@ use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, abnormal, condition, wire_bytes};
-use crate::csi::VolumeCondition;
+use super::{RpcResult, volume_health, wire_bytes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
 use crate::csi::{
     ControllerExpandVolumeRequest, ControllerExpandVolumeResponse,
     ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
-    ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerServiceCapability,
-    CreateVolumeRequest, CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
-    GetCapacityRequest, GetCapacityResponse, ListVolumesRequest, ListVolumesResponse,
+    ControllerGetVolumeHealthRequest, ControllerGetVolumeHealthResponse,
+    ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerListVolumeHealthRequest,
+    ControllerListVolumeHealthResponse, ControllerServiceCapability, CreateVolumeRequest,
+    CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest,
+    GetCapacityResponse, ListVolumesRequest, ListVolumesResponse,
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, Listed};
-use crate::error::{Echo, Error};
+use crate::error::{Echo, Error, Result};
+use crate::health;
 use crate::ids::VolumeId;
 use crate::kind::{Content, FsType, KindName};
 use crate::lifecycle::{self, NewVolume};
@@ -44,13 +46,14 @@ impl ControllerService {
 const TOKEN_PREFIX: &str = "from:";
 
 /// Controller capabilities this driver offers.
-const CAPABILITIES: [rpc::Type; 8] = [
+const CAPABILITIES: [rpc::Type; 9] = [
     rpc::Type::ExpandVolume,
     rpc::Type::CreateDeleteVolume,
     rpc::Type::ListVolumes,
     rpc::Type::GetCapacity,
     rpc::Type::GetVolume,
-    rpc::Type::VolumeCondition,
+    rpc::Type::GetVolumeHealth,
+    rpc::Type::ListVolumeHealth,
     rpc::Type::SingleNodeMultiWriter,
     rpc::Type::ListVolumesPublishedNodes,
 ];
@@ -160,24 +163,8 @@ impl Controller for ControllerService {
         request: Request<ListVolumesRequest>,
     ) -> RpcResult<ListVolumesResponse> {
         let req = request.into_inner();
-        let max = usize::try_from(req.max_entries)
-            .map_err(|_| Error::Invalid(format!("max_entries {} is negative", req.max_entries)))?;
-        let start = match req.starting_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .and_then(|id| VolumeId::parse(id).ok())
-                    .ok_or_else(|| {
-                        Error::Busy(format!(
-                            "starting_token {} was not issued by this driver",
-                            Echo(token)
-                        ))
-                    })?,
-            ),
-        };
-        // Off the async workers: a page reads the table under its lock and
-        // stats each volume for its condition.
+        let (start, max) = page_request(req.max_entries, &req.starting_token)?;
+        // Off the async workers: a page reads the table under its lock.
         let driver = Arc::clone(&self.driver);
         let (entries, next) = blocking(move || {
             let (page, next) = driver.listing(start.as_ref(), max);
@@ -187,9 +174,53 @@ impl Controller for ControllerService {
         .await?;
         Ok(Response::new(ListVolumesResponse {
             entries,
-            next_token: next
-                .map(|id| format!("{TOKEN_PREFIX}{id}"))
-                .unwrap_or_default(),
+            next_token: next_token(next),
+        }))
+    }
+
+    /// The health of a page of volumes, paged as ListVolumes is.
+    async fn controller_list_volume_health(
+        &self,
+        request: Request<ControllerListVolumeHealthRequest>,
+    ) -> RpcResult<ControllerListVolumeHealthResponse> {
+        let req = request.into_inner();
+        let (start, max) = page_request(req.max_entries, &req.starting_token)?;
+        // Off the async workers: each volume's backing is looked at.
+        let driver = Arc::clone(&self.driver);
+        let (entries, next) = blocking(move || {
+            let (page, next) = driver.listing(start.as_ref(), max);
+            let entries = page.iter().map(|listed| match listed {
+                Listed::Served(volume) => {
+                    let findings = health::of_volume(&driver, volume);
+                    driver.observe(&volume.record.id, &findings);
+                    volume_health(&volume.record.id, &findings)
+                }
+                Listed::Unreadable(id, problem) => {
+                    volume_health(id, &[health::of_unreadable(id, problem)])
+                }
+            });
+            Ok((entries.collect::<Vec<_>>(), next))
+        })
+        .await?;
+        Ok(Response::new(ControllerListVolumeHealthResponse {
+            entries,
+            next_token: next_token(next),
+        }))
+    }
+
+    /// The health of one volume; NOT_FOUND for one this node does not hold.
+    async fn controller_get_volume_health(
+        &self,
+        request: Request<ControllerGetVolumeHealthRequest>,
+    ) -> RpcResult<ControllerGetVolumeHealthResponse> {
+        let id = VolumeId::parse(&request.into_inner().volume_id)?;
+        let driver = Arc::clone(&self.driver);
+        let health = blocking(move || {
+            health::check(&driver, &id).map(|findings| volume_health(&id, &findings))
+        })
+        .await?;
+        Ok(Response::new(ControllerGetVolumeHealthResponse {
+            volume_health: Some(health),
         }))
     }
 
@@ -296,27 +327,50 @@ impl Controller for ControllerService {
         request: Request<ControllerGetVolumeRequest>,
     ) -> RpcResult<ControllerGetVolumeResponse> {
         let id = VolumeId::parse(&request.into_inner().volume_id)?;
-        if let Some(problem) = self.driver.unreadable(&id) {
+        if self.driver.unreadable(&id).is_some() {
             return Ok(Response::new(ControllerGetVolumeResponse {
                 volume: Some(unreadable_message(&self.driver, &id)),
                 status: Some(controller_get_volume_response::VolumeStatus {
                     published_node_ids: Vec::new(),
-                    volume_condition: Some(unreadable_condition(problem)),
                 }),
             }));
         }
         let volume = self.driver.volume(&id)?;
-        let driver = Arc::clone(&self.driver);
-        let snapshot = volume.clone();
-        let condition = blocking(move || Ok(condition(&driver, &snapshot))).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(volume_message(&self.driver, &volume.record)),
             status: Some(controller_get_volume_response::VolumeStatus {
                 published_node_ids: published_nodes(&self.driver, &volume),
-                volume_condition: Some(condition),
             }),
         }))
     }
+}
+
+/// The first volume and the page size a paged request asks for; a token
+/// this driver did not issue is ABORTED (the caller starts over).
+fn page_request(max_entries: i32, token: &str) -> Result<(Option<VolumeId>, usize)> {
+    let max = usize::try_from(max_entries)
+        .map_err(|_| Error::Invalid(format!("max_entries {max_entries} is negative")))?;
+    let start = match token {
+        "" => None,
+        token => Some(
+            token
+                .strip_prefix(TOKEN_PREFIX)
+                .and_then(|id| VolumeId::parse(id).ok())
+                .ok_or_else(|| {
+                    Error::Busy(format!(
+                        "starting_token {} was not issued by this driver",
+                        Echo(token)
+                    ))
+                })?,
+        ),
+    };
+    Ok((start, max))
+}
+
+/// The token of the page starting at `next`; empty after the last page.
+fn next_token(next: Option<VolumeId>) -> String {
+    next.map(|id| format!("{TOKEN_PREFIX}{id}"))
+        .unwrap_or_default()
 }
 
 impl ControllerService {
@@ -395,32 +449,17 @@ fn published_nodes(driver: &Driver, volume: &volumes::Volume) -> Vec<String> {
     }
 }
 
-/// One ListVolumes entry, with its condition.
+/// One ListVolumes entry.
 fn list_entry(driver: &Driver, listed: &Listed) -> list_volumes_response::Entry {
-    let (volume, published_node_ids, condition) = match listed {
+    let (volume, published_node_ids) = match listed {
         Listed::Served(volume) => (
             volume_message(driver, &volume.record),
             published_nodes(driver, volume),
-            condition(driver, volume),
         ),
-        Listed::Unreadable(id, problem) => (
-            unreadable_message(driver, id),
-            Vec::new(),
-            unreadable_condition(problem),
-        ),
+        Listed::Unreadable(id, _) => (unreadable_message(driver, id), Vec::new()),
     };
     list_volumes_response::Entry {
         volume: Some(volume),
-        status: Some(list_volumes_response::VolumeStatus {
-            published_node_ids,
-            volume_condition: Some(condition),
-        }),
+        status: Some(list_volumes_response::VolumeStatus { published_node_ids }),
     }
-}
-
-/// The condition of a volume whose record could not be read at start.
-fn unreadable_condition(problem: &str) -> VolumeCondition {
-    abnormal(format!(
-        "its record could not be read ({problem}); an operator must repair or remove it"
-    ))
 }

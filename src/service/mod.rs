@@ -12,9 +12,12 @@ pub mod identity;
 pub mod node;
 pub mod status;
 
-use crate::csi::VolumeCondition;
+use crate::csi::node_get_storage_health_response::StorageBackendHealth;
+use crate::csi::volume_health::VolumeHealthEntry;
+use crate::csi::{StorageHealthErrorType, VolumeHealth, VolumeHealthErrorType};
 use crate::driver::Driver;
-use crate::volumes::Volume;
+use crate::health::{Finding, PoolSeverity, Severity};
+use crate::ids::VolumeId;
 
 /// What every RPC handler returns.
 type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
@@ -25,33 +28,38 @@ fn wire_bytes(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-/// A condition saying the volume is healthy.
-fn healthy() -> VolumeCondition {
-    VolumeCondition {
-        abnormal: false,
-        message: "volume is healthy".into(),
+/// The VolumeHealth message of a volume's findings.
+fn volume_health(id: &VolumeId, findings: &[Finding]) -> VolumeHealth {
+    VolumeHealth {
+        volume_id: id.to_string(),
+        health_statuses: findings
+            .iter()
+            .map(|finding| VolumeHealthEntry {
+                status: match finding.reason.severity() {
+                    Severity::Degraded => VolumeHealthErrorType::Degraded,
+                    Severity::Inaccessible => VolumeHealthErrorType::Inaccessible,
+                    Severity::DataLoss => VolumeHealthErrorType::DataLoss,
+                } as i32,
+                reason: finding.reason.as_str().to_owned(),
+                message: finding.message.clone(),
+            })
+            .collect(),
     }
 }
 
-/// A condition saying what is wrong with the volume.
-fn abnormal(message: String) -> VolumeCondition {
-    VolumeCondition {
-        abnormal: true,
-        message,
-    }
-}
-
-/// The volume's health: what is wrong with its backing now, else what
-/// happened to it in this run, else healthy.
-fn condition(driver: &Driver, volume: &Volume) -> VolumeCondition {
-    let record = &volume.record;
-    let problem = driver
-        .pool(Some(&record.pool))
-        .and_then(|pool| record.kind.backend().problem(pool, &record.id));
-    match (problem, &volume.notice) {
-        (Ok(Some(problem)), _) => abnormal(problem),
-        (Err(err), _) => abnormal(err.to_string()),
-        (Ok(None), Some(notice)) => abnormal(notice.clone()),
-        (Ok(None), None) => healthy(),
-    }
+/// The health of this node's pools, as NodeGetStorageHealth reports it.
+fn storage_health(driver: &Driver) -> Vec<StorageBackendHealth> {
+    driver
+        .storage_findings()
+        .into_iter()
+        .map(|finding| StorageBackendHealth {
+            status: match finding.reason.severity() {
+                PoolSeverity::Degraded => StorageHealthErrorType::StorageDegraded,
+                PoolSeverity::Unreachable => StorageHealthErrorType::StorageUnreachable,
+            } as i32,
+            reason: finding.reason.as_str().to_owned(),
+            message: finding.message,
+            volume_capability: None,
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
 use tonic::{Request, Response};
 
-use super::{RpcResult, condition, wire_bytes};
+use super::{RpcResult, storage_health, volume_health, wire_bytes};
 use crate::beneath;
 use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, Type, rpc};
@@ -16,14 +16,17 @@ use crate::csi::volume_usage::Unit;
 use crate::csi::{
     NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
     NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
-    NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
-    NodePublishVolumeResponse, NodeServiceCapability, NodeUnpublishVolumeRequest,
-    NodeUnpublishVolumeResponse, VolumeUsage,
+    NodeGetStorageHealthRequest, NodeGetStorageHealthResponse, NodeGetVolumeHealthRequest,
+    NodeGetVolumeHealthResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse,
+    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability,
+    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, VolumeUsage,
 };
 use crate::driver::Driver;
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
 use crate::guard::Held;
+use crate::health::{self, Severity};
+use crate::host_path;
 use crate::ids::VolumeId;
 use crate::kind::Access;
 use crate::lifecycle;
@@ -35,9 +38,10 @@ use crate::validate::{self, Requested};
 use crate::work::blocking;
 
 /// Node capabilities this driver offers.
-const CAPABILITIES: [rpc::Type; 4] = [
+const CAPABILITIES: [rpc::Type; 5] = [
     rpc::Type::GetVolumeStats,
-    rpc::Type::VolumeCondition,
+    rpc::Type::GetVolumeHealth,
+    rpc::Type::GetStorageHealth,
     rpc::Type::SingleNodeMultiWriter,
     rpc::Type::ExpandVolume,
 ];
@@ -82,6 +86,7 @@ impl Node for NodeService {
             .ok_or_else(|| Error::Invalid(format!("volume {id}: volume_capability is missing")))?;
         let requested =
             validate::capability(cap).map_err(|m| Error::Invalid(format!("volume {id}: {m}")))?;
+        let sharing = validate::sharing(cap);
         let extra = match &requested {
             Requested::Mount { flags, .. } => *flags,
             Requested::Block => MsFlags::empty(),
@@ -110,6 +115,7 @@ impl Node for NodeService {
                 target,
                 policy,
                 requested,
+                sharing,
                 context: req.volume_context,
             };
             publish::publish(&driver, &request)
@@ -143,7 +149,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
-    /// Bytes and inodes of this volume (not of the whole pool) and its health.
+    /// Bytes and inodes of this volume (not of the whole pool).
     async fn node_get_volume_stats(
         &self,
         request: Request<NodeGetVolumeStatsRequest>,
@@ -156,6 +162,39 @@ impl Node for NodeService {
         let driver = Arc::clone(&self.driver);
         let response = blocking(move || volume_stats(&driver, &id, &req.volume_path)).await?;
         Ok(Response::new(response))
+    }
+
+    /// What is wrong with the volume as this node sees it (nothing: an
+    /// empty list), published or not. Static host paths keep no state here
+    /// to check and answer an empty list.
+    async fn node_get_volume_health(
+        &self,
+        request: Request<NodeGetVolumeHealthRequest>,
+    ) -> RpcResult<NodeGetVolumeHealthResponse> {
+        let id = VolumeId::parse(&request.into_inner().volume_id)?;
+        let driver = Arc::clone(&self.driver);
+        let health = blocking(move || {
+            if id.as_str().starts_with(host_path::STATIC_ID_PREFIX) {
+                return Ok(volume_health(&id, &[]));
+            }
+            health::check(&driver, &id).map(|findings| volume_health(&id, &findings))
+        })
+        .await?;
+        Ok(Response::new(NodeGetVolumeHealthResponse {
+            volume_health: Some(health),
+        }))
+    }
+
+    /// What is wrong with the pools (nothing: an empty list).
+    async fn node_get_storage_health(
+        &self,
+        _request: Request<NodeGetStorageHealthRequest>,
+    ) -> RpcResult<NodeGetStorageHealthResponse> {
+        let driver = Arc::clone(&self.driver);
+        let backend_health = blocking(move || Ok(storage_health(&driver))).await?;
+        Ok(Response::new(NodeGetStorageHealthResponse {
+            backend_health,
+        }))
     }
 
     /// Finishes an expansion where the volume is published (a loop device
@@ -252,7 +291,9 @@ fn published_source(driver: &Driver, record: &VolumeRecord, raw_path: &str) -> R
 }
 
 /// Usage of a published volume. A `volume_path` where this volume is not
-/// mounted (missing, relative, or holding something else) is NOT_FOUND.
+/// mounted (missing, relative, or holding something else) is NOT_FOUND; a
+/// volume whose backing is gone or failing is FAILED_PRECONDITION naming
+/// what is wrong (its health, which kubelets before 1.37 see only so).
 fn volume_stats(
     driver: &Driver,
     id: &VolumeId,
@@ -261,16 +302,17 @@ fn volume_stats(
     let volume = driver.volume(id)?;
     let record = &volume.record;
     let pool = driver.pool(Some(&record.pool))?;
-    let backend = record.kind.backend();
-    // A volume whose backing is gone is reported, never recreated, here.
-    if backend.problem(pool, id)?.is_some() {
-        return Ok(NodeGetVolumeStatsResponse {
-            usage: Vec::new(),
-            volume_condition: Some(condition(driver, &volume)),
-        });
+    let findings = health::check(driver, id)?;
+    let unusable: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.reason.severity() != Severity::Degraded)
+        .map(|f| f.message.as_str())
+        .collect();
+    if !unusable.is_empty() {
+        return Err(Error::WrongState(unusable.join("; ")));
     }
     let source = published_source(driver, record, raw_path)?;
-    let stats = backend.stats(pool, record, &source)?;
+    let stats = record.kind.backend().stats(pool, record, &source)?;
     let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
         total: wire_bytes(total),
         used: wire_bytes(used),
@@ -297,7 +339,6 @@ fn volume_stats(
         .filter(|(unit, total, ..)| *unit == Unit::Bytes || *total > 0)
         .map(|(unit, total, used, available)| usage(unit, total, used, available))
         .collect(),
-        volume_condition: Some(condition(driver, &volume)),
     })
 }
 
@@ -328,6 +369,7 @@ mod tests {
                 devices: false,
             },
             requested: testing::mount_access(),
+            sharing: crate::validate::Sharing::Shared,
             context: HashMap::new(),
         };
         let not_found = |raw: &str| match volume_stats(&t.driver, &id, raw) {
@@ -341,7 +383,6 @@ mod tests {
         publish::publish(&t.driver, &request).unwrap();
         let stats = volume_stats(&t.driver, &id, shown).unwrap();
         assert_eq!(stats.usage[0].unit, Unit::Bytes as i32);
-        assert!(!stats.volume_condition.unwrap().abnormal);
         not_found(t.target_path("pod-b").to_str().unwrap());
         not_found("/etc");
         not_found("relative/path");

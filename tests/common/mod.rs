@@ -185,6 +185,7 @@ impl TestDriver {
             memory_budget: 256 << 20,
             allowed_host_paths: Vec::new(),
             kubelet_dir: scratch.path().to_owned(),
+            nearly_full_percent: 90,
         };
         tweak(&mut config);
         Self::serve(scratch, config).await
@@ -382,11 +383,14 @@ pub fn create_request_with(name: &str, bytes: i64, params: &[(&str, &str)]) -> C
     request
 }
 
+/// A NodePublishVolume request as kubelet makes it for a ReadWriteOnce
+/// volume of a driver with SINGLE_NODE_MULTI_WRITER: several pods of the
+/// node may have it.
 pub fn publish_request(id: &str, target: &str, readonly: bool) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
         volume_id: id.into(),
         target_path: target.into(),
-        volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
+        volume_capability: Some(mount_capability(Mode::SingleNodeMultiWriter)),
         readonly,
         ..Default::default()
     }
@@ -495,5 +499,98 @@ pub fn delete(id: &str) -> hostpath_csi::csi::DeleteVolumeRequest {
     hostpath_csi::csi::DeleteVolumeRequest {
         volume_id: id.into(),
         secrets: Default::default(),
+    }
+}
+
+/// A volume's health as (reason, message) pairs, asked of the controller
+/// and of the node, which must agree; empty when healthy.
+pub async fn health(csi: &mut CsiClient, id: &str) -> Vec<(String, String)> {
+    let pairs = |health: Option<hostpath_csi::csi::VolumeHealth>| {
+        let health = health.expect("volume_health is set");
+        assert_eq!(health.volume_id, id);
+        health
+            .health_statuses
+            .into_iter()
+            .map(|e| {
+                assert!(e.status > 0, "{e:?} has a status");
+                (e.reason, e.message)
+            })
+            .collect::<Vec<_>>()
+    };
+    let controller = csi
+        .controller
+        .controller_get_volume_health(hostpath_csi::csi::ControllerGetVolumeHealthRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerGetVolumeHealth")
+        .into_inner()
+        .volume_health;
+    let node = csi
+        .node
+        .node_get_volume_health(hostpath_csi::csi::NodeGetVolumeHealthRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("NodeGetVolumeHealth")
+        .into_inner()
+        .volume_health;
+    let found = pairs(controller);
+    assert_eq!(found, pairs(node), "controller and node agree");
+    found
+}
+
+/// The reasons of a volume's health, e.g. `["BackingMissing"]`.
+pub async fn health_reasons(csi: &mut CsiClient, id: &str) -> Vec<String> {
+    health(csi, id).await.into_iter().map(|(r, _)| r).collect()
+}
+
+/// The pools' health as (reason, message) pairs; empty when healthy.
+pub async fn storage_health(csi: &mut CsiClient) -> Vec<(String, String)> {
+    csi.node
+        .node_get_storage_health(hostpath_csi::csi::NodeGetStorageHealthRequest::default())
+        .await
+        .expect("NodeGetStorageHealth")
+        .into_inner()
+        .backend_health
+        .into_iter()
+        .map(|b| (b.reason, b.message))
+        .collect()
+}
+
+/// Every volume's health as ControllerListVolumeHealth pages it,
+/// `max_entries` at a time: (id, reasons, messages joined).
+pub async fn listed_health_in_pages(
+    csi: &mut CsiClient,
+    max_entries: i32,
+) -> Vec<(String, Vec<String>, String)> {
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = csi
+            .controller
+            .controller_list_volume_health(hostpath_csi::csi::ControllerListVolumeHealthRequest {
+                max_entries,
+                starting_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(max_entries == 0 || page.entries.len() <= max_entries as usize);
+        for health in page.entries {
+            let (reasons, messages): (Vec<String>, Vec<String>) = health
+                .health_statuses
+                .into_iter()
+                .map(|e| (e.reason, e.message))
+                .unzip();
+            found.push((health.volume_id, reasons, messages.join("; ")));
+        }
+        if page.next_token.is_empty() {
+            return found;
+        }
+        token = page.next_token;
     }
 }
