@@ -468,6 +468,17 @@ impl MountIndex {
 /// its size as 0, so a read sized by that starts at 32 bytes and doubles.
 const MOUNTINFO_CHUNK: usize = 64 << 10;
 
+/// The device of the filesystem mounted on top at `path`, as the mount
+/// table says (which asks nothing of the filesystem, so it answers for one
+/// that fails every access); `None` when nothing is mounted there.
+pub fn top_mount_dev(path: &Path) -> Result<Option<u64>> {
+    Ok(mount_table()?
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .next_back()
+        .map(|m| m.dev))
+}
+
 /// Reads this process's mount table.
 pub fn mount_table() -> Result<Vec<MountEntry>> {
     let read = || -> std::io::Result<String> {

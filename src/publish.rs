@@ -11,6 +11,7 @@ use crate::beneath;
 use crate::driver::Driver;
 use crate::error::{Echo, Error, Result, SysContext};
 use crate::failpoint;
+use crate::health;
 use crate::host_path::{self, HostPathType};
 use crate::ids::VolumeId;
 use crate::kind::{Access, Content};
@@ -19,6 +20,7 @@ use crate::mounter::Mounter;
 use crate::mounts::{self, BindPolicy, MountIndex};
 use crate::target::Target;
 use crate::validate::{self, Requested, Sharing};
+use crate::volumes::Publication;
 
 /// The key kubelet sets in volume_context for CSI ephemeral inline volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -143,7 +145,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     let created = match mounter.state(target)? {
         Some(state) if state.mount_root => {
             confirm_existing(mounter, id, target, &source.fd, state, request_policy)?;
-            mark_published(driver, request);
+            mark_published(driver, request, &source.fd);
             return Ok(());
         }
         // A file target must be a regular file: a symlink, fifo or device
@@ -170,7 +172,7 @@ fn mount_source(driver: &Driver, request: &Publish) -> Result<()> {
     }
     failpoint::hit("publish:done");
     tracing::info!(volume = %id, target = %shown, read_only = request_policy.read_only, "volume published");
-    mark_published(driver, request);
+    mark_published(driver, request, &source.fd);
     Ok(())
 }
 
@@ -187,7 +189,7 @@ fn check_sharing(driver: &Driver, request: &Publish) -> Result<()> {
         .filter(|(path, _)| **path != request.target.path);
     let conflict = match request.sharing {
         Sharing::Alone => others.next(),
-        Sharing::Shared => others.find(|(_, sharing)| **sharing == Some(Sharing::Alone)),
+        Sharing::Shared => others.find(|(_, p)| p.sharing == Some(Sharing::Alone)),
     };
     match conflict {
         None => Ok(()),
@@ -321,11 +323,15 @@ fn confirm_existing(
     )))
 }
 
-fn mark_published(driver: &Driver, request: &Publish) {
+fn mark_published(driver: &Driver, request: &Publish, source: &OwnedFd) {
+    let publication = Publication {
+        sharing: Some(request.sharing),
+        source: beneath::identity(source).ok(),
+    };
     if let Some(volume) = driver.table().get_mut(&request.id) {
         volume
             .published
-            .insert(request.target.path.clone(), Some(request.sharing));
+            .insert(request.target.path.clone(), publication);
     }
 }
 
@@ -335,14 +341,23 @@ fn mark_published(driver: &Driver, request: &Publish) {
 /// released with its last user, and an ephemeral volume is deleted with its
 /// last target.
 pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> {
-    let record = driver.volume(id).ok().map(|v| v.record);
+    let volume = driver.volume(id).ok();
+    let bound = volume
+        .as_ref()
+        .and_then(|v| v.published.get(&target.path))
+        .and_then(|p| p.source);
+    let record = volume.map(|v| v.record);
     match &record {
         // This volume's mount is the one whose root is what the volume is
-        // served from (the same device and inode).
+        // served from (the same device and inode), or what its publish
+        // bound there (a loop device detached since still shows).
         Some(record) => {
             let pool = driver.pool(Some(&record.pool))?;
             let backend = record.kind.backend();
-            take_down(driver.mounter(), id, target, |top| {
+            take_down(driver.mounter(), id, target, bound, |top| {
+                if bound == Some((top.dev, top.ino)) {
+                    return Ok(true);
+                }
                 for access in [
                     Access::Mount,
                     Access::Block { read_only: false },
@@ -360,7 +375,7 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
         // No record (an admin's static volume, a record that could not be
         // read, a pool no longer configured): whatever is mounted there,
         // unless the table knows it as another volume's publication.
-        None => take_down(driver.mounter(), id, target, |_| {
+        None => take_down(driver.mounter(), id, target, None, |_| {
             Ok(!driver
                 .table()
                 .iter_mut()
@@ -385,15 +400,30 @@ pub fn unpublish(driver: &Driver, id: &VolumeId, target: &Target) -> Result<()> 
 
 /// Unmounts the mounts stacked on `target` while `is_mine` says the top one
 /// is this volume's, then removes the target.
+/// `bound` is what this volume's publish bound there (device, inode): a
+/// mount whose filesystem fails every access (an XFS shut down) cannot be
+/// looked at, and is taken down when the mount table shows that device.
 fn take_down(
     mounter: &dyn Mounter,
     id: &VolumeId,
     target: &Target,
+    bound: Option<(u64, u64)>,
     mut is_mine: impl FnMut(&mounts::PathState) -> Result<bool>,
 ) -> Result<()> {
     let shown = target.path.display();
     for _ in 0..MAX_STACKED_MOUNTS {
-        match mounter.state(target)? {
+        let state = match mounter.state(target) {
+            Err(err) if health::is_io_error(&err) => {
+                let failing = mounts::top_mount_dev(&target.path)?;
+                if failing.is_none() || failing != bound.map(|(dev, _)| dev) {
+                    return Err(err);
+                }
+                mounter.unmount(target)?;
+                continue;
+            }
+            other => other?,
+        };
+        match state {
             None => return Ok(()),
             Some(state) if state.mount_root => {
                 if !is_mine(&state)? {

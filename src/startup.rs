@@ -15,7 +15,7 @@ use crate::mounts;
 use crate::pool::Pool;
 use crate::record;
 use crate::snapshot;
-use crate::volumes::VolumeTable;
+use crate::volumes::{Publication, VolumeTable};
 
 /// Opens every pool, loads their records and finds which volumes are
 /// still mounted (published mounts survive a restart untouched).
@@ -125,7 +125,9 @@ fn find_published(driver: &Driver) -> Result<()> {
         let pool = driver.pool(Some(&record.pool))?;
         for entry in record.kind.backend().users(pool, &record.id, &index)? {
             tracing::info!(volume = %record.id, target = %entry.mount_point.display(), "found published");
-            volume.published.insert(entry.mount_point, None);
+            volume
+                .published
+                .insert(entry.mount_point, Publication::default());
         }
     }
     Ok(())

@@ -22,14 +22,24 @@ fn backing(record: &VolumeRecord) -> Backing {
 #[derive(Clone, Debug)]
 pub struct Volume {
     pub record: VolumeRecord,
-    /// Target paths this volume is bind-mounted on, with how the publish
-    /// there let others share it (unknown for targets found at start).
-    pub published: BTreeMap<PathBuf, Option<Sharing>>,
+    /// Target paths this volume is bind-mounted on.
+    pub published: BTreeMap<PathBuf, Publication>,
     /// Something that happened to the volume in this run that its
     /// health must report (e.g. contents lost and recreated).
     pub notice: Option<String>,
     /// The problems its last health check found (to log changes only).
     pub problems: Vec<Reason>,
+}
+
+/// What a publish on one target was; both unknown for a target found
+/// mounted at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Publication {
+    /// Whether its access mode let other targets have the volume too.
+    pub sharing: Option<Sharing>,
+    /// Device and inode of what was bound there (still the mount's root
+    /// when what serves it went away, e.g. a detached loop device).
+    pub source: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -158,7 +168,7 @@ mod tests {
             .get_mut(&grown.id)
             .unwrap()
             .published
-            .insert("/t".into(), None);
+            .insert("/t".into(), Publication::default());
         grown.capacity_bytes = 50;
         table.update(grown.clone());
         assert_eq!(table.promised(&a), 50);

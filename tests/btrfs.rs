@@ -72,3 +72,46 @@ async fn a_pool_without_limits_cannot_be_required_to_enforce() {
     let mut d = TestDriver::start().await;
     enforced::refuses_required(&mut d, "cannot enforce capacity").await;
 }
+
+#[tokio::test]
+async fn quotas_turned_off_are_reported_until_on_again_and_the_limit_is_restored() {
+    let mut d = start(true).await;
+    let id = d.create("held", 16 << 20).await;
+    let target = d.target("pod-held");
+    d.publish(&id, &target, false).await.unwrap();
+    assert!(common::health(&mut d.csi, &id).await.is_empty());
+    assert!(common::storage_health(&mut d.csi).await.is_empty());
+    let pool = d.pool();
+    let btrfs = |args: &[&str]| {
+        let status = std::process::Command::new("btrfs")
+            .args(args)
+            .arg(&pool)
+            .status()
+            .unwrap();
+        assert!(status.success(), "btrfs {args:?}");
+    };
+    btrfs(&["quota", "disable"]);
+    let found = common::health(&mut d.csi, &id).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "QuotaNotEnforced");
+    assert!(
+        found[0].1.contains("btrfs quotas are off"),
+        "{}",
+        found[0].1
+    );
+    let pools = common::storage_health(&mut d.csi).await;
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert_eq!(pools[0].0, "PoolQuotasOff");
+
+    // On again, the pool is fine, but the volume's limit went with them ...
+    btrfs(&["quota", "enable"]);
+    assert!(common::storage_health(&mut d.csi).await.is_empty());
+    let found = common::health(&mut d.csi, &id).await;
+    assert!(found[0].1.contains("has no limit"), "{found:?}");
+    // ... until its next publish sets it again.
+    d.unpublish(&id, &target).await.unwrap();
+    d.publish(&id, &target, false).await.unwrap();
+    assert!(common::health(&mut d.csi, &id).await.is_empty());
+    enforced::write(&Path::new(&target).join("over"), 32 << 20).unwrap_err();
+    d.unpublish(&id, &target).await.unwrap();
+}

@@ -23,12 +23,12 @@ use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
 use nix::unistd::{fsync, ftruncate};
 
 use super::own_mount::{self, MountPoint};
-use super::{Access, Content, FsType, Opened, VolumeKind, VolumeStats, missing};
+use super::{Access, Content, FsType, Opened, VolumeKind, VolumeStats, failing, missing};
 use crate::beneath::{self, Mounts, SyncDir};
 use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
-use crate::health::{self, Finding, Reason};
+use crate::health::{Finding, Reason};
 use crate::ids::VolumeId;
 use crate::loopdev::{self, Lifetime, LoopDevice};
 use crate::mounts::fd_path;
@@ -313,29 +313,23 @@ const LOOP_MAJOR: u64 = 7;
 /// mount point: its device detached, errors it recorded (ext4), or every
 /// access failing (XFS shut down, the device gone).
 fn filesystem_health(pool: &Pool, id: &VolumeId, fs: FsType) -> Result<Vec<Finding>> {
-    let failing = |err: &Error| {
-        Finding::new(
-            Reason::FilesystemFailing,
-            format!("volume {id}: its filesystem fails every access: {err}"),
-        )
-    };
-    let root = match own_mount::look(pool, id) {
-        Ok(MountPoint::Missing) => {
+    let root = match own_mount::look(pool, id)? {
+        MountPoint::Missing => {
             return Ok(vec![Finding::new(
                 Reason::BackingMissing,
                 missing(pool, id),
             )]);
         }
-        Ok(MountPoint::Unmounted(_)) => return Ok(Vec::new()),
-        Ok(MountPoint::Mounted(root)) => root,
-        Err(err) if health::is_io_error(&err) => return Ok(vec![failing(&err)]),
-        Err(err) => return Err(err),
+        MountPoint::Unmounted(_) => return Ok(Vec::new()),
+        MountPoint::Failing(_) => {
+            return Ok(vec![Finding::new(
+                Reason::FilesystemFailing,
+                failing(pool, id).to_string(),
+            )]);
+        }
+        MountPoint::Mounted(root) => root,
     };
-    let st = match fstat(&root).context(|| format!("volume {id}: stat its filesystem")) {
-        Ok(st) => st,
-        Err(err) if health::is_io_error(&err) => return Ok(vec![failing(&err)]),
-        Err(err) => return Err(err),
-    };
+    let st = fstat(&root).context(|| format!("volume {id}: stat its filesystem"))?;
     let (major, minor) = (
         nix::sys::stat::major(st.st_dev),
         nix::sys::stat::minor(st.st_dev),
@@ -472,6 +466,7 @@ impl VolumeKind for File {
         let fd = match access {
             Access::Mount => match own_mount::look(pool, id)? {
                 MountPoint::Missing => return Ok(None),
+                MountPoint::Failing(_) => return Err(failing(pool, id)),
                 MountPoint::Mounted(fd) => fd,
                 MountPoint::Unmounted(dir) => mount_image(pool, record, &dir)?,
             },
@@ -498,7 +493,7 @@ impl VolumeKind for File {
         match access {
             Access::Mount => Ok(match own_mount::look(pool, id)? {
                 MountPoint::Mounted(fd) => Some(fd),
-                MountPoint::Missing | MountPoint::Unmounted(_) => None,
+                MountPoint::Missing | MountPoint::Unmounted(_) | MountPoint::Failing(_) => None,
             }),
             Access::Block { read_only } => match attached(pool, id)?
                 .into_iter()

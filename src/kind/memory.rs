@@ -19,7 +19,7 @@ use nix::mount::{MsFlags, mount};
 use nix::sys::stat::fstatat;
 
 use super::own_mount::{self, MountPoint};
-use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use super::{Access, Opened, VolumeKind, VolumeStats, failing, missing};
 use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::failpoint;
@@ -111,7 +111,7 @@ impl VolumeKind for Memory {
             MountPoint::Unmounted(dir) if never_used(pool, id)? => {
                 mount_tmpfs(pool, id, &dir, record.capacity_bytes)?;
             }
-            MountPoint::Unmounted(_) | MountPoint::Mounted(_) => {}
+            MountPoint::Unmounted(_) | MountPoint::Mounted(_) | MountPoint::Failing(_) => {}
         }
         Ok(())
     }
@@ -132,6 +132,7 @@ impl VolumeKind for Memory {
         let unused = never_used(pool, id)?;
         let opened = match own_mount::look(pool, id)? {
             MountPoint::Missing => return Ok(None),
+            MountPoint::Failing(_) => return Err(failing(pool, id)),
             MountPoint::Mounted(fd) => Opened {
                 fd,
                 recreated: false,
@@ -161,7 +162,7 @@ impl VolumeKind for Memory {
     ) -> Result<Option<OwnedFd>> {
         Ok(match own_mount::look(pool, &record.id)? {
             MountPoint::Mounted(fd) => Some(fd),
-            MountPoint::Missing | MountPoint::Unmounted(_) => None,
+            MountPoint::Missing | MountPoint::Unmounted(_) | MountPoint::Failing(_) => None,
         })
     }
 
@@ -193,6 +194,10 @@ impl VolumeKind for Memory {
         Ok(match own_mount::look(pool, id)? {
             MountPoint::Missing => vec![Finding::new(Reason::BackingMissing, missing(pool, id))],
             MountPoint::Mounted(_) => Vec::new(),
+            MountPoint::Failing(_) => vec![Finding::new(
+                Reason::FilesystemFailing,
+                failing(pool, id).to_string(),
+            )],
             MountPoint::Unmounted(_) if never_used(pool, id)? => Vec::new(),
             MountPoint::Unmounted(_) => vec![Finding::new(
                 Reason::TmpfsGone,

@@ -218,6 +218,14 @@ fn missing(pool: &Pool, id: &VolumeId) -> String {
     format!("volume {id}: {}/volumes/{id} is missing", pool.shown())
 }
 
+/// The error for a volume whose own filesystem fails every access.
+fn failing(pool: &Pool, id: &VolumeId) -> Error {
+    Error::WrongState(format!(
+        "volume {id}: its filesystem on {}/volumes/{id} fails every access (I/O errors; an XFS shut down?); unpublish it everywhere and publish it again to mount it afresh",
+        pool.shown()
+    ))
+}
+
 /// How one kind creates, serves and removes its volumes inside a pool.
 pub trait VolumeKind: Send + Sync {
     /// Creates the volume's backing, or accepts the one already there, so a

@@ -11,7 +11,7 @@ use super::VolumeStats;
 use crate::beneath;
 use crate::error::{Result, SysContext};
 use crate::ids::VolumeId;
-use crate::mounts::{MountEntry, MountIndex};
+use crate::mounts::{self, MountEntry, MountIndex};
 use crate::pool::Pool;
 
 /// The volume directory, and whether a filesystem is mounted on it.
@@ -19,18 +19,30 @@ pub enum MountPoint {
     Missing,
     Unmounted(OwnedFd),
     Mounted(OwnedFd),
+    /// A filesystem is mounted there that fails every access (EIO: an XFS
+    /// shut down, its device gone); the mount table gives its device.
+    Failing(u64),
 }
 
 /// Looks at `volumes/<id>`: mounted when it is on another device than the
 /// pool (the root of a mount there).
 pub fn look(pool: &Pool, id: &VolumeId) -> Result<MountPoint> {
     let what = || format!("volume {id}: open {}/volumes/{id}", pool.shown());
+    let failing = |errno: Errno| -> Result<MountPoint> {
+        match mounts::top_mount_dev(&pool.entry_path(id.as_str()))? {
+            Some(dev) if errno == Errno::EIO => Ok(MountPoint::Failing(dev)),
+            _ => Err(errno).context(what),
+        }
+    };
     let dir = match beneath::open_mount_root(&pool.volumes, id.as_str()) {
         Ok(dir) => dir,
         Err(Errno::ENOENT) => return Ok(MountPoint::Missing),
-        Err(errno) => return Err(errno).context(what),
+        Err(errno) => return failing(errno),
     };
-    let (dir_dev, _) = beneath::identity(&dir).context(what)?;
+    let dir_dev = match beneath::identity(&dir) {
+        Ok((dev, _)) => dev,
+        Err(errno) => return failing(errno),
+    };
     let (pool_dev, _) = beneath::identity(&pool.volumes).context(what)?;
     Ok(if dir_dev == pool_dev {
         MountPoint::Unmounted(dir)
@@ -52,7 +64,10 @@ pub fn reopen(pool: &Pool, id: &VolumeId) -> Result<OwnedFd> {
 /// Unmounts the volume's own filesystem, if mounted.
 pub fn unmount(pool: &Pool, id: &VolumeId) -> Result<()> {
     // The fd `look` opens must be closed before unmounting (EBUSY).
-    let mounted = matches!(look(pool, id)?, MountPoint::Mounted(_));
+    let mounted = matches!(
+        look(pool, id)?,
+        MountPoint::Mounted(_) | MountPoint::Failing(_)
+    );
     if mounted {
         let path = pool.entry_path(id.as_str());
         umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
@@ -63,11 +78,15 @@ pub fn unmount(pool: &Pool, id: &VolumeId) -> Result<()> {
 
 /// Every mount of the volume's own filesystem except the one on `volumes/<id>`.
 pub fn users(pool: &Pool, id: &VolumeId, mounts: &MountIndex) -> Result<Vec<MountEntry>> {
-    let MountPoint::Mounted(fd) = look(pool, id)? else {
-        return Ok(Vec::new());
+    let dev = match look(pool, id)? {
+        MountPoint::Mounted(fd) => {
+            beneath::identity(&fd)
+                .context(|| format!("volume {id}: stat its filesystem"))?
+                .0
+        }
+        MountPoint::Failing(dev) => dev,
+        MountPoint::Missing | MountPoint::Unmounted(_) => return Ok(Vec::new()),
     };
-    let (dev, _) =
-        beneath::identity(&fd).context(|| format!("volume {id}: stat its filesystem"))?;
     let own = pool.entry_path(id.as_str());
     Ok(mounts
         .of_device(dev)
