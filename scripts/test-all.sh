@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CSI_SANITY_MODULE=github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity
-CSI_SANITY_VERSION=v5.4.0
+CSI_SANITY_VERSION=v5.6.0
 GOBIN_DIR="$(go env GOPATH)/bin"
 export PATH="$GOBIN_DIR:$HOME/.cargo/bin:$PATH"
 

@@ -474,8 +474,7 @@ const MOUNTINFO_CHUNK: usize = 64 << 10;
 pub fn top_mount_dev(path: &Path) -> Result<Option<u64>> {
     Ok(mount_table()?
         .into_iter()
-        .filter(|m| m.mount_point == path)
-        .next_back()
+        .rfind(|m| m.mount_point == path)
         .map(|m| m.dev))
 }
 

@@ -20,8 +20,8 @@ use common::{Scratch, create_request_with, delete, kubelet_target, listed, made,
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::volume_capability::AccessType as Type;
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, ControllerGetVolumeRequest,
-    NodeExpandVolumeRequest, NodeUnpublishVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest,
+    NodeUnpublishVolumeRequest,
 };
 
 /// A driver process on a pool in a scratch directory.

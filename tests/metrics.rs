@@ -1,5 +1,5 @@
 //! The real binary's Prometheus metrics: enforcement mode, room, promises,
-//! volume counts, over HTTP on the address `--metrics-address` names.
+//! volume counts, health problems, over HTTP on the address `--metrics-address` names.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -73,7 +73,15 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         volume_capabilities: vec![capability],
         ..Default::default()
     };
-    csi.controller.create_volume(request).await.unwrap();
+    let id = csi
+        .controller
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
 
     let answer = get(&address, "/metrics");
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
@@ -93,5 +101,32 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         answer.contains("hostpath_csi_pool_free_bytes{pool=\"main\"} "),
         "{answer}"
     );
+    assert!(
+        !answer.contains("hostpath_csi_volume_problems{")
+            && !answer.contains("hostpath_csi_pool_problem{"),
+        "{answer}"
+    );
+
+    // A backing gone, then the pool's directory moved away: the same facts
+    // the health RPCs give, for kubelets that do not ask for them.
+    let volume_dir = dir.path().join("pool").join("volumes").join(&id);
+    std::fs::rename(&volume_dir, dir.path().join("aside")).unwrap();
+    let answer = get(&address, "/metrics");
+    let line = "hostpath_csi_volume_problems{pool=\"main\",kind=\"directory\",reason=\"BackingMissing\"} 1";
+    assert!(
+        answer.lines().any(|l| l == line),
+        "{line} missing in\n{answer}"
+    );
+    std::fs::rename(dir.path().join("aside"), &volume_dir).unwrap();
+    assert!(!get(&address, "/metrics").contains("hostpath_csi_volume_problems{"));
+
+    std::fs::rename(dir.path().join("pool"), dir.path().join("pool-aside")).unwrap();
+    let answer = get(&address, "/metrics");
+    let line = "hostpath_csi_pool_problem{pool=\"main\",reason=\"PoolDirectoryGone\"} 1";
+    assert!(
+        answer.lines().any(|l| l == line),
+        "{line} missing in\n{answer}"
+    );
+    std::fs::rename(dir.path().join("pool-aside"), dir.path().join("pool")).unwrap();
     assert!(get(&address, "/other").starts_with("HTTP/1.1 404"));
 }
