@@ -148,7 +148,7 @@ start_control_plane() {
     --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/24 \
-    --allow-privileged=true
+    --allow-privileged=true --feature-gates=CSIVolumeHealth=true
   wait_for 120 "the API server" kubectl get --raw /readyz || return 1
   start kube-controller-manager kube-controller-manager --kubeconfig="$KUBECONFIG" \
     --leader-elect=false --bind-address=127.0.0.1 --root-ca-file="$PKI/ca.crt" \
@@ -228,6 +228,11 @@ containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 resolvConf: ""
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
+# Kubernetes 1.37's kubelet asks CSI drivers for volume and storage health
+# (NodeGetVolumeHealth, NodeGetStorageHealth) behind this alpha gate, once
+# per volume stats period: pod.status.volumeHealth, CSINode's storageHealth.
+featureGates: {CSIVolumeHealth: true}
+volumeStatsAggPeriod: 10s
 YAML
   start kubelet kubelet --config="$STATE/kubelet.yaml" --kubeconfig="$PKI/kubelet.kubeconfig" \
     --hostname-override="$NODE" --node-ip="$NODE_IP" --cert-dir="$STATE/kubelet-pki" --v=2

@@ -5,7 +5,7 @@
 # deploy/examples where an example exists.
 
 # shellcheck disable=SC2034 # read by inside.sh
-SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup)
+SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health)
 POOL=/var/lib/hostpath-csi/default
 
 fail() {
@@ -345,6 +345,39 @@ scenario_fsgroup() {
   pod ungrouped-writer ungrouped 'echo written > /data/out' 'runAsUser: 1000, runAsGroup: 1000'
   finished ungrouped-writer Failed
   k logs ungrouped-writer | grep -q 'Permission denied' || fail "the pod without fsGroup failed for another reason"
+}
+
+# volume_health POD VOLUME: the reasons kubelet reports in the pod's status
+# for one of its volumes (CSIVolumeHealth), space-separated.
+volume_health() {
+  k get pod "$1" -o "jsonpath={.status.volumeHealth[?(@.name==\"$2\")].healthConditions[*].reason}"
+}
+
+# health_is POD VOLUME REASONS: volume_health says REASONS ("" for none).
+health_is() {
+  [ "$(volume_health "$1" "$2")" = "$3" ]
+}
+
+# 8. Volume health reaches Kubernetes: the backing of a running pod's volume
+#    disappears on the node, kubelet (1.37, CSIVolumeHealth) asks the driver
+#    and writes the finding into the pod's status; restored, it clears.
+scenario_health() {
+  claim watched 64Mi
+  pod watched watched 'echo kept > /data/file && sleep 3600'
+  ready watched
+  local volume
+  volume=$(volume_of watched)
+  wait_for 30 "the pod's write" test -f "$volume/file" || fail "the pod wrote nothing"
+  health_is watched data "" || fail "health reported while fine: $(volume_health watched data)"
+  must mv "$volume" "$volume.aside"
+  wait_for 90 "kubelet to report BackingMissing" health_is watched data BackingMissing ||
+    fail "no BackingMissing in the pod's status: $(k get pod watched -o 'jsonpath={.status.volumeHealth}')"
+  expect_eq "the condition's status" \
+    "$(k get pod watched -o 'jsonpath={.status.volumeHealth[0].healthConditions[0].status}')" DataLoss
+  must mv "$volume.aside" "$volume"
+  wait_for 90 "kubelet to clear the condition" health_is watched data "" ||
+    fail "the condition stayed: $(k get pod watched -o 'jsonpath={.status.volumeHealth}')"
+  expect_eq "the pod's data" "$(k exec watched -- cat /data/file)" kept
 }
 
 # run_scenario NAME: runs one scenario in a namespace of its own, then

@@ -345,3 +345,30 @@ async fn a_pool_directory_moved_away_or_locked_by_another_process_is_reported() 
     std::fs::rename(&aside, &pool).unwrap();
     assert!(storage_health(&mut d.csi).await.is_empty());
 }
+
+#[tokio::test]
+async fn pools_with_the_same_problem_share_one_entry_naming_each() {
+    let scratch = Scratch::new();
+    let (first, second) = (scratch.path().join("fs-a"), scratch.path().join("fs-b"));
+    scratch.mount_tmpfs(&first, "8m");
+    scratch.mount_tmpfs(&second, "8m");
+    let (a, b) = (first.clone(), second.clone());
+    let mut d = TestDriver::start_in(scratch, move |c| {
+        c.pools = vec![
+            (hostpath_csi::ids::PoolName::parse("a").unwrap(), a),
+            (hostpath_csi::ids::PoolName::parse("b").unwrap(), b),
+        ];
+        c.nearly_full_percent = 50;
+    })
+    .await;
+    for pool in [&first, &second] {
+        std::fs::write(pool.join("filler"), vec![1u8; 5 << 20]).unwrap();
+    }
+    let found = storage_health(&mut d.csi).await;
+    assert_eq!(reasons(&found), ["PoolNearlyFull"], "{found:?}");
+    assert!(
+        found[0].1.contains("pool a") && found[0].1.contains("pool b"),
+        "{}",
+        found[0].1
+    );
+}

@@ -12,11 +12,13 @@ pub mod identity;
 pub mod node;
 pub mod status;
 
+use std::collections::BTreeMap;
+
 use crate::csi::node_get_storage_health_response::StorageBackendHealth;
 use crate::csi::volume_health::VolumeHealthEntry;
 use crate::csi::{StorageHealthErrorType, VolumeHealth, VolumeHealthErrorType};
 use crate::driver::Driver;
-use crate::health::{Finding, PoolSeverity, Severity};
+use crate::health::{Finding, PoolReason, PoolSeverity, Severity};
 use crate::ids::VolumeId;
 
 /// What every RPC handler returns.
@@ -41,25 +43,67 @@ fn volume_health(id: &VolumeId, findings: &[Finding]) -> VolumeHealth {
                     Severity::DataLoss => VolumeHealthErrorType::DataLoss,
                 } as i32,
                 reason: finding.reason.as_str().to_owned(),
-                message: finding.message.clone(),
+                message: bounded(finding.message.clone()),
             })
             .collect(),
     }
 }
 
-/// The health of this node's pools, as NodeGetStorageHealth reports it.
+/// The health of this node's pools, as NodeGetStorageHealth reports it:
+/// one entry per reason (the spec allows no two with the same status and
+/// reason), naming every pool it holds for.
 fn storage_health(driver: &Driver) -> Vec<StorageBackendHealth> {
-    driver
-        .storage_findings()
+    let mut by_reason: BTreeMap<PoolReason, Vec<String>> = BTreeMap::new();
+    for finding in driver.storage_findings() {
+        by_reason
+            .entry(finding.reason)
+            .or_default()
+            .push(finding.message);
+    }
+    by_reason
         .into_iter()
-        .map(|finding| StorageBackendHealth {
-            status: match finding.reason.severity() {
+        .map(|(reason, messages)| StorageBackendHealth {
+            status: match reason.severity() {
                 PoolSeverity::Degraded => StorageHealthErrorType::StorageDegraded,
                 PoolSeverity::Unreachable => StorageHealthErrorType::StorageUnreachable,
             } as i32,
-            reason: finding.reason.as_str().to_owned(),
-            message: finding.message,
+            reason: reason.as_str().to_owned(),
+            message: bounded(messages.join("; ")),
             volume_capability: None,
         })
         .collect()
+}
+
+/// Most bytes of a health message: what Kubernetes stores in a pod's or
+/// CSINode's status (longer ones would fail its validation).
+const HEALTH_MESSAGE_MAX: usize = 1024;
+
+/// `message` cut to [`HEALTH_MESSAGE_MAX`] bytes at a character boundary.
+fn bounded(mut message: String) -> String {
+    if message.len() > HEALTH_MESSAGE_MAX {
+        let mut end = HEALTH_MESSAGE_MAX - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_messages_fit_what_kubernetes_stores() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(HEALTH_MESSAGE_MAX);
+        let cut = bounded(long);
+        assert!(
+            cut.len() <= HEALTH_MESSAGE_MAX && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+    }
 }
