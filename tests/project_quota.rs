@@ -112,6 +112,22 @@ async fn project_quotas_hold_directory_volumes(fs: Fs) {
     d.unpublish(&first, &target).await.unwrap();
     assert!(pool.join("volumes").join(&first).is_dir());
 
+    // Its limit lifted behind the driver's back: its health says so, and
+    // the next publish sets the limit again.
+    let dir = std::fs::File::open(pool.join("volumes").join(&first)).unwrap();
+    project_quota::set_limit(&dir, p1, 0).unwrap();
+    let found = common::health(&mut d.csi, &first).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "QuotaNotEnforced");
+    assert!(
+        found[0].1.contains(&format!("project {p1} has no limit")),
+        "{found:?}"
+    );
+    d.publish(&first, &target, false).await.unwrap();
+    assert!(common::health(&mut d.csi, &first).await.is_empty());
+    assert_eq!(project_quota::limit_bytes(&dir, p1).unwrap(), 8 << 20);
+    d.unpublish(&first, &target).await.unwrap();
+
     // A pool whose volumes/ already hands down a project cannot give each
     // volume its own.
     let nested = pool.join("nested");
