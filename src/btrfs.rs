@@ -1,5 +1,5 @@
-//! btrfs subvolumes and qgroup limits, by ioctl, for directory volumes whose
-//! capacity the filesystem itself enforces.
+//! btrfs subvolumes, their snapshots and qgroup limits, by ioctl, for
+//! directory volumes whose capacity the filesystem itself enforces.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
@@ -14,6 +14,11 @@ const IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
 const IOC_QUOTA_CTL: libc::c_ulong = 0xc010_9428;
 const IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
 const IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
+const IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
+const IOC_SUBVOL_GETFLAGS: libc::c_ulong = 0x8008_9419;
+const IOC_SUBVOL_SETFLAGS: libc::c_ulong = 0x4008_941a;
+/// A subvolume (or snapshot) that refuses every change.
+const SUBVOL_RDONLY: u64 = 1 << 1;
 const QUOTA_CTL_ENABLE: u64 = 1;
 /// The limit applies to the bytes the qgroup refers to.
 const QGROUP_LIMIT_MAX_RFER: u64 = 1;
@@ -33,6 +38,16 @@ struct InoLookupArgs {
     treeid: u64,
     objectid: u64,
     name: [u8; 4080],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2`, without the qgroup inheritance.
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
 }
 
 /// `struct btrfs_ioctl_quota_ctl_args`.
@@ -65,6 +80,7 @@ struct FsInfoArgs {
 // The kernel reads and writes exactly these sizes.
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 const _: () = assert!(std::mem::size_of::<QuotaCtlArgs>() == 16);
 const _: () = assert!(std::mem::size_of::<QgroupLimitArgs>() == 48);
 const _: () = assert!(std::mem::size_of::<FsInfoArgs>() == 1024);
@@ -132,6 +148,55 @@ pub fn create_subvolume(parent: impl AsFd, name: &str) -> nix::Result<()> {
     // SAFETY: BTRFS_IOC_SUBVOL_CREATE reads a vol_args holding a NUL-terminated name.
     let rc = unsafe { libc::ioctl(parent.as_fd().as_raw_fd(), IOC_SUBVOL_CREATE, &args) };
     Errno::result(rc).map(drop)
+}
+
+/// Makes `name` in directory `parent` a snapshot of the subvolume whose
+/// root `source` is, read-only when asked: O(1) whatever it holds. EEXIST
+/// when something of that name is there.
+pub fn snapshot(
+    source: impl AsFd,
+    parent: impl AsFd,
+    name: &str,
+    read_only: bool,
+) -> nix::Result<()> {
+    let mut args = VolArgsV2 {
+        fd: i64::from(source.as_fd().as_raw_fd()),
+        transid: 0,
+        flags: if read_only { SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; 4040],
+    };
+    if name.is_empty() || name.len() >= args.name.len() || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    args.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 reads a vol_args_v2 holding a source
+    // fd and a NUL-terminated name.
+    let rc = unsafe { libc::ioctl(parent.as_fd().as_raw_fd(), IOC_SNAP_CREATE_V2, &args) };
+    Errno::result(rc).map(drop)
+}
+
+/// Lets the subvolume whose root `fd` is be changed again (so that it can
+/// be emptied and removed), if it was read-only.
+pub fn make_writable(fd: impl AsFd) -> nix::Result<()> {
+    let fd = fd.as_fd().as_raw_fd();
+    let mut flags: u64 = 0;
+    // SAFETY: BTRFS_IOC_SUBVOL_GETFLAGS writes one u64.
+    Errno::result(unsafe { libc::ioctl(fd, IOC_SUBVOL_GETFLAGS, &mut flags) })?;
+    if flags & SUBVOL_RDONLY == 0 {
+        return Ok(());
+    }
+    let flags = flags & !SUBVOL_RDONLY;
+    // SAFETY: BTRFS_IOC_SUBVOL_SETFLAGS reads one u64.
+    Errno::result(unsafe { libc::ioctl(fd, IOC_SUBVOL_SETFLAGS, &flags) }).map(drop)
+}
+
+/// Bytes only subvolume `id` refers to (what removing it would free), as
+/// of the last transaction commit; `None` without quotas.
+pub fn exclusive(fsid: &str, id: u64) -> Option<u64> {
+    std::fs::read_to_string(qgroups_dir(fsid).join(format!("0_{id}/exclusive")))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
 }
 
 /// The id of the subvolume whose root `fd` is; `None` for a plain directory.

@@ -76,6 +76,17 @@ pub enum Shortage {
         holding: String,
         minimum: u64,
     },
+    /// The request's limit is below the size of the snapshot or volume the
+    /// new volume is to hold.
+    #[error(
+        "volume {volume}: at most {limit} bytes allowed (limit_bytes), but {source_of} it is made from has {size} bytes"
+    )]
+    BelowSource {
+        volume: String,
+        limit: u64,
+        source_of: String,
+        size: u64,
+    },
     /// The backing has fewer unpromised bytes than a new volume needs.
     #[error("volume {volume}: {needed} bytes needed but {source_of} can give {available} bytes")]
     NoRoom {

@@ -14,6 +14,7 @@ use crate::health::{self, Finding, PoolFinding, PoolReason};
 use crate::ids::{PoolName, VolumeId};
 use crate::mounter::Mounter;
 use crate::pool::Pool;
+use crate::snapshots::SnapshotTable;
 use crate::volumes::{Volume, VolumeTable};
 
 /// Most entries one ListVolumes page holds, whatever `max_entries` asks (0
@@ -66,6 +67,7 @@ pub struct Driver {
     pub config: DriverConfig,
     pools: Vec<Pool>,
     volumes: Mutex<VolumeTable>,
+    snapshots: Mutex<SnapshotTable>,
     /// Volumes whose record could not be read at start, with the problem:
     /// they are neither served nor overwritten until an operator repairs them.
     unreadable: BTreeMap<VolumeId, String>,
@@ -83,6 +85,7 @@ impl Driver {
         config: DriverConfig,
         pools: Vec<Pool>,
         table: VolumeTable,
+        snapshots: SnapshotTable,
         unreadable: BTreeMap<VolumeId, String>,
         mounter: Arc<dyn Mounter>,
     ) -> Driver {
@@ -95,6 +98,7 @@ impl Driver {
             config,
             pools,
             volumes: Mutex::new(table),
+            snapshots: Mutex::new(snapshots),
             unreadable,
             guards: OperationGuards::default(),
             ledger,
@@ -144,12 +148,12 @@ impl Driver {
         (page, next)
     }
 
-    /// The problem with a volume whose record could not be read at start.
     /// How many volumes have a record that could not be read.
     pub fn unreadable_count(&self) -> u64 {
         self.unreadable.len() as u64
     }
 
+    /// The problem with a volume whose record could not be read at start.
     pub fn unreadable(&self, id: &VolumeId) -> Option<&str> {
         self.unreadable.get(id).map(String::as_str)
     }
@@ -157,6 +161,11 @@ impl Driver {
     /// Locks the volume table (briefly: never held across I/O).
     pub fn table(&self) -> MutexGuard<'_, VolumeTable> {
         self.volumes.lock().expect("volume table poisoned")
+    }
+
+    /// Locks the snapshot table (briefly: never held across I/O).
+    pub fn snapshots(&self) -> MutexGuard<'_, SnapshotTable> {
+        self.snapshots.lock().expect("snapshot table poisoned")
     }
 
     /// A copy of the volume's entry, or NOT_FOUND naming it and this node.

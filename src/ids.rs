@@ -1,6 +1,8 @@
-//! Names the driver trusts: volume ids it mints and pool names the operator gives.
+//! Names the driver trusts: volume and snapshot ids it mints and pool names
+//! the operator gives.
 //!
-//! Both are restricted to `[a-z0-9-]`, so either can be used as a single path
+//! Volume ids and pool names are restricted to `[a-z0-9-]`, snapshot ids to
+//! `[a-z0-9.-]` not starting with `.`, so each can be used as a single path
 //! component with no way to express `..`, `/` or a hidden file. Clones share
 //! one allocation: the volume table holds tens of thousands of them.
 
@@ -51,6 +53,88 @@ impl fmt::Display for VolumeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Prefix of the snapshot ids this driver mints.
+const SNAPSHOT_PREFIX: &str = "snap-";
+/// Hex digits of the name's hash in a snapshot id.
+const SNAPSHOT_HASH_LEN: usize = 32;
+
+/// A snapshot id: `snap-<hash of the name>-<node>`, minted by
+/// [`SnapshotId::mint`] or parsed and checked from a request. The node
+/// part lets a node that does not hold a snapshot say which one does; a
+/// node name that does not fit (longer than 64 bytes, or with characters
+/// outside `[a-z0-9.-]`) is left out.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotId(Arc<str>);
+
+impl SnapshotId {
+    /// Mints the id for a CreateSnapshot name taken on `node`: the same
+    /// name on the same node always gives the same id.
+    pub fn mint(name: &str, node: &str) -> Self {
+        let hash = format!("{:032x}", fnv1a_128(name.as_bytes()));
+        let fits = node.len() <= 64 && !node.starts_with('.') && is_snapshot_text(node);
+        let id = if fits && !node.is_empty() {
+            format!("{SNAPSHOT_PREFIX}{hash}-{node}")
+        } else {
+            format!("{SNAPSHOT_PREFIX}{hash}")
+        };
+        SnapshotId(id.into())
+    }
+
+    /// Checks an id sent by a caller: 1 to 128 characters of `[a-z0-9.-]`,
+    /// not starting with `.`.
+    pub fn parse(raw: &str) -> Result<Self> {
+        if raw.is_empty() {
+            return Err(Error::Invalid("snapshot id is missing".into()));
+        }
+        if raw.len() > MAX_ID_LEN || raw.starts_with('.') || !is_snapshot_text(raw) {
+            return Err(Error::Invalid(format!(
+                "snapshot id {} is malformed: expected 1 to {MAX_ID_LEN} characters of [a-z0-9.-], not starting with '.'",
+                Echo(raw)
+            )));
+        }
+        Ok(SnapshotId(raw.into()))
+    }
+
+    /// The node an id minted by this driver names, if it names one.
+    pub fn node(&self) -> Option<&str> {
+        let rest = self.0.strip_prefix(SNAPSHOT_PREFIX)?;
+        let (hash, node) = rest.split_at_checked(SNAPSHOT_HASH_LEN)?;
+        let node = node.strip_prefix('-')?;
+        (hash.bytes().all(|b| b.is_ascii_hexdigit()) && !node.is_empty()).then_some(node)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for SnapshotId {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<Self> {
+        SnapshotId::parse(&raw)
+    }
+}
+
+impl From<SnapshotId> for String {
+    fn from(id: SnapshotId) -> String {
+        id.0.to_string()
+    }
+}
+
+fn is_snapshot_text(s: &str) -> bool {
+    s.bytes()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.'))
 }
 
 /// The name of a storage pool, as given by `--pool NAME=PATH`.
@@ -152,6 +236,24 @@ mod tests {
         for good in ["a", "some-vol-id", "0", &"a".repeat(128)] {
             assert!(VolumeId::parse(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn snapshot_ids_name_their_node_and_callers_cannot_climb_out() {
+        let id = SnapshotId::mint("snapshot-1", "node-a.example");
+        assert_eq!(id, SnapshotId::mint("snapshot-1", "node-a.example"));
+        assert_ne!(id, SnapshotId::mint("snapshot-1", "node-b"));
+        assert_eq!(id.node(), Some("node-a.example"));
+        assert_eq!(SnapshotId::parse(id.as_str()).unwrap(), id);
+        for unfit in ["Node_A", &"n".repeat(65), "", ".hidden"] {
+            let id = SnapshotId::mint("s", unfit);
+            assert_eq!(id.node(), None, "{unfit:?}");
+            assert_eq!(id.as_str().len(), 37);
+        }
+        for bad in ["", "..", "../x", ".x", "a/b", "a\0b", "A", &"a".repeat(129)] {
+            assert!(SnapshotId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(SnapshotId::parse("x..y").unwrap().node(), None);
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Creating, expanding and deleting volumes in this node's pools: the work
-//! behind CreateVolume, ControllerExpandVolume and DeleteVolume, shared with
-//! ephemeral inline volumes and NodeExpandVolume.
+//! Creating (empty, or from a snapshot or another volume), expanding and
+//! deleting volumes in this node's pools: the work behind CreateVolume,
+//! ControllerExpandVolume and DeleteVolume, shared with ephemeral inline
+//! volumes and NodeExpandVolume.
 
-use crate::capacity::Ask;
+use crate::capacity::{Ask, Shortage};
 use crate::csi::TopologyRequirement;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::VolumeId;
-use crate::kind::{Content, KindName};
+use crate::kind::{Content, KindName, Seed};
 use crate::mounts::MountIndex;
 use crate::pool::{Enforcement, Pool};
-use crate::record::{self, VolumeRecord};
+use crate::record::{self, ContentSource, VolumeRecord};
+use crate::snapshots::take as snapshots;
 use crate::validate::{CapacityRequest, Enforce, VolumeParams};
 
 /// A checked CreateVolume request.
@@ -25,35 +27,157 @@ pub struct NewVolume {
     pub ephemeral: bool,
     /// What a kind=file volume holds: a filesystem, or raw for block access.
     pub content: Content,
+    /// What the volume is to be made from: a snapshot, or a clone of a volume.
+    pub source: Option<ContentSource>,
+    /// The request named no filesystem: a restore or clone of an image
+    /// takes its source's.
+    pub adopt_filesystem: bool,
 }
 
-pub fn create(driver: &Driver, request: NewVolume) -> Result<VolumeRecord> {
+pub fn create(driver: &Driver, mut request: NewVolume) -> Result<VolumeRecord> {
     let pool = driver.pool(request.params.pool.as_ref())?;
-    let id = &request.id;
+    let id = &request.id.clone();
     driver.check_readable(id)?;
     let existing = driver.table().get(id).map(|v| v.record.clone());
     if let Some(existing) = existing {
+        if request.adopt_filesystem && request.source.is_some() && !request.content.is_raw() {
+            request.content = existing.content;
+        }
         check_same_request(&existing, &request, pool, reachable(driver, &request))?;
+        if existing.filling {
+            // A create interrupted while it filled the volume starts over.
+            let seed = open_source(driver, &mut request)?;
+            existing.kind.backend().delete(pool, id)?;
+            existing
+                .kind
+                .backend()
+                .create_from(pool, &existing, &seed)?;
+            return filled(driver, pool, existing);
+        }
         // A retry after a crash between record and directory lands here.
         existing.kind.backend().create(pool, &existing)?;
         return Ok(existing);
     }
     check_accessibility(driver, &request)?;
     check_enforcement(pool, &request)?;
+    let seed = match request.source {
+        Some(_) => Some(open_source(driver, &mut request)?),
+        None => None,
+    };
     let record = reserve(driver, pool, &request)?;
     failpoint::hit("create:reserved");
+    let backend = record.kind.backend();
     let made = record::save(&pool.meta, &pool.shown().to_string(), &record).and_then(|()| {
         failpoint::hit("create:record-saved");
-        record.kind.backend().create(pool, &record)
+        match &seed {
+            None => backend.create(pool, &record),
+            Some(seed) => backend.create_from(pool, &record, seed),
+        }
     });
     if let Err(err) = made {
+        // A half-filled backing must not outlive its record: a later create
+        // of the same name would take it for made.
+        if seed.is_some()
+            && let Err(cleanup) = backend.delete(pool, id)
+        {
+            tracing::error!(volume = %id, "a half-filled volume stays with its record: {cleanup}");
+            return Err(err);
+        }
         driver.table().remove(id);
-        record::remove(&pool.meta, &pool.shown().to_string(), id).ok();
+        record::remove::<VolumeRecord>(&pool.meta, &pool.shown().to_string(), id).ok();
         return Err(err);
     }
     failpoint::hit("create:made");
-    tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, "volume created");
+    let record = if seed.is_some() {
+        filled(driver, pool, record)?
+    } else {
+        record
+    };
+    tracing::info!(volume = %id, name = %record.name, pool = %pool.name, capacity = record.capacity_bytes, source = ?record.content_source, "volume created");
     Ok(record)
+}
+
+/// Marks a volume whose backing now holds its source's data as done,
+/// durably.
+fn filled(driver: &Driver, pool: &Pool, mut record: VolumeRecord) -> Result<VolumeRecord> {
+    record.filling = false;
+    record::save(&pool.meta, &pool.shown().to_string(), &record)?;
+    driver.table().update(record.clone());
+    Ok(record)
+}
+
+/// Opens what the request's content source holds, checking that it can
+/// become this volume (same kind; for an image, the same filesystem, which
+/// a request naming none takes from it) and raising the capacity asked to
+/// at least the source's size.
+fn open_source(driver: &Driver, request: &mut NewVolume) -> Result<Seed> {
+    let Some(source) = &request.source else {
+        return Err(Error::Broken(format!(
+            "volume {}: no content source",
+            request.name
+        )));
+    };
+    let (shown, kind, content, size, seed) = match source {
+        ContentSource::Snapshot(id) => {
+            let (snapshot, seed) = snapshots::open(driver, id)?;
+            (
+                format!("snapshot {id}"),
+                snapshot.kind,
+                snapshot.content,
+                snapshot.size_bytes,
+                seed,
+            )
+        }
+        ContentSource::Volume(id) => {
+            driver.check_readable(id)?;
+            let volume = driver.volume(id)?.record;
+            if volume.filling {
+                return Err(Error::Busy(format!("volume {id} is still being filled")));
+            }
+            let pool = driver.pool(Some(&volume.pool))?;
+            let seed = volume.kind.backend().seed(pool, &volume)?;
+            let size = match volume.capacity_bytes {
+                0 => seed.used_bytes()?,
+                capacity => capacity,
+            };
+            (
+                format!("volume {id}"),
+                volume.kind,
+                volume.content,
+                size,
+                seed,
+            )
+        }
+    };
+    let name = &request.name;
+    if kind != request.params.kind {
+        return Err(Error::Invalid(format!(
+            "volume {name}: {shown} is of kind {}, but kind {} is asked for",
+            kind.as_str(),
+            request.params.kind.as_str()
+        )));
+    }
+    if request.adopt_filesystem && !request.content.is_raw() && !content.is_raw() {
+        request.content = content;
+    }
+    if content != request.content {
+        return Err(Error::Invalid(format!(
+            "volume {name}: {shown} holds {:?}, but {:?} is asked for",
+            content.as_str(),
+            request.content.as_str()
+        )));
+    }
+    let range = &mut request.range;
+    if range.limit > 0 && range.limit < size {
+        return Err(Error::Capacity(Shortage::BelowSource {
+            volume: name.clone(),
+            limit: range.limit,
+            source_of: shown,
+            size,
+        }));
+    }
+    range.required = range.required.max(size);
+    Ok(seed)
 }
 
 /// Requisite topologies must include this node; preferred ones are only
@@ -140,6 +264,8 @@ fn reserve(driver: &Driver, pool: &Pool, request: &NewVolume) -> Result<VolumeRe
         ephemeral: request.ephemeral,
         content: request.content,
         enforced: enforced(pool, &request.params),
+        content_source: request.source.clone(),
+        filling: request.source.is_some(),
     };
     table.insert(record.clone());
     Ok(record)
@@ -182,19 +308,22 @@ fn check_same_request(
         || existing.kind != params.kind
         || existing.content != request.content
         || existing.pool != pool.name
+        || existing.content_source != request.source
     {
         return Err(Error::Conflict(format!(
-            "volume {name} already exists as {} (kind {}, pool {}, {} bytes, filesystem {:?}), incompatible with this request (kind {}, pool {}, filesystem {:?}, required {} / limit {} bytes, reachable from its topology: {reachable})",
+            "volume {name} already exists as {} (kind {}, pool {}, {} bytes, filesystem {:?}, made from {:?}), incompatible with this request (kind {}, pool {}, filesystem {:?}, required {} / limit {} bytes, made from {:?}, reachable from its topology: {reachable})",
             existing.id,
             existing.kind.as_str(),
             existing.pool,
             existing.capacity_bytes,
             existing.content.as_str(),
+            existing.content_source,
             params.kind.as_str(),
             pool.name,
             request.content.as_str(),
             range.required,
-            range.limit
+            range.limit,
+            request.source
         )));
     }
     Ok(())
@@ -208,6 +337,11 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
     let Some(volume) = driver.table().get(id).cloned() else {
         return Ok(());
     };
+    if let Some(snapshot) = driver.snapshots().copying_from(id) {
+        return Err(Error::Busy(format!(
+            "volume {id}: snapshot {snapshot} is being copied from it; try again when the copy ends"
+        )));
+    }
     let pool = driver.pool(Some(&volume.record.pool))?;
     let backend = volume.record.kind.backend();
     if let Some(mount) = backend.users(pool, id, &MountIndex::read()?)?.first() {
@@ -218,7 +352,7 @@ pub fn delete(driver: &Driver, id: &VolumeId) -> Result<()> {
     }
     backend.delete(pool, id)?;
     failpoint::hit("delete:trashed");
-    record::remove(&pool.meta, &pool.shown().to_string(), id)?;
+    record::remove::<VolumeRecord>(&pool.meta, &pool.shown().to_string(), id)?;
     failpoint::hit("delete:record-removed");
     driver.table().remove(id);
     tracing::info!(volume = %id, name = %volume.record.name, pool = %pool.name, "volume deleted");
@@ -293,8 +427,8 @@ mod tests {
         let in_table = t.driver.volume(id).unwrap().record.capacity_bytes;
         let pool = t.driver.pool(None).unwrap();
         let shown = pool.shown().to_string();
-        let listed = record::list(&pool.meta, &shown).unwrap();
-        let loaded = record::load(&pool.meta, &shown, &listed);
+        let listed = record::list(&pool.meta, &shown, "meta").unwrap();
+        let loaded = record::load::<VolumeRecord>(&pool.meta, &shown, &listed);
         let on_disk = loaded.records.iter().find(|r| &r.id == id).unwrap();
         (in_table, on_disk.capacity_bytes)
     }
@@ -400,10 +534,10 @@ mod tests {
         let disk = KindName::Directory.backing(&pool.name);
         assert_eq!(t.driver.table().promised(&disk), 1 << 20);
         let shown = pool.shown().to_string();
-        assert_eq!(record::list(&pool.meta, &shown).unwrap().len(), 1);
+        assert_eq!(record::list(&pool.meta, &shown, "meta").unwrap().len(), 1);
         delete(&t.driver, &id).unwrap();
         assert!(t.driver.volume(&id).is_err());
-        assert_eq!(record::list(&pool.meta, &shown).unwrap().len(), 0);
+        assert_eq!(record::list(&pool.meta, &shown, "meta").unwrap().len(), 0);
         assert_eq!(
             t.driver.table().promised(&disk),
             0,

@@ -116,7 +116,13 @@ pub fn attach(
         }
         let config = LoopConfig {
             fd: image.as_raw_fd() as u32,
-            block_size: 0,
+            // 512-byte sectors, whatever the image file's direct I/O
+            // alignment: the kernel would otherwise take that alignment,
+            // which XFS raises to 4 KiB for a reflinked image, and a
+            // filesystem of 1 KiB blocks in it (small ext4) would no
+            // longer mount. Where 512 is below that alignment the kernel
+            // does buffered I/O instead.
+            block_size: 512,
             info: LoopInfo64 {
                 flags,
                 ..zeroed_info()

@@ -79,6 +79,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let stop = server::termination_signal().map_err(|e| e.to_string())?;
     let listener = server::listen(&socket).map_err(|e| e.to_string())?;
     let driver = Arc::new(driver);
+    hostpath_csi::snapshots::take::start_when_free(&driver);
     if let Some(address) = args.metrics_address {
         let metrics = tokio::net::TcpListener::bind(address)
             .await

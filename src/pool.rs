@@ -1,8 +1,10 @@
 //! A storage pool: a host directory the driver owns, opened once as an fd.
 //!
 //! Layout beneath the pool root:
-//! `volumes/<id>` (volume data), `meta/<id>.json` (records) and `.trash/`
-//! (deletions in progress, drained by a background thread).
+//! `volumes/<id>` (volume data), `meta/<id>.json` (records),
+//! `snapshots/<snapshot-id>` and `snapshot-meta/<snapshot-id>.json`
+//! (snapshot data and records) and `.trash/` (deletions in progress,
+//! drained by a background thread).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -116,6 +118,12 @@ pub struct Pool {
     pub volumes: SharedSyncDir,
     /// `meta/`: one record per volume.
     pub meta: SharedSyncDir,
+    /// `snapshots/`: one entry per snapshot.
+    pub snapshots: SharedSyncDir,
+    /// `snapshot-meta/`: one record per snapshot.
+    pub snapshot_meta: SharedSyncDir,
+    /// Whether the pool's filesystem shares extents between files (FICLONE).
+    pub reflinks: bool,
     trash: OwnedFd,
     drain: mpsc::Sender<Trashed>,
     /// Where the pool lies within its filesystem, as the mount table's
@@ -157,6 +165,8 @@ impl Pool {
                 .context(|| format!("pool {name}: open {}/{dir}", path.display()))
         };
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
+        let (snapshots, snapshot_meta) = (sub("snapshots")?, sub("snapshot-meta")?);
+        let reflinks = shares_extents(&snapshot_meta);
         let drain = spawn_drain(&name, path, &trash)?;
         let enforcement = Enforcement::detect(&root, [&volumes, &trash], enable_quotas)
             .within(|| format!("pool {name}"))?;
@@ -177,6 +187,9 @@ impl Pool {
             _lock: lock,
             volumes: SharedSyncDir::new(volumes),
             meta: SharedSyncDir::new(meta),
+            snapshots: SharedSyncDir::new(snapshots),
+            snapshot_meta: SharedSyncDir::new(snapshot_meta),
+            reflinks,
             trash,
             drain,
             enforcement,
@@ -271,17 +284,26 @@ impl Pool {
     /// Moves `volumes/<name>` into the trash (missing is fine) and queues its
     /// removal. After this returns the data is no longer reachable as a volume.
     pub fn trash_volume(&self, name: &str) -> Result<()> {
+        self.trash_entry(&self.volumes, "volumes", name)
+    }
+
+    /// Moves `snapshots/<name>` into the trash, as [`Pool::trash_volume`].
+    pub fn trash_snapshot(&self, name: &str) -> Result<()> {
+        self.trash_entry(&self.snapshots, "snapshots", name)
+    }
+
+    fn trash_entry(&self, dir: &SharedSyncDir, dir_name: &str, name: &str) -> Result<()> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let trashed = format!("{name}.{nanos}");
-        match renameat(&self.volumes, name, &self.trash, trashed.as_str()) {
+        match renameat(dir, name, &self.trash, trashed.as_str()) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
             Err(errno) => {
                 return Err(Error::sys(
                     format!(
-                        "move {0}/volumes/{name} to {0}/.trash/{trashed}",
+                        "move {0}/{dir_name}/{name} to {0}/.trash/{trashed}",
                         self.shown()
                     ),
                     errno,
@@ -294,13 +316,32 @@ impl Pool {
         // the rename being logged as one operation; without a journal a
         // crash could lose that entry, leaving the tree to fsck's
         // lost+found: space, never a volume.
-        self.volumes
-            .sync()
-            .context(|| format!("fsync {}/volumes", self.shown()))?;
+        dir.sync()
+            .context(|| format!("fsync {}/{dir_name}", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
         self.drain.send(Trashed::Entry(entry)).ok();
         Ok(())
     }
+}
+
+/// Whether files in directory `dir` can share extents: two unnamed files
+/// made there are cloned one into the other.
+fn shares_extents(dir: &OwnedFd) -> bool {
+    let unnamed = || {
+        beneath::open_at(
+            dir,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_RDWR,
+            Mode::from_bits_truncate(0o600),
+            Mounts::Stay,
+        )
+    };
+    let (Ok(source), Ok(clone)) = (unnamed(), unnamed()) else {
+        return false;
+    };
+    nix::unistd::write(&source, &[0u8; 4096]).is_ok()
+        && fsync(&source).is_ok()
+        && crate::copy::file_contents(&source, &clone).unwrap_or(false)
 }
 
 /// Takes the pool's lock (an exclusive flock of its directory), or refuses:

@@ -107,6 +107,8 @@ fn make_ephemeral(driver: &Driver, request: &Publish) -> Result<bool> {
             requirement: None,
             ephemeral: true,
             content: Content::Raw,
+            source: None,
+            adopt_filesystem: false,
         },
     )?;
     Ok(true)

@@ -1,4 +1,5 @@
-//! One durable record per volume: `<pool>/meta/<volume-id>.json`.
+//! One durable record per volume (`<pool>/meta/<volume-id>.json`) and per
+//! snapshot (`<pool>/snapshot-meta/<snapshot-id>.json`).
 //!
 //! A record is written before the side effect it describes and removed after
 //! the volume's data is out of sight, each time atomically (temp, fsync,
@@ -7,11 +8,12 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::AsFd;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::beneath::{self, SyncDir};
 use crate::error::{Error, Result, SysContext};
-use crate::ids::{PoolName, VolumeId};
+use crate::ids::{PoolName, SnapshotId, VolumeId};
 use crate::kind::{Content, KindName};
 
 /// What the driver knows about a volume that must survive a restart.
@@ -33,6 +35,45 @@ pub struct VolumeRecord {
     /// A directory volume held to its capacity by the pool's filesystem.
     #[serde(default)]
     pub enforced: bool,
+    /// What the volume was made from (a restore or a clone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_source: Option<ContentSource>,
+    /// Its backing is still being filled from `content_source`: a retried
+    /// create starts the filling over, and it is served only once done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filling: bool,
+}
+
+/// What a volume was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentSource {
+    Snapshot(SnapshotId),
+    Volume(VolumeId),
+}
+
+/// What a record file holds: a volume's or a snapshot's record.
+pub trait Durable: Serialize + DeserializeOwned + Send {
+    type Id: std::fmt::Display + Send;
+    /// The pool's directory of these records.
+    const DIR: &'static str;
+    /// What the record describes ("volume", "snapshot"), for messages.
+    const WHAT: &'static str;
+    fn id(&self) -> &Self::Id;
+    /// The id a record file's name claims, when it is one.
+    fn parse_id(raw: &str) -> Option<Self::Id>;
+}
+
+impl Durable for VolumeRecord {
+    type Id = VolumeId;
+    const DIR: &'static str = "meta";
+    const WHAT: &'static str = "volume";
+    fn id(&self) -> &VolumeId {
+        &self.id
+    }
+    fn parse_id(raw: &str) -> Option<VolumeId> {
+        VolumeId::parse(raw).ok()
+    }
 }
 
 const SUFFIX: &str = ".json";
@@ -45,40 +86,60 @@ const READERS: usize = 16;
 const MAX_RECORD_BYTES: usize = 64 << 10;
 
 /// `<id>.json`.
-pub fn file_name(id: &VolumeId) -> String {
+pub fn file_name(id: &impl std::fmt::Display) -> String {
     format!("{id}{SUFFIX}")
 }
 
-/// Writes (or replaces) the record in the pool's `meta` directory.
-pub fn save(meta: &(impl SyncDir + ?Sized), pool_path: &str, record: &VolumeRecord) -> Result<()> {
+/// Writes (or replaces) the record in its directory `dir` of the pool.
+pub fn save<R: Durable>(dir: &(impl SyncDir + ?Sized), pool_path: &str, record: &R) -> Result<()> {
+    let id = record.id();
+    let what = R::WHAT;
     let bytes = serde_json::to_vec(record)
-        .map_err(|e| Error::failed(format!("volume {}: encode record", record.id), e))?;
-    let name = file_name(&record.id);
-    beneath::write_atomic(meta, &name, &bytes)
-        .context(|| format!("volume {}: write record {pool_path}/meta/{name}", record.id))
+        .map_err(|e| Error::failed(format!("{what} {id}: encode record"), e))?;
+    let name = file_name(id);
+    beneath::write_atomic(dir, &name, &bytes)
+        .context(|| format!("{what} {id}: write record {pool_path}/{}/{name}", R::DIR))
 }
 
 /// Removes the record; a missing record is fine.
-pub fn remove(meta: &(impl SyncDir + ?Sized), pool_path: &str, id: &VolumeId) -> Result<()> {
+pub fn remove<R: Durable>(
+    dir: &(impl SyncDir + ?Sized),
+    pool_path: &str,
+    id: &R::Id,
+) -> Result<()> {
     let name = file_name(id);
-    beneath::remove_file(meta, &name)
-        .context(|| format!("volume {id}: remove record {pool_path}/meta/{name}"))
+    beneath::remove_file(dir, &name).context(|| {
+        format!(
+            "{} {id}: remove record {pool_path}/{}/{name}",
+            R::WHAT,
+            R::DIR
+        )
+    })
 }
 
-/// What a scan of a `meta` directory found.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub records: Vec<VolumeRecord>,
+/// What a scan of a record directory found.
+#[derive(Debug)]
+pub struct Loaded<R: Durable> {
+    pub records: Vec<R>,
     /// Files that could not be read as a record. They are left in place for
     /// an operator to inspect.
-    pub unreadable: Vec<Unreadable>,
+    pub unreadable: Vec<Unreadable<R::Id>>,
+}
+
+impl<R: Durable> Default for Loaded<R> {
+    fn default() -> Self {
+        Loaded {
+            records: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
 }
 
 /// A record file that could not be read.
 #[derive(Debug)]
-pub struct Unreadable {
-    /// The volume it belongs to, when its file name says.
-    pub id: Option<VolumeId>,
+pub struct Unreadable<Id> {
+    /// The volume or snapshot it belongs to, when its file name says.
+    pub id: Option<Id>,
     /// The file and what is wrong with it.
     pub problem: String,
 }
@@ -92,11 +153,11 @@ pub struct Listed {
     pub inode: u64,
 }
 
-/// Lists the record files in `meta`, removing temp files left by an
-/// interrupted write.
-pub fn list(meta: impl AsFd, pool_path: &str) -> Result<Vec<Listed>> {
+/// Lists the record files in `meta` (the pool's directory `dir`), removing
+/// temp files left by an interrupted write.
+pub fn list(meta: impl AsFd, pool_path: &str, dir: &str) -> Result<Vec<Listed>> {
     let meta = meta.as_fd();
-    let entries = beneath::list(meta).context(|| format!("list {pool_path}/meta"))?;
+    let entries = beneath::list(meta).context(|| format!("list {pool_path}/{dir}"))?;
     let mut listed = Vec::with_capacity(entries.len());
     for beneath::Entry { name, inode, .. } in entries {
         let shown = name.to_string_lossy().into_owned();
@@ -105,7 +166,7 @@ pub fn list(meta: impl AsFd, pool_path: &str) -> Result<Vec<Listed>> {
         if shown.starts_with('.') {
             if shown.ends_with(".tmp") {
                 beneath::remove_file(&meta, shown.as_str())
-                    .context(|| format!("remove {pool_path}/meta/{shown}"))?;
+                    .context(|| format!("remove {pool_path}/{dir}/{shown}"))?;
             }
             continue;
         }
@@ -117,25 +178,23 @@ pub fn list(meta: impl AsFd, pool_path: &str) -> Result<Vec<Listed>> {
 /// Reads every listed record. At start, with tens of thousands of volumes
 /// and no snapshot, this is most of the time to ready, so [`READERS`]
 /// threads share the reading.
-pub fn load(meta: impl AsFd, pool_path: &str, listed: &[Listed]) -> Loaded {
+pub fn load<R: Durable>(meta: impl AsFd, pool_path: &str, listed: &[Listed]) -> Loaded<R> {
     let meta = meta.as_fd();
     let share = listed.len().div_ceil(READERS).max(1);
     let read_share = |share: &[Listed]| {
         let mut loaded = Loaded::default();
         for Listed { name, shown, .. } in share {
-            match read_one(meta, name, shown) {
+            match read_one::<R>(meta, name, shown) {
                 Ok(record) => loaded.records.push(record),
                 Err(reason) => loaded.unreadable.push(Unreadable {
-                    id: shown
-                        .strip_suffix(SUFFIX)
-                        .and_then(|id| VolumeId::parse(id).ok()),
-                    problem: format!("{pool_path}/meta/{shown}: {reason}"),
+                    id: shown.strip_suffix(SUFFIX).and_then(R::parse_id),
+                    problem: format!("{pool_path}/{}/{shown}: {reason}", R::DIR),
                 }),
             }
         }
         loaded
     };
-    let shares: Vec<Loaded> = std::thread::scope(|scope| {
+    let shares: Vec<Loaded<R>> = std::thread::scope(|scope| {
         let readers: Vec<_> = listed
             .chunks(share)
             .map(|share| scope.spawn(|| read_share(share)))
@@ -153,18 +212,18 @@ pub fn load(meta: impl AsFd, pool_path: &str, listed: &[Listed]) -> Loaded {
     loaded
 }
 
-fn read_one(
+fn read_one<R: Durable>(
     meta: impl AsFd,
     name: &CStr,
     shown: &str,
-) -> std::result::Result<VolumeRecord, String> {
+) -> std::result::Result<R, String> {
     let bytes = beneath::read_file(meta, name, MAX_RECORD_BYTES).map_err(|e| match e {
         nix::errno::Errno::EINVAL => "not a regular file".to_owned(),
         e => e.to_string(),
     })?;
-    let record: VolumeRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    if shown != file_name(&record.id) {
-        return Err(format!("holds the record of volume {}", record.id));
+    let record: R = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if shown != file_name(record.id()) {
+        return Err(format!("holds the record of {} {}", R::WHAT, record.id()));
     }
     Ok(record)
 }
@@ -185,6 +244,8 @@ mod tests {
             ephemeral: false,
             content: Content::Raw,
             enforced: false,
+            content_source: None,
+            filling: false,
         }
     }
 
@@ -204,7 +265,7 @@ mod tests {
         )
         .unwrap();
 
-        let load_all = || load(&dir, "p", &list(&dir, "p").unwrap());
+        let load_all = || load::<VolumeRecord>(&dir, "p", &list(&dir, "p", "meta").unwrap());
         let mut loaded = load_all();
         loaded.records.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(loaded.records, vec![a.clone(), b]);
@@ -215,8 +276,8 @@ mod tests {
         assert_eq!(ids, vec![None, named("vol-junk"), named("vol-misplaced")]);
         assert!(!tmp.path().join(".x.json.tmp").exists());
 
-        remove(&dir, "p", &a.id).unwrap();
-        remove(&dir, "p", &a.id).unwrap();
+        remove::<VolumeRecord>(&dir, "p", &a.id).unwrap();
+        remove::<VolumeRecord>(&dir, "p", &a.id).unwrap();
         assert_eq!(load_all().records.len(), 1);
     }
 

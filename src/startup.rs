@@ -13,8 +13,9 @@ use crate::error::{Error, Result, SysContext};
 use crate::mounter::{KernelMounter, Mounter};
 use crate::mounts;
 use crate::pool::Pool;
-use crate::record;
-use crate::snapshot;
+use crate::record::{self, Durable};
+use crate::record_cache;
+use crate::snapshots::{SnapshotRecord, SnapshotTable};
 use crate::volumes::{Publication, VolumeTable};
 
 /// Opens every pool, loads their records and finds which volumes are
@@ -40,24 +41,25 @@ pub fn open_with(config: DriverConfig, mounter: Arc<dyn Mounter>) -> Result<Driv
     }
     let mut table = VolumeTable::default();
     let mut unreadable = BTreeMap::new();
+    let mut snapshots = SnapshotTable::default();
     // Per pool, the ids its meta/ holds a record file of, readable or not.
     let mut recorded: Vec<HashSet<String>> = Vec::new();
     for pool in &pools {
         let shown = pool.shown().to_string();
-        let listed = record::list(&pool.meta, &shown)?;
+        let listed = record::list(&pool.meta, &shown, "meta")?;
         recorded.push(
             listed
                 .iter()
                 .filter_map(|l| l.shown.strip_suffix(".json").map(str::to_owned))
                 .collect(),
         );
-        let (loaded, source) = match snapshot::take(&pool.root, &pool.meta, &shown, &listed) {
+        let (loaded, source) = match record_cache::take(&pool.root, &pool.meta, &shown, &listed) {
             Some(records) => (
                 record::Loaded {
                     records,
                     unreadable: Vec::new(),
                 },
-                "snapshot",
+                "record cache",
             ),
             None => (record::load(&pool.meta, &shown, &listed), "records"),
         };
@@ -77,11 +79,34 @@ pub fn open_with(config: DriverConfig, mounter: Arc<dyn Mounter>) -> Result<Driv
             table.insert(rec);
         }
         tracing::info!(pool = %pool.name, path = %pool.shown(), volumes = count, from = source, "pool open");
+        load_snapshots(pool, &mut snapshots)?;
     }
-    let driver = Driver::new(config, pools, table, unreadable, mounter);
+    let driver = Driver::new(config, pools, table, snapshots, unreadable, mounter);
     find_published(&driver)?;
     quarantine_orphans(&driver, &recorded)?;
     Ok(driver)
+}
+
+/// Enters the snapshots whose records `pool` holds; those not ready are
+/// made again once the driver runs ([`take::start_when_free`]). Unreadable
+/// records are reported and left in place.
+///
+/// [`take::start_when_free`]: crate::snapshots::take::start_when_free
+fn load_snapshots(pool: &Pool, snapshots: &mut SnapshotTable) -> Result<()> {
+    let shown = pool.shown().to_string();
+    let listed = record::list(&pool.snapshot_meta, &shown, SnapshotRecord::DIR)?;
+    let loaded = record::load::<SnapshotRecord>(&pool.snapshot_meta, &shown, &listed);
+    for bad in loaded.unreadable {
+        tracing::error!(pool = %pool.name, problem = %bad.problem, "unreadable snapshot record left in place");
+    }
+    for record in loaded.records {
+        if record.pool != pool.name {
+            tracing::error!(snapshot = %record.id, pool = %pool.name, "record names pool {}; skipped", record.pool);
+            continue;
+        }
+        snapshots.insert(record);
+    }
+    Ok(())
 }
 
 /// Sets aside every entry of a pool's `volumes/` that belongs to no
@@ -139,17 +164,17 @@ fn find_published(driver: &Driver) -> Result<()> {
 /// written (the next start reads every record).
 pub fn stop(driver: &Driver, patience: Duration) {
     if !driver.guards.close(patience) {
-        tracing::warn!("operations still running after {patience:?}: no snapshot written");
+        tracing::warn!("operations still running after {patience:?}: no record cache written");
         return;
     }
     for pool in driver.pools() {
         let records: Vec<_> = driver.table().records_in(&pool.name).collect();
         let count = records.len();
         let shown = pool.shown().to_string();
-        match snapshot::write(&pool.root, &pool.meta, &shown, records) {
-            Ok(true) => tracing::info!(pool = %pool.name, volumes = count, "snapshot written"),
+        match record_cache::write(&pool.root, &pool.meta, &shown, records) {
+            Ok(true) => tracing::info!(pool = %pool.name, volumes = count, "record cache written"),
             Ok(false) => {}
-            Err(err) => tracing::error!(pool = %pool.name, "no snapshot written: {err}"),
+            Err(err) => tracing::error!(pool = %pool.name, "no record cache written: {err}"),
         }
     }
 }

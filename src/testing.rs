@@ -99,6 +99,8 @@ pub fn new_volume(name: &str, kind: KindName, required: u64) -> NewVolume {
         requirement: None,
         ephemeral: false,
         content: Content::Raw,
+        source: None,
+        adopt_filesystem: false,
     }
 }
 

@@ -45,16 +45,49 @@ const MOUNT_FLAGS: [(&str, MsFlags); 10] = [
 /// A CreateVolume name: 1 to 256 bytes with no control characters. Names
 /// are only hashed into ids, never used as paths.
 pub fn volume_name(name: &str) -> Result<&str> {
+    checked_name("volume", name)
+}
+
+/// A CreateSnapshot name, checked as a volume name is.
+pub fn snapshot_name(name: &str) -> Result<&str> {
+    checked_name("snapshot", name)
+}
+
+fn checked_name<'a>(what: &str, name: &'a str) -> Result<&'a str> {
     if name.is_empty() {
-        return Err(Error::Invalid("volume name is missing".into()));
+        return Err(Error::Invalid(format!("{what} name is missing")));
     }
     if name.len() > 256 || name.chars().any(char::is_control) {
         return Err(Error::Invalid(format!(
-            "volume name {} is malformed: expected 1 to 256 bytes without control characters",
+            "{what} name {} is malformed: expected 1 to 256 bytes without control characters",
             Echo(name)
         )));
     }
     Ok(name)
+}
+
+/// CreateSnapshot parameters: none of this driver's own; the ones the
+/// snapshotter adds (`csi.storage.k8s.io/…`) are accepted and unused.
+pub fn snapshot_parameters(parameters: &HashMap<String, String>) -> Result<()> {
+    match parameters
+        .keys()
+        .find(|key| !key.starts_with("csi.storage.k8s.io/"))
+    {
+        None => Ok(()),
+        Some(key) => Err(Error::Invalid(format!(
+            "snapshot parameter {} is not supported: this driver takes none",
+            Echo(key)
+        ))),
+    }
+}
+
+/// Whether the request names a filesystem (parameter fsType, or a mount
+/// capability's fs_type).
+pub fn names_filesystem(params: &VolumeParams, caps: &[VolumeCapability]) -> bool {
+    params.fs_type.is_some()
+        || caps
+            .iter()
+            .any(|c| matches!(&c.access_type, Some(AccessType::Mount(m)) if !m.fs_type.is_empty()))
 }
 
 /// A CSI driver name: at most 63 characters of `[a-zA-Z0-9.-]`, starting and

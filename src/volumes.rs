@@ -148,6 +148,8 @@ mod tests {
             ephemeral: false,
             content: crate::kind::Content::Raw,
             enforced: false,
+            content_source: None,
+            filling: false,
         }
     }
 

@@ -732,6 +732,10 @@ async fn controller_capabilities_are_listed() {
         rpc::Type::SingleNodeMultiWriter,
         rpc::Type::ListVolumesPublishedNodes,
         rpc::Type::ExpandVolume,
+        rpc::Type::CreateDeleteSnapshot,
+        rpc::Type::ListSnapshots,
+        rpc::Type::GetSnapshot,
+        rpc::Type::CloneVolume,
     ]
     .into_iter()
     .map(|t| t as i32)

@@ -58,7 +58,8 @@ async fn capabilities_are_controller_and_topology() {
         services,
         vec![
             service::Type::ControllerService as i32,
-            service::Type::VolumeAccessibilityConstraints as i32
+            service::Type::VolumeAccessibilityConstraints as i32,
+            service::Type::SnapshotAccessibilityConstraints as i32
         ]
     );
 }
@@ -112,17 +113,12 @@ async fn probe_is_ready_only_while_every_pool_is_writable() {
 
 #[tokio::test]
 async fn capabilities_not_offered_answer_unimplemented() {
-    use hostpath_csi::csi::{
-        ControllerPublishVolumeRequest, CreateSnapshotRequest, NodeStageVolumeRequest,
-    };
+    use hostpath_csi::csi::{ControllerPublishVolumeRequest, NodeStageVolumeRequest};
     use tonic::Code;
     let mut d = TestDriver::start().await;
     let c = &mut d.csi.controller;
     let codes = [
         c.controller_publish_volume(ControllerPublishVolumeRequest::default())
-            .await
-            .map(drop),
-        c.create_snapshot(CreateSnapshotRequest::default())
             .await
             .map(drop),
         d.csi

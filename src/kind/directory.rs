@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::fsync;
 
-use super::{Access, Opened, VolumeKind, VolumeStats, missing};
+use super::{Access, Opened, Seed, VolumeKind, VolumeStats, fill_tree, missing};
 use crate::beneath::SyncDir;
 use crate::error::{Error, Result, SysContext, Within};
 use crate::health::{Finding, Reason};
@@ -229,6 +229,50 @@ impl VolumeKind for Directory {
             pool.volumes.sync().context(what)?;
         }
         limit(pool, record, &dir)
+    }
+
+    /// The directory, noting whether it is a subvolume (then snapshotted
+    /// whole).
+    fn seed(&self, pool: &Pool, record: &VolumeRecord) -> Result<Seed> {
+        let id = &record.id;
+        let dir = open_dir(pool, id)?.ok_or_else(|| Error::WrongState(missing(pool, id)))?;
+        let subvolume = btrfs::subvolume_id(&dir)?.is_some();
+        Ok(Seed::Tree { dir, subvolume })
+    }
+
+    /// A writable snapshot of a subvolume on the same btrfs (O(1)), its
+    /// limit set as at create; else a new volume with the tree copied in.
+    fn create_from(&self, pool: &Pool, record: &VolumeRecord, seed: &Seed) -> Result<()> {
+        let id = &record.id;
+        if let Seed::Tree {
+            dir: from,
+            subvolume: true,
+        } = seed
+        {
+            match btrfs::snapshot(from, &pool.volumes, id.as_str(), false) {
+                Ok(()) => {
+                    let what =
+                        || format!("volume {id}: snapshot into {}/volumes/{id}", pool.shown());
+                    pool.volumes.sync().context(what)?;
+                    let dir = beneath::open_dir(&pool.volumes, id.as_str()).context(what)?;
+                    return if record.enforced {
+                        limit(pool, record, &dir)
+                    } else {
+                        Ok(())
+                    };
+                }
+                // Another filesystem: copied below.
+                Err(Errno::EXDEV) => {}
+                Err(errno) => {
+                    return Err(errno).context(|| {
+                        format!("volume {id}: snapshot into {}/volumes/{id}", pool.shown())
+                    });
+                }
+            }
+        }
+        self.create(pool, record)?;
+        let dir = open_dir(pool, id)?.ok_or_else(|| Error::WrongState(missing(pool, id)))?;
+        fill_tree(pool, id, seed, &dir)
     }
 
     /// Moves the directory to the trash. A project's limit is lifted first,

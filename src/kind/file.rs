@@ -23,7 +23,7 @@ use nix::sys::stat::{Mode, fchmod, fstat, fstatat};
 use nix::unistd::{fsync, ftruncate};
 
 use super::own_mount::{self, MountPoint};
-use super::{Access, Content, FsType, Opened, VolumeKind, VolumeStats, failing, missing};
+use super::{Access, Content, FsType, Opened, Seed, VolumeKind, VolumeStats, failing, missing};
 use crate::beneath::{self, Mounts, SyncDir};
 use crate::capacity::Shortage;
 use crate::error::{Error, Result, SysContext};
@@ -280,12 +280,17 @@ fn mount_image(pool: &Pool, record: &VolumeRecord, dir: &OwnedFd) -> Result<Owne
         run(id, "resize2fs", &[], &shown)?;
     }
     let attached = loopdev::attach(&image, &shown, Lifetime::UntilUnmounted, false)?;
+    // A restored or cloned XFS image carries its source's UUID, which XFS
+    // refuses to mount twice; `nouuid` skips that check. Giving the copy a
+    // new UUID instead (xfs_admin -U) would need a clean log, and a copy
+    // of a mounted filesystem has a dirty one until it is mounted.
+    let data = (fs == FsType::Xfs).then_some("nouuid");
     mount(
         Some(attached.device.path.as_path()),
         fd_path(dir).as_str(),
         Some(fs.as_str()),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
+        data,
     )
     .context(|| {
         format!(
@@ -447,6 +452,67 @@ impl VolumeKind for File {
             Err(errno) => Err(errno)
                 .context(|| format!("volume {id}: stat {}", image_path(pool, id).display())),
         }
+    }
+
+    /// The image, read-only: a clone of it is crash-consistent with what
+    /// its filesystem had written out.
+    fn seed(&self, pool: &Pool, record: &VolumeRecord) -> Result<Seed> {
+        let id = &record.id;
+        let opened = beneath::open_at(
+            &pool.volumes,
+            image_name(id).as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+            Mounts::Stay,
+        );
+        match opened {
+            Ok(image) => Ok(Seed::Image(image)),
+            Err(Errno::ENOENT) => Err(Error::WrongState(format!(
+                "volume {id}: {} is missing",
+                image_path(pool, id).display()
+            ))),
+            Err(errno) => Err(errno)
+                .context(|| format!("volume {id}: open {}", image_path(pool, id).display())),
+        }
+    }
+
+    /// The image cloned (or copied, holes kept) under a temporary name,
+    /// grown to the volume's capacity, then renamed into place.
+    fn create_from(&self, pool: &Pool, record: &VolumeRecord, seed: &Seed) -> Result<()> {
+        let id = &record.id;
+        let Seed::Image(from) = seed else {
+            return Err(Error::Broken(format!(
+                "volume {id}: a directory tree cannot fill an image"
+            )));
+        };
+        beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
+            .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
+        let temp = format!("{}.tmp", image_name(id));
+        let what = || format!("volume {id}: fill {}", pool.entry_path(&temp).display());
+        let image = beneath::open_at(
+            &pool.volumes,
+            temp.as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(IMAGE_MODE),
+            Mounts::Stay,
+        )
+        .context(what)?;
+        fchmod(&image, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
+        crate::copy::file_contents(from, &image).context(what)?;
+        let size = u64::try_from(fstat(&image).context(what)?.st_size).unwrap_or(0);
+        if record.capacity_bytes > size {
+            let grown = i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX);
+            ftruncate(&image, grown).context(what)?;
+        }
+        fsync(&image).context(what)?;
+        renameat(
+            &pool.volumes,
+            temp.as_str(),
+            &pool.volumes,
+            image_name(id).as_str(),
+        )
+        .context(what)?;
+        pool.volumes.sync().context(what)
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {

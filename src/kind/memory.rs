@@ -19,9 +19,9 @@ use nix::mount::{MsFlags, mount};
 use nix::sys::stat::fstatat;
 
 use super::own_mount::{self, MountPoint};
-use super::{Access, Opened, VolumeKind, VolumeStats, failing, missing};
+use super::{Access, Opened, Seed, VolumeKind, VolumeStats, failing, fill_tree, missing};
 use crate::beneath;
-use crate::error::{Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 use crate::failpoint;
 use crate::health::{Finding, Reason};
 use crate::ids::VolumeId;
@@ -114,6 +114,33 @@ impl VolumeKind for Memory {
             MountPoint::Unmounted(_) | MountPoint::Mounted(_) | MountPoint::Failing(_) => {}
         }
         Ok(())
+    }
+
+    /// The mounted tmpfs; one lost with a reboot has nothing to copy.
+    fn seed(&self, pool: &Pool, record: &VolumeRecord) -> Result<Seed> {
+        let id = &record.id;
+        match own_mount::look(pool, id)? {
+            MountPoint::Mounted(dir) => Ok(Seed::Tree {
+                dir,
+                subvolume: false,
+            }),
+            MountPoint::Failing(_) => Err(failing(pool, id)),
+            MountPoint::Missing => Err(Error::WrongState(missing(pool, id))),
+            MountPoint::Unmounted(_) => Err(Error::WrongState(format!(
+                "volume {id}: its tmpfs on {}/volumes/{id} is not mounted (its contents were lost with a reboot): nothing to copy",
+                pool.shown()
+            ))),
+        }
+    }
+
+    /// A new tmpfs with the tree copied in; from then on it holds data that
+    /// a reboot loses (and reports).
+    fn create_from(&self, pool: &Pool, record: &VolumeRecord, seed: &Seed) -> Result<()> {
+        let id = &record.id;
+        self.create(pool, record)?;
+        let root = own_mount::reopen(pool, id)?;
+        fill_tree(pool, id, seed, &root)?;
+        mark_used(pool, id)
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {

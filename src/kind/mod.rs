@@ -8,7 +8,7 @@ mod file;
 mod memory;
 mod own_mount;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +202,49 @@ pub struct Opened {
     pub recreated: bool,
 }
 
+/// What a snapshot, restore or clone is made from: a directory tree (a
+/// btrfs subvolume's root, which can be snapshotted whole) or an image.
+#[derive(Debug)]
+pub enum Seed {
+    Tree { dir: OwnedFd, subvolume: bool },
+    Image(OwnedFd),
+}
+
+impl Seed {
+    /// Bytes the seed's data takes (a tree's measured by a bounded walk).
+    pub fn used_bytes(&self) -> Result<u64> {
+        let fd = match self {
+            Seed::Tree { dir, .. } => dir,
+            Seed::Image(image) => image,
+        };
+        let used = match self {
+            Seed::Tree { .. } => crate::beneath::usage(fd).map(|u| u.bytes),
+            Seed::Image(_) => {
+                nix::sys::stat::fstat(fd).map(|st| u64::try_from(st.st_blocks).unwrap_or(0) * 512)
+            }
+        };
+        used.map_err(|errno| Error::sys("measure the data to copy", errno))
+    }
+}
+
+/// Copies tree `seed` into volume `id`'s directory `dir`.
+fn fill_tree(pool: &Pool, id: &VolumeId, seed: &Seed, dir: &OwnedFd) -> Result<()> {
+    let Seed::Tree { dir: from, .. } = seed else {
+        return Err(Error::Broken(format!(
+            "volume {id}: an image cannot fill a directory"
+        )));
+    };
+    let progress = crate::copy::Progress::default();
+    crate::copy::tree(from.as_fd(), dir.as_fd(), &progress, &|| false).map_err(|err| {
+        Error::failed(
+            format!("volume {id}: copy into {}/volumes/{id}", pool.shown()),
+            err,
+        )
+    })?;
+    nix::unistd::syncfs(dir.as_fd())
+        .map_err(|errno| Error::sys(format!("volume {id}: sync its filesystem"), errno))
+}
+
 /// Usage figures of one volume, as NodeGetVolumeStats reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VolumeStats {
@@ -281,6 +324,14 @@ pub trait VolumeKind: Send + Sync {
     fn expand_on_node(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<()> {
         Ok(())
     }
+
+    /// Opens what a snapshot or clone of the volume is made from.
+    fn seed(&self, pool: &Pool, record: &VolumeRecord) -> Result<Seed>;
+
+    /// Creates the volume's backing holding what `seed` holds (its record
+    /// is new, or marked as still filling: nothing of an earlier attempt
+    /// is left).
+    fn create_from(&self, pool: &Pool, record: &VolumeRecord, seed: &Seed) -> Result<()>;
 
     /// Called after one of the volume's targets was taken down. A kind that
     /// sets up its backing only while it is in use (a loop device) takes it

@@ -1,12 +1,13 @@
-//! CSI Controller: create, delete, list, describe and expand this node's
-//! volumes, and report the capacity each pool can still give.
+//! CSI Controller: create (empty, restored or cloned), delete, list,
+//! describe and expand this node's volumes, snapshot them (see
+//! `snapshots`), and report the capacity each pool can still give.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, volume_health, wire_bytes};
+use super::{RpcResult, snapshots, volume_health, wire_bytes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
@@ -15,9 +16,11 @@ use crate::csi::{
     ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
     ControllerGetVolumeHealthRequest, ControllerGetVolumeHealthResponse,
     ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerListVolumeHealthRequest,
-    ControllerListVolumeHealthResponse, ControllerServiceCapability, CreateVolumeRequest,
-    CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest,
-    GetCapacityResponse, ListVolumesRequest, ListVolumesResponse,
+    ControllerListVolumeHealthResponse, ControllerServiceCapability, CreateSnapshotRequest,
+    CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest,
+    DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest,
+    GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
+    ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse,
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     controller_get_volume_response, list_volumes_response,
 };
@@ -46,7 +49,7 @@ impl ControllerService {
 const TOKEN_PREFIX: &str = "from:";
 
 /// Controller capabilities this driver offers.
-const CAPABILITIES: [rpc::Type; 9] = [
+const CAPABILITIES: [rpc::Type; 13] = [
     rpc::Type::ExpandVolume,
     rpc::Type::CreateDeleteVolume,
     rpc::Type::ListVolumes,
@@ -56,6 +59,10 @@ const CAPABILITIES: [rpc::Type; 9] = [
     rpc::Type::ListVolumeHealth,
     rpc::Type::SingleNodeMultiWriter,
     rpc::Type::ListVolumesPublishedNodes,
+    rpc::Type::CreateDeleteSnapshot,
+    rpc::Type::ListSnapshots,
+    rpc::Type::GetSnapshot,
+    rpc::Type::CloneVolume,
 ];
 
 #[tonic::async_trait]
@@ -72,12 +79,8 @@ impl Controller for ControllerService {
         let params = validate::parameters(&req.parameters)?;
         let content = validate::chosen_content(&params, &req.volume_capabilities)?;
         validate::capabilities(params.kind, content, &req.volume_capabilities)?;
-        if req.volume_content_source.is_some() {
-            return Err(Error::Invalid(format!(
-                "volume {name}: volume_content_source is not supported: this driver offers no snapshots or clones"
-            ))
-            .into());
-        }
+        let source = snapshots::content_source(req.volume_content_source.as_ref())?;
+        let adopt_filesystem = !validate::names_filesystem(&params, &req.volume_capabilities);
         if !req.mutable_parameters.is_empty() {
             return Err(Error::Invalid(format!(
                 "volume {name}: mutable_parameters are not supported: this driver offers no volume modification"
@@ -92,6 +95,8 @@ impl Controller for ControllerService {
             requirement: req.accessibility_requirements,
             ephemeral: false,
             content,
+            source,
+            adopt_filesystem,
         };
         let held = self.driver.guards.claim(format!("volume {}", request.id))?;
         let driver = Arc::clone(&self.driver);
@@ -322,6 +327,44 @@ impl Controller for ControllerService {
         }))
     }
 
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> RpcResult<CreateSnapshotResponse> {
+        let snapshot = snapshots::create(&self.driver, request.into_inner()).await?;
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(snapshot),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> RpcResult<DeleteSnapshotResponse> {
+        snapshots::delete(&self.driver, request.into_inner()).await?;
+        Ok(Response::new(DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> RpcResult<ListSnapshotsResponse> {
+        Ok(Response::new(snapshots::list(
+            &self.driver,
+            &request.into_inner(),
+        )?))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<GetSnapshotRequest>,
+    ) -> RpcResult<GetSnapshotResponse> {
+        let snapshot = snapshots::get(&self.driver, &request.into_inner().snapshot_id)?;
+        Ok(Response::new(GetSnapshotResponse {
+            snapshot: Some(snapshot),
+        }))
+    }
+
     async fn controller_get_volume(
         &self,
         request: Request<ControllerGetVolumeRequest>,
@@ -426,7 +469,7 @@ fn volume_message(driver: &Driver, record: &VolumeRecord) -> Volume {
             ("kind".to_owned(), record.kind.as_str().to_owned()),
             ("pool".to_owned(), record.pool.to_string()),
         ]),
-        content_source: None,
+        content_source: snapshots::content_source_message(record.content_source.as_ref()),
         accessible_topology: vec![driver.topology()],
     }
 }

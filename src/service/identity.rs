@@ -46,17 +46,23 @@ impl Identity for IdentityService {
         &self,
         _request: Request<GetPluginCapabilitiesRequest>,
     ) -> RpcResult<GetPluginCapabilitiesResponse> {
+        // Snapshots are taken on the node that holds them, and only there.
+        let snapshots = self
+            .driver
+            .is_some()
+            .then_some(service::Type::SnapshotAccessibilityConstraints);
         let offered = [
             service::Type::ControllerService,
             service::Type::VolumeAccessibilityConstraints,
-        ];
+        ]
+        .into_iter()
+        .chain(snapshots);
         let expansion = PluginCapability {
             r#type: Some(Type::VolumeExpansion(VolumeExpansion {
                 r#type: volume_expansion::Type::Online as i32,
             })),
         };
         let capabilities = offered
-            .into_iter()
             .map(|t| PluginCapability {
                 r#type: Some(Type::Service(Service { r#type: t as i32 })),
             })

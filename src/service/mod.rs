@@ -10,6 +10,7 @@ pub mod controller;
 pub mod expansion_only;
 pub mod identity;
 pub mod node;
+pub mod snapshots;
 pub mod status;
 
 use std::collections::BTreeMap;

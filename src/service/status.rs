@@ -32,9 +32,10 @@ pub fn code(err: &Error) -> Code {
 /// that is used up for now (memory, volume slots) is RESOURCE_EXHAUSTED.
 fn shortage_code(shortage: &Shortage) -> Code {
     match shortage {
-        Shortage::BelowMinimum { .. } | Shortage::Shrink { .. } | Shortage::TooLarge { .. } => {
-            Code::OutOfRange
-        }
+        Shortage::BelowMinimum { .. }
+        | Shortage::BelowSource { .. }
+        | Shortage::Shrink { .. }
+        | Shortage::TooLarge { .. } => Code::OutOfRange,
         Shortage::NoRoom { source_of, .. } | Shortage::NoRoomToGrow { source_of, .. } => {
             match source_of {
                 Source::Pool(..) => Code::OutOfRange,

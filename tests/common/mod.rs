@@ -70,10 +70,22 @@ impl Scratch {
         fs_type: &str,
         options: &str,
     ) -> nix::Result<PathBuf> {
+        self.mount_image_of(512 << 20, name, mkfs, fs_type, options)
+    }
+
+    /// [`Scratch::mount_image`] of `bytes` (sparse).
+    pub fn mount_image_of(
+        &self,
+        bytes: u64,
+        name: &str,
+        mkfs: &[&str],
+        fs_type: &str,
+        options: &str,
+    ) -> nix::Result<PathBuf> {
         let image = self.path().join(format!("{name}.img"));
         std::fs::File::create(&image)
             .unwrap()
-            .set_len(512 << 20)
+            .set_len(bytes)
             .unwrap();
         let status = std::process::Command::new(mkfs[0])
             .args(&mkfs[1..])
@@ -199,6 +211,7 @@ impl TestDriver {
             .unwrap()
             .unwrap();
         let driver = Arc::new(driver);
+        hostpath_csi::snapshots::take::start_when_free(&driver);
         let listener = server::listen(&socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = socket.clone();

@@ -143,7 +143,7 @@ pub fn write(
         );
         return Ok(false);
     }
-    let listed = record::list(meta, pool_path)?;
+    let listed = record::list(meta, pool_path, "meta")?;
     let inodes: HashMap<&str, u64> = listed.iter().map(|l| (l.shown.as_str(), l.inode)).collect();
     let mut entries = Vec::with_capacity(records.len());
     for record in records {

@@ -1,0 +1,173 @@
+//! The snapshot RPCs of the Controller service (CreateSnapshot,
+//! DeleteSnapshot, ListSnapshots, GetSnapshot) and the messages they and
+//! CreateVolume exchange about content sources.
+
+use std::sync::Arc;
+
+use super::wire_bytes;
+use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+use crate::csi::{
+    CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse,
+    Snapshot, VolumeContentSource, list_snapshots_response,
+};
+use crate::driver::{Driver, LIST_PAGE_MAX};
+use crate::error::{Echo, Error, Result};
+use crate::ids::{SnapshotId, VolumeId};
+use crate::record::ContentSource;
+use crate::snapshots::SnapshotRecord;
+use crate::snapshots::take::{self, NewSnapshot};
+use crate::validate;
+use crate::work::blocking;
+
+/// ListSnapshots tokens are this prefix and the id the next page starts at.
+const TOKEN_PREFIX: &str = "from:";
+
+/// Takes a snapshot, or answers with the one of that name.
+pub async fn create(driver: &Arc<Driver>, req: CreateSnapshotRequest) -> Result<Snapshot> {
+    let name = validate::snapshot_name(&req.name)?.to_owned();
+    if req.source_volume_id.is_empty() {
+        return Err(Error::Invalid(format!(
+            "snapshot {name}: source_volume_id is missing"
+        )));
+    }
+    let source = VolumeId::parse(&req.source_volume_id)?;
+    validate::snapshot_parameters(&req.parameters)?;
+    let id = SnapshotId::mint(&name, &driver.config.node_id);
+    let held = driver.guards.claim(format!("snapshot {id}"))?;
+    let source_held = driver.guards.claim(format!("volume {source}"))?;
+    let worker = Arc::clone(driver);
+    let record = blocking(move || {
+        let _held = (held, source_held);
+        take::create(&worker, NewSnapshot { id, name, source })
+    })
+    .await?;
+    Ok(message(driver, &record))
+}
+
+/// Removes a snapshot; an unknown one is fine, a malformed id is not.
+pub async fn delete(driver: &Arc<Driver>, req: DeleteSnapshotRequest) -> Result<()> {
+    let id = SnapshotId::parse(&req.snapshot_id)?;
+    let held = driver.guards.claim(format!("snapshot {id}"))?;
+    let worker = Arc::clone(driver);
+    blocking(move || {
+        let _held = held;
+        take::delete(&worker, &id)
+    })
+    .await
+}
+
+/// One snapshot by id (none when unknown or malformed: a list, not a
+/// lookup), or a page of all of them or of one volume's, in id order.
+pub fn list(driver: &Driver, req: &ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
+    let max = usize::try_from(req.max_entries)
+        .map_err(|_| Error::Invalid(format!("max_entries {} is negative", req.max_entries)))?;
+    let take = if max == 0 {
+        LIST_PAGE_MAX
+    } else {
+        max.min(LIST_PAGE_MAX)
+    };
+    let source = match req.source_volume_id.as_str() {
+        "" => None,
+        raw => match VolumeId::parse(raw) {
+            Ok(id) => Some(id),
+            Err(_) => return Ok(ListSnapshotsResponse::default()),
+        },
+    };
+    let (page, next) = if req.snapshot_id.is_empty() {
+        let start = match req.starting_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .strip_prefix(TOKEN_PREFIX)
+                    .and_then(|id| SnapshotId::parse(id).ok())
+                    .ok_or_else(|| {
+                        Error::Busy(format!(
+                            "starting_token {} was not issued by this driver",
+                            Echo(token)
+                        ))
+                    })?,
+            ),
+        };
+        driver
+            .snapshots()
+            .page(start.as_ref(), source.as_ref(), take)
+    } else {
+        let found = SnapshotId::parse(&req.snapshot_id)
+            .ok()
+            .and_then(|id| driver.snapshots().get(&id).cloned())
+            .filter(|record| source.as_ref().is_none_or(|s| &record.source == s));
+        (found.into_iter().collect(), None)
+    };
+    Ok(ListSnapshotsResponse {
+        entries: page
+            .iter()
+            .map(|record| list_snapshots_response::Entry {
+                snapshot: Some(message(driver, record)),
+            })
+            .collect(),
+        next_token: next
+            .map(|id| format!("{TOKEN_PREFIX}{id}"))
+            .unwrap_or_default(),
+    })
+}
+
+/// One snapshot, or NOT_FOUND.
+pub fn get(driver: &Driver, raw_id: &str) -> Result<Snapshot> {
+    let id = SnapshotId::parse(raw_id)?;
+    let record = driver.snapshots().get(&id).cloned().ok_or_else(|| {
+        Error::Unknown(format!(
+            "snapshot {id} does not exist on node {}",
+            driver.config.node_id
+        ))
+    })?;
+    Ok(message(driver, &record))
+}
+
+/// The Snapshot message of a snapshot: it lives on this node.
+fn message(driver: &Driver, record: &SnapshotRecord) -> Snapshot {
+    let nanos = record.created_nanos;
+    Snapshot {
+        size_bytes: wire_bytes(record.size_bytes),
+        snapshot_id: record.id.to_string(),
+        source_volume_id: record.source.to_string(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
+            nanos: i32::try_from(nanos % 1_000_000_000).unwrap_or(0),
+        }),
+        ready_to_use: record.ready,
+        group_snapshot_id: String::new(),
+        accessible_topology: vec![driver.topology()],
+    }
+}
+
+/// A CreateVolume content source, checked.
+pub fn content_source(source: Option<&VolumeContentSource>) -> Result<Option<ContentSource>> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    match &source.r#type {
+        Some(Type::Snapshot(SnapshotSource { snapshot_id })) => Ok(Some(ContentSource::Snapshot(
+            SnapshotId::parse(snapshot_id)?,
+        ))),
+        Some(Type::Volume(VolumeSource { volume_id })) => {
+            Ok(Some(ContentSource::Volume(VolumeId::parse(volume_id)?)))
+        }
+        None => Err(Error::Invalid(
+            "volume_content_source names neither a snapshot nor a volume".into(),
+        )),
+    }
+}
+
+/// The content source message of a volume made from one.
+pub fn content_source_message(source: Option<&ContentSource>) -> Option<VolumeContentSource> {
+    source.map(|source| VolumeContentSource {
+        r#type: Some(match source {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.to_string(),
+            }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.to_string(),
+            }),
+        }),
+    })
+}
