@@ -43,6 +43,13 @@ for _ in $(seq 100); do
 done
 [ -S "$work/csi.sock" ] || { cat "$work/driver.log"; echo "driver did not start" >&2; exit 1; }
 
+# csi-sanity v5.6.0 compares the snapshot's accessible_topology with the
+# node's by reflect.DeepEqual on the protobuf structs, which also compares
+# their internal size caches: the node's topology was marshalled (sent in
+# the request) and so differs from the one just received, whatever the
+# segments. Only a driver that reports no topology passes it; ours reports
+# the node, as tests/snapshots.rs checks.
+SKIPPED="should succeed when creating a snapshot with accessibility requirements"
 status=0
 csi-sanity \
   --csi.endpoint "unix://$work/csi.sock" \
@@ -51,6 +58,7 @@ csi-sanity \
   --csi.testvolumesize $((64 << 20)) \
   --csi.testvolumeexpandsize $((128 << 20)) \
   --csi.testvolumeparameters "$work/parameters.yaml" \
+  --ginkgo.skip "$SKIPPED" \
   "$@" || status=$?
 
 if [ "$status" != 0 ]; then

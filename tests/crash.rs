@@ -1,6 +1,7 @@
 //! The real driver killed (SIGKILL, by its own failpoint) at every
-//! side-effect boundary of CreateVolume, DeleteVolume, NodePublishVolume,
-//! NodeUnpublishVolume, expansion and record writes; started again; the call
+//! side-effect boundary of CreateVolume (empty or restored), DeleteVolume,
+//! NodePublishVolume, NodeUnpublishVolume, expansion, CreateSnapshot,
+//! DeleteSnapshot and record writes; started again; the call
 //! retried with identical arguments, as Kubernetes does; and the invariants
 //! checked: nothing acknowledged is lost, nothing is leaked.
 //!
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 use common::{Scratch, create_request_with, delete, kubelet_target, listed, made, publish_request};
 use hostpath_csi::client::CsiClient;
 use hostpath_csi::csi::volume_capability::AccessType as Type;
+use hostpath_csi::csi::volume_content_source::{SnapshotSource, Type as Source};
 use hostpath_csi::csi::{
-    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest,
-    NodeUnpublishVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, CreateSnapshotRequest, DeleteSnapshotRequest,
+    NodeExpandVolumeRequest, NodeUnpublishVolumeRequest, VolumeContentSource,
 };
 
 /// A driver process on a pool in a scratch directory.
@@ -883,6 +885,183 @@ async fn a_soak_of_random_kills_and_stops_under_load_loses_and_leaks_nothing() {
     assert!(found.is_empty(), "{summary}{}", found.join("\n"));
 }
 
+/// CreateSnapshot of `id` retried (as the snapshotter does) until ready;
+/// returns the snapshot id.
+async fn snapshot_ready(csi: &mut CsiClient, id: &str, case: &str) -> String {
+    let request = CreateSnapshotRequest {
+        name: "snapshot-crash".into(),
+        source_volume_id: id.into(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let snapshot = csi
+            .controller
+            .create_snapshot(request.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: CreateSnapshot: {e}"))
+            .into_inner()
+            .snapshot
+            .unwrap();
+        if snapshot.ready_to_use {
+            return snapshot.snapshot_id;
+        }
+        assert!(Instant::now() < deadline, "{case}: never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The names in `dir` of the pool, sorted.
+fn entries(node: &Node, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(node.pool().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A kill at each step of CreateSnapshot, of a restore from it and of
+/// DeleteSnapshot: the retry answers the same snapshot, ready, whose
+/// restore holds what the volume held; nothing half made is left.
+async fn snapshot_cases(kind: Kind, tally: &mut Tally) {
+    let steps = [
+        ("snapshot", "snapshot:record-saved"),
+        ("snapshot", "snapshot:made"),
+        ("restore", "create:record-saved"),
+        ("restore", "create:made"),
+        ("delete", "delete-snapshot:trashed"),
+    ];
+    for (step, point) in steps {
+        let case = format!("{step} of a {kind:?} snapshot killed at {point}");
+        let mut node = Node::new();
+        let mut csi = node.start(None).await;
+        let id = made(&mut csi, create(kind, "pvc-source")).await;
+        let target = node.target("pod");
+        csi.node
+            .node_publish_volume(publish_request(&id, &target, false))
+            .await
+            .unwrap();
+        write_synced(&target, b"before the snapshot");
+        csi.node
+            .node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        if step != "snapshot" {
+            snapshot_ready(&mut csi, &id, &case).await;
+        }
+        node.kill();
+        let mut csi = node.start(Some(point)).await;
+        let snapshot_id = |csi: &mut CsiClient| {
+            let mut csi = csi.clone();
+            let id = id.clone();
+            let case = case.clone();
+            async move { snapshot_ready(&mut csi, &id, &case).await }
+        };
+        let restore = |snapshot: &str| {
+            let mut request = create(kind, "pvc-restored");
+            request.volume_content_source = Some(VolumeContentSource {
+                r#type: Some(Source::Snapshot(SnapshotSource {
+                    snapshot_id: snapshot.into(),
+                })),
+            });
+            request
+        };
+        let delete_snapshot = |snapshot: &str| DeleteSnapshotRequest {
+            snapshot_id: snapshot.into(),
+            ..Default::default()
+        };
+        let interrupted = match step {
+            "snapshot" => csi
+                .controller
+                .create_snapshot(CreateSnapshotRequest {
+                    name: "snapshot-crash".into(),
+                    source_volume_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "restore" => {
+                let snapshot = snapshot_id(&mut csi).await;
+                csi.controller
+                    .create_volume(restore(&snapshot))
+                    .await
+                    .map(drop)
+            }
+            _ => {
+                let snapshot = snapshot_id(&mut csi).await;
+                csi.controller
+                    .delete_snapshot(delete_snapshot(&snapshot))
+                    .await
+                    .map(drop)
+            }
+        };
+        assert!(interrupted.is_err(), "{case}: the call was answered");
+        node.expect_killed(point);
+        tally.kills += 1;
+        let mut csi = node.start(None).await;
+        let mut found = Vec::new();
+        let snapshot = snapshot_id(&mut csi).await;
+        tally.retries += 1;
+        if step == "delete" {
+            csi.controller
+                .delete_snapshot(delete_snapshot(&snapshot))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+            for dir in ["snapshots", "snapshot-meta"] {
+                let left = entries(&node, dir);
+                if !left.is_empty() {
+                    found.push(format!("{dir} still holds {left:?}"));
+                }
+            }
+            tally.note(&case, found);
+            continue;
+        }
+        let restored = made(&mut csi, restore(&snapshot)).await;
+        csi.node
+            .node_publish_volume(publish_request(&restored, &target, false))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: publish the restore: {e}"));
+        let read = std::fs::read(Path::new(&target).join("kept")).ok();
+        if read.as_deref() != Some(b"before the snapshot".as_slice()) {
+            found.push(format!("the restore holds {read:?}"));
+        }
+        csi.node
+            .node_unpublish_volume(unpublish(&restored, &target))
+            .await
+            .unwrap();
+        if entries(&node, "snapshots") != [snapshot.clone()] {
+            found.push(format!(
+                "snapshots/ holds {:?}",
+                entries(&node, "snapshots")
+            ));
+        }
+        if entries(&node, "snapshot-meta") != [format!("{snapshot}.json")] {
+            found.push(format!(
+                "snapshot-meta/ holds {:?}",
+                entries(&node, "snapshot-meta")
+            ));
+        }
+        csi.controller
+            .delete_snapshot(delete_snapshot(&snapshot))
+            .await
+            .unwrap();
+        let expected = Expected {
+            kind,
+            volumes: vec![(id.clone(), BYTES), (restored, BYTES)],
+            published: Vec::new(),
+        };
+        found.extend(violations(&node, &mut csi, &expected).await);
+        if !entries(&node, "snapshots").is_empty() {
+            found.push(format!(
+                "snapshots/ holds {:?}",
+                entries(&node, "snapshots")
+            ));
+        }
+        tally.note(&case, found);
+    }
+}
+
 #[tokio::test]
 async fn a_kill_at_every_failpoint_then_a_retry_loses_and_leaks_nothing() {
     let mut tally = Tally::default();
@@ -891,6 +1070,7 @@ async fn a_kill_at_every_failpoint_then_a_retry_loses_and_leaks_nothing() {
         delete_cases(kind, &mut tally).await;
         publish_cases(kind, &mut tally).await;
         unpublish_cases(kind, &mut tally).await;
+        snapshot_cases(kind, &mut tally).await;
     }
     for kind in [Kind::Directory, Kind::File] {
         expand_cases(kind, &mut tally).await;
