@@ -1,5 +1,6 @@
 //! Prometheus metrics over HTTP/1.1 (`GET /metrics`): each pool's
-//! enforcement mode, room and promises, the memory budget, volume counts.
+//! enforcement mode, room and promises, the memory budget, volume counts,
+//! snapshot counts by how they were made and copies still running.
 //!
 //! Any pod may reach the port, so the server is hyper's with hard bounds: at
 //! most [`MAX_CONNECTIONS`] open at once (more are closed as soon as they are
@@ -135,6 +136,18 @@ pub fn render(driver: &Driver) -> Result<String> {
             driver.table().promised(&disk),
         ));
     }
+    let mut snapshots = Vec::new();
+    let mut copying = Vec::new();
+    for pool in pools {
+        let (by_method, pending) = driver.snapshots().counts(&pool.name);
+        snapshots.extend(by_method.into_iter().map(|(method, n)| {
+            (
+                format!("{{pool=\"{}\",method=\"{}\"}}", pool.name, method.as_str()),
+                n,
+            )
+        }));
+        copying.push((format!("{{pool=\"{}\"}}", pool.name), pending));
+    }
     let mut volumes: BTreeMap<(String, &str), u64> = BTreeMap::new();
     for pool in pools {
         for record in driver.table().records_in(&pool.name) {
@@ -225,6 +238,16 @@ pub fn render(driver: &Driver) -> Result<String> {
             .into_iter()
             .map(|((pool, kind), n)| (format!("{{pool=\"{pool}\",kind=\"{kind}\"}}"), n))
             .collect(),
+    );
+    family(
+        "hostpath_csi_snapshots",
+        "Snapshots on this node, per pool and how they were made (btrfs-snapshot, reflink, reflink-tree, copy).",
+        snapshots,
+    );
+    family(
+        "hostpath_csi_snapshots_not_ready",
+        "Snapshots of the pool whose copy has not ended (running, waiting for a copier, or failed).",
+        copying,
     );
     Ok(out)
 }

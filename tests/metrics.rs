@@ -83,6 +83,23 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         .unwrap()
         .volume_id;
 
+    let snapshot = csi
+        .controller
+        .create_snapshot(hostpath_csi::csi::CreateSnapshotRequest {
+            name: "counted".into(),
+            source_volume_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        snapshot.ready_to_use,
+        "an empty volume's copy is done at once"
+    );
+
     let answer = get(&address, "/metrics");
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     for line in [
@@ -91,6 +108,7 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         "hostpath_csi_memory_budget_bytes 1073741824",
         "hostpath_csi_memory_promised_bytes 0",
         "hostpath_csi_volumes{pool=\"main\",kind=\"directory\"} 1",
+        "hostpath_csi_snapshots_not_ready{pool=\"main\"} 0",
     ] {
         assert!(
             answer.lines().any(|l| l == line),
@@ -99,6 +117,14 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
     }
     assert!(
         answer.contains("hostpath_csi_pool_free_bytes{pool=\"main\"} "),
+        "{answer}"
+    );
+    // Copied, or reflinked where the scratch filesystem shares extents.
+    assert!(
+        answer.lines().any(
+            |l| l == "hostpath_csi_snapshots{pool=\"main\",method=\"copy\"} 1"
+                || l == "hostpath_csi_snapshots{pool=\"main\",method=\"reflink-tree\"} 1"
+        ),
         "{answer}"
     );
     assert!(
