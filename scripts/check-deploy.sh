@@ -26,6 +26,47 @@ for version in "$OLDEST" "$NEWEST"; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" $manifests
 done
 
+# kubernetes-validate knows no custom resources: the snapshot objects are
+# checked against the CRDs of the external-snapshotter release the
+# DaemonSet's csi-snapshotter comes from, rejecting unknown fields too.
+SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
+echo "== snapshot objects against the CRDs of $SNAPSHOTTER_CLIENT"
+crds=$(go mod download -json "$SNAPSHOTTER_CLIENT" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/config/crd
+# shellcheck disable=SC2086
+"$venv/bin/python" - "$crds" $manifests <<'PY'
+import glob, sys, jsonschema, yaml
+crd_dir, files = sys.argv[1], sys.argv[2:]
+schemas = {}
+for path in glob.glob(f"{crd_dir}/snapshot.storage.k8s.io_*.yaml"):
+    crd = yaml.safe_load(open(path))
+    for version in crd["spec"]["versions"]:
+        key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+        schemas[key] = version["schema"]["openAPIV3Schema"]
+def unknown(value, schema, at):
+    if isinstance(value, dict) and "properties" in schema:
+        for key, inner in value.items():
+            if key not in schema["properties"]:
+                if key != "metadata" or at:
+                    yield f"{at}.{key}"
+            else:
+                yield from unknown(inner, schema["properties"][key], f"{at}.{key}")
+checked = 0
+for path in files:
+    for doc in yaml.safe_load_all(open(path)):
+        key = ((doc or {}).get("apiVersion"), (doc or {}).get("kind"))
+        if key[0] and key[0].startswith("snapshot.storage.k8s.io/"):
+            if key not in schemas:
+                sys.exit(f"{path}: no CRD for {key}")
+            jsonschema.validate(doc, schemas[key])
+            extra = list(unknown(doc, schemas[key], ""))
+            if extra:
+                sys.exit(f"{path}: unknown fields {extra}")
+            checked += 1
+print(f"{checked} snapshot objects valid")
+if checked == 0:
+    sys.exit("no snapshot object found under deploy/")
+PY
+
 echo "== hostpath-csi accepts the command lines of deploy/"
 "$venv/bin/python" - "$driver_bin" $manifests <<'PY'
 import re, subprocess, sys, yaml
