@@ -5,8 +5,10 @@
 #   bin/    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 #           kubectl, agnhost (k8s.io/kubernetes, pinned in e2e/kube/go.mod);
 #           csi-provisioner (e2e/sidecars/go.mod), csi-resizer
-#           (e2e/resizer/go.mod), the registrar and livenessprobe stand-ins
-#           and pause (e2e/sidecars); hostpath-csi (cargo, release)
+#           (e2e/resizer/go.mod), csi-snapshotter and snapshot-controller
+#           (e2e/snapshotter/go.mod), the registrar and livenessprobe
+#           stand-ins and pause (e2e/sidecars); hostpath-csi (cargo, release)
+#   crds/   the snapshot CRDs of e2e/snapshotter's external-snapshotter
 #   images/ docker-archive images made here for `ctr import` (images.env)
 #   debs/   Debian packages the images are made of (apt-get download)
 
@@ -73,6 +75,16 @@ build_binaries() {
     github.com/kubernetes-csi/external-provisioner/v5/cmd/csi-provisioner ./registrar ./livenessprobe ./pause)
   (cd "$REPO/e2e/resizer" && CGO_ENABLED=0 go build -o "$E2E_BIN/" \
     github.com/kubernetes-csi/external-resizer/cmd/csi-resizer)
+  echo "== e2e: csi-snapshotter, snapshot-controller and the snapshot CRDs"
+  (cd "$REPO/e2e/snapshotter" && CGO_ENABLED=0 go build -o "$E2E_BIN/" \
+    github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter \
+    github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller)
+  local client
+  client=$(cd "$REPO/e2e/snapshotter" &&
+    go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
+  rm -rf "$E2E_OUT/crds"
+  mkdir -p "$E2E_OUT/crds"
+  cp "$client"/config/crd/snapshot.storage.k8s.io_*.yaml "$E2E_OUT/crds/"
   echo "== e2e: hostpath-csi (release)"
   (cd "$REPO" && cargo build --release --locked --quiet)
   cp "$REPO/target/release/hostpath-csi" "$E2E_BIN/hostpath-csi"
@@ -220,7 +232,7 @@ build_images() {
 
   # The sidecars: one static binary each, as in their distroless images.
   local sidecar
-  for sidecar in csi-provisioner csi-resizer registrar livenessprobe; do
+  for sidecar in csi-provisioner csi-resizer csi-snapshotter registrar livenessprobe; do
     rootfs=$(new_rootfs)
     cp "$E2E_BIN/$sidecar" "$rootfs/$sidecar"
     image "$sidecar" "\"Entrypoint\":[\"/$sidecar\"]" "$(sidecar_image "$sidecar")"

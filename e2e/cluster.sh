@@ -155,6 +155,12 @@ start_control_plane() {
     --service-account-private-key-file="$PKI/sa.key" --use-service-account-credentials=false
   start kube-scheduler kube-scheduler --kubeconfig="$KUBECONFIG" --leader-elect=false \
     --bind-address=127.0.0.1
+  # Snapshots: the CRDs, and the controller that hands each snapshot to the
+  # csi-snapshotter of the node holding its volume.
+  kubectl apply -f "$E2E_OUT/crds" >/dev/null || return 1
+  kubectl wait --for=condition=Established --timeout=60s -f "$E2E_OUT/crds" >/dev/null || return 1
+  start snapshot-controller snapshot-controller --kubeconfig="$KUBECONFIG" \
+    --enable-distributed-snapshotting
 }
 
 start_containerd() {
@@ -296,7 +302,7 @@ start_cluster() {
 stop_cluster() {
   save_pod_logs
   local name
-  for name in kubelet containerd kube-scheduler \
+  for name in kubelet containerd snapshot-controller kube-scheduler \
     kube-controller-manager kube-apiserver etcd; do
     stop "$name"
   done

@@ -5,7 +5,7 @@
 # deploy/examples where an example exists.
 
 # shellcheck disable=SC2034 # read by inside.sh
-SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health)
+SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health snapshot-restore-clone)
 POOL=/var/lib/hostpath-csi/default
 
 fail() {
@@ -378,6 +378,70 @@ scenario_health() {
   wait_for 90 "kubelet to clear the condition" health_is watched data "" ||
     fail "the condition stayed: $(k get pod watched -o 'jsonpath={.status.volumeHealth}')"
   expect_eq "the pod's data" "$(k exec watched -- cat /data/file)" kept
+}
+
+# claim_from NAME SIZE KIND SOURCE: a PVC of the default class filled from
+# SOURCE, a VolumeSnapshot or a PersistentVolumeClaim (KIND).
+claim_from() {
+  local group=""
+  [ "$3" != VolumeSnapshot ] || group="apiGroup: snapshot.storage.k8s.io"
+  k apply -f - >/dev/null <<YAML || fail "could not apply claim $1"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: $2}}
+  dataSource: {kind: $3, name: $4, $group}
+YAML
+}
+
+# reads CLAIM WANT: a pod reading /data/file of CLAIM finds WANT.
+reads() {
+  pod "read-$1" "$1" 'cat /data/file'
+  finished "read-$1" Succeeded
+  expect_eq "$1's file" "$(k logs "read-$1")" "$2"
+  gone pod "read-$1"
+}
+
+snapshot_ready() {
+  [ "$(k get volumesnapshot "$1" -o 'jsonpath={.status.readyToUse}')" = true ]
+}
+
+# 9. Snapshots and clones, as a backup or a test environment is made: data
+#    written to a claim is snapshotted (VolumeSnapshot of class hostpath-csi,
+#    taken by the node's csi-snapshotter), restored into a new claim and
+#    read; a claim cloned from the first reads the same; with the first
+#    claim deleted, the clone and a second restore still read.
+scenario_snapshot_restore_clone() {
+  claim origin 64Mi
+  pod writer origin 'echo snapshotted > /data/file && sync'
+  finished writer Succeeded
+  gone pod writer
+  k apply -f - >/dev/null <<YAML || fail "could not apply the snapshot"
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: origin-snap}
+spec:
+  volumeSnapshotClassName: hostpath-csi
+  source: {persistentVolumeClaimName: origin}
+YAML
+  wait_for 120 "the snapshot to be ready" snapshot_ready origin-snap ||
+    fail "the snapshot never got ready: $(k get volumesnapshot origin-snap -o 'jsonpath={.status}')"
+  expect_eq "its restore size" "$(k get volumesnapshot origin-snap -o 'jsonpath={.status.restoreSize}')" 64Mi
+  claim_from restored 64Mi VolumeSnapshot origin-snap
+  reads restored snapshotted
+  claim_from cloned 64Mi PersistentVolumeClaim origin
+  reads cloned snapshotted
+  local handle
+  handle=$(kubectl get pv "$(k get pvc origin -o 'jsonpath={.spec.volumeName}')" -o 'jsonpath={.spec.csi.volumeHandle}')
+  gone pvc origin
+  wait_for 60 "the first claim's volume to go" sh -c "! test -e $POOL/volumes/$handle" ||
+    fail "volume $handle stayed after its claim was deleted"
+  reads cloned snapshotted
+  claim_from restored-again 64Mi VolumeSnapshot origin-snap
+  reads restored-again snapshotted
+  gone volumesnapshot origin-snap
 }
 
 # run_scenario NAME: runs one scenario in a namespace of its own, then
