@@ -7,8 +7,7 @@
 //! btrfs with quotas, a loop-backed XFS with project quotas where the kernel
 //! can mount one, a tmpfs budget) and removes them when it ends.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +20,12 @@ use hostpath_csi::csi::{
 };
 use hostpath_csi::driver::DriverConfig;
 use hostpath_csi::ids::PoolName;
-use hostpath_csi::loopdev::{self, Lifetime};
 use hostpath_csi::{beneath, server, startup};
 
 mod support;
-use support::{cleanup, quantiles, shown};
+use support::{cleanup, loop_pool, quantiles, shown};
 
-type Failure = Box<dyn std::error::Error>;
+type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
@@ -218,7 +216,7 @@ async fn time<F, Fut, E>(calls: usize, mut f: F) -> Result<(Duration, Duration),
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::error::Error + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let mut took = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -227,35 +225,4 @@ where
         took.push(start.elapsed());
     }
     Ok(quantiles(&took))
-}
-
-/// An 8 GiB (sparse) image made by `mkfs` (program, then its arguments) and
-/// mounted through a loop device at `<scratch>/<name>` with `options`; the
-/// filesystem type is `name`.
-fn loop_pool(scratch: &Path, name: &str, mkfs: &[&str], options: &str) -> Result<PathBuf, Failure> {
-    let image = scratch.join(format!("{name}.img"));
-    std::fs::File::create(&image)?.set_len(8 << 30)?;
-    let made = Command::new(mkfs[0])
-        .args(&mkfs[1..])
-        .arg(&image)
-        .stdout(Stdio::null())
-        .status()?;
-    if !made.success() {
-        return Err(format!("{} failed", mkfs[0]).into());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image)?;
-    let device = loopdev::attach(&file.into(), &image, Lifetime::UntilDetached, false)?.device;
-    let mount_point = scratch.join(name);
-    std::fs::create_dir(&mount_point)?;
-    nix::mount::mount(
-        Some(&device.path),
-        &mount_point,
-        Some(name),
-        nix::mount::MsFlags::empty(),
-        Some(options),
-    )?;
-    Ok(mount_point)
 }

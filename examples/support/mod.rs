@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostpath_csi::loopdev;
+use std::process::{Command, Stdio};
+
+use hostpath_csi::loopdev::{self, Lifetime};
 
 /// A duration in µs below a millisecond, else in ms.
 pub fn shown(d: Duration) -> String {
@@ -74,4 +76,40 @@ pub fn cleanup(scratch: &Path) {
             .ok();
         }
     }
+}
+
+/// An 8 GiB (sparse) image made by `mkfs` (program, then its arguments) and
+/// mounted through a loop device at `<scratch>/<name>` with `options`; the
+/// filesystem type is `name`.
+pub fn loop_pool(
+    scratch: &Path,
+    name: &str,
+    mkfs: &[&str],
+    options: &str,
+) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let image = scratch.join(format!("{name}.img"));
+    std::fs::File::create(&image)?.set_len(8 << 30)?;
+    let made = Command::new(mkfs[0])
+        .args(&mkfs[1..])
+        .arg(&image)
+        .stdout(Stdio::null())
+        .status()?;
+    if !made.success() {
+        return Err(format!("{} failed", mkfs[0]).into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)?;
+    let device = loopdev::attach(&file.into(), &image, Lifetime::UntilDetached, false)?.device;
+    let mount_point = scratch.join(name);
+    std::fs::create_dir(&mount_point)?;
+    nix::mount::mount(
+        Some(&device.path),
+        &mount_point,
+        Some(name),
+        nix::mount::MsFlags::empty(),
+        Some(options),
+    )?;
+    Ok(mount_point)
 }
