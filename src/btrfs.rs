@@ -191,14 +191,6 @@ pub fn make_writable(fd: impl AsFd) -> nix::Result<()> {
     Errno::result(unsafe { libc::ioctl(fd, IOC_SUBVOL_SETFLAGS, &flags) }).map(drop)
 }
 
-/// Bytes only subvolume `id` refers to (what removing it would free), as
-/// of the last transaction commit; `None` without quotas.
-pub fn exclusive(fsid: &str, id: u64) -> Option<u64> {
-    std::fs::read_to_string(qgroups_dir(fsid).join(format!("0_{id}/exclusive")))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-}
-
 /// The id of the subvolume whose root `fd` is; `None` for a plain directory.
 pub fn subvolume_id(fd: impl AsFd) -> Result<Option<u64>> {
     let st = nix::sys::stat::fstat(fd.as_fd()).context(|| "btrfs: stat".to_owned())?;

@@ -34,13 +34,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [
-        Method::BtrfsSnapshot,
-        Method::Reflink,
-        Method::ReflinkTree,
-        Method::Copy,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Method::BtrfsSnapshot => "btrfs-snapshot",
@@ -132,10 +125,6 @@ impl SnapshotTable {
     pub fn remove(&mut self, id: &SnapshotId) {
         self.by_id.remove(id);
         self.failed.remove(id);
-    }
-
-    pub fn count(&self) -> usize {
-        self.by_id.len()
     }
 
     /// Up to `max` snapshots in id order from `start` on, taken of
