@@ -221,6 +221,29 @@ fn make_filesystem(id: &VolumeId, fs: FsType, path: &std::path::Path) -> Result<
 /// renames it into place: a crash leaves either no image or a whole one.
 fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
     let id = &record.id;
+    let size = i64::try_from(record.capacity_bytes).map_err(|_| {
+        Error::Capacity(Shortage::TooLarge {
+            volume: id.to_string(),
+            bytes: record.capacity_bytes,
+        })
+    })?;
+    write_image(pool, id, |file, temp_path| {
+        ftruncate(file, size).context(|| format!("volume {id}: size {}", temp_path.display()))?;
+        match record.content {
+            Content::Fs(fs) => make_filesystem(id, fs, temp_path),
+            Content::Raw => Ok(()),
+        }
+    })
+}
+
+/// Writes the image `<id>.img` whole or not at all: `fill` gets a new,
+/// empty `<id>.img.tmp` (and its path), which is then synced and renamed
+/// into place.
+fn write_image(
+    pool: &Pool,
+    id: &VolumeId,
+    fill: impl FnOnce(&OwnedFd, &std::path::Path) -> Result<()>,
+) -> Result<()> {
     let temp = format!("{}.tmp", image_name(id));
     let temp_path = pool.entry_path(&temp);
     let what = || format!("volume {id}: create {}", temp_path.display());
@@ -233,16 +256,7 @@ fn make_image(pool: &Pool, record: &VolumeRecord) -> Result<()> {
     )
     .context(what)?;
     fchmod(&file, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
-    let size = i64::try_from(record.capacity_bytes).map_err(|_| {
-        Error::Capacity(Shortage::TooLarge {
-            volume: id.to_string(),
-            bytes: record.capacity_bytes,
-        })
-    })?;
-    ftruncate(&file, size).context(what)?;
-    if let Content::Fs(fs) = record.content {
-        make_filesystem(id, fs, &temp_path)?;
-    }
+    fill(&file, &temp_path)?;
     fsync(&file).context(what)?;
     renameat(
         &pool.volumes,
@@ -487,32 +501,16 @@ impl VolumeKind for File {
         };
         beneath::ensure_dir(&pool.volumes, id.as_str(), 0o755)
             .context(|| format!("volume {id}: create {}/volumes/{id}", pool.shown()))?;
-        let temp = format!("{}.tmp", image_name(id));
-        let what = || format!("volume {id}: fill {}", pool.entry_path(&temp).display());
-        let image = beneath::open_at(
-            &pool.volumes,
-            temp.as_str(),
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
-            Mode::from_bits_truncate(IMAGE_MODE),
-            Mounts::Stay,
-        )
-        .context(what)?;
-        fchmod(&image, Mode::from_bits_truncate(IMAGE_MODE)).context(what)?;
-        crate::copy::file_contents(from, &image).context(what)?;
-        let size = u64::try_from(fstat(&image).context(what)?.st_size).unwrap_or(0);
-        if record.capacity_bytes > size {
-            let grown = i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX);
-            ftruncate(&image, grown).context(what)?;
-        }
-        fsync(&image).context(what)?;
-        renameat(
-            &pool.volumes,
-            temp.as_str(),
-            &pool.volumes,
-            image_name(id).as_str(),
-        )
-        .context(what)?;
-        pool.volumes.sync().context(what)
+        write_image(pool, id, |image, temp_path| {
+            let what = || format!("volume {id}: fill {}", temp_path.display());
+            crate::copy::file_contents(from, image).context(what)?;
+            let size = u64::try_from(fstat(image).context(what)?.st_size).unwrap_or(0);
+            if record.capacity_bytes > size {
+                let grown = i64::try_from(record.capacity_bytes).unwrap_or(i64::MAX);
+                ftruncate(image, grown).context(what)?;
+            }
+            Ok(())
+        })
     }
 
     fn delete(&self, pool: &Pool, id: &VolumeId) -> Result<()> {

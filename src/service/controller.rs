@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response};
 
-use super::{RpcResult, snapshots, volume_health, wire_bytes};
+use super::{RpcResult, next_token, page_request, snapshots, volume_health, wire_bytes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, Type, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
@@ -25,7 +25,7 @@ use crate::csi::{
     controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, Listed};
-use crate::error::{Echo, Error, Result};
+use crate::error::{Echo, Error};
 use crate::health;
 use crate::ids::VolumeId;
 use crate::kind::{Content, FsType, KindName};
@@ -44,9 +44,6 @@ impl ControllerService {
         ControllerService { driver }
     }
 }
-
-/// ListVolumes tokens are this prefix and the id the next page starts at.
-const TOKEN_PREFIX: &str = "from:";
 
 /// Controller capabilities this driver offers.
 const CAPABILITIES: [rpc::Type; 13] = [
@@ -168,7 +165,9 @@ impl Controller for ControllerService {
         request: Request<ListVolumesRequest>,
     ) -> RpcResult<ListVolumesResponse> {
         let req = request.into_inner();
-        let (start, max) = page_request(req.max_entries, &req.starting_token)?;
+        let (start, max) = page_request(req.max_entries, &req.starting_token, |id| {
+            VolumeId::parse(id).ok()
+        })?;
         // Off the async workers: a page reads the table under its lock.
         let driver = Arc::clone(&self.driver);
         let (entries, next) = blocking(move || {
@@ -189,7 +188,9 @@ impl Controller for ControllerService {
         request: Request<ControllerListVolumeHealthRequest>,
     ) -> RpcResult<ControllerListVolumeHealthResponse> {
         let req = request.into_inner();
-        let (start, max) = page_request(req.max_entries, &req.starting_token)?;
+        let (start, max) = page_request(req.max_entries, &req.starting_token, |id| {
+            VolumeId::parse(id).ok()
+        })?;
         // Off the async workers: each volume's backing is looked at.
         let driver = Arc::clone(&self.driver);
         let (entries, next) = blocking(move || {
@@ -386,34 +387,6 @@ impl Controller for ControllerService {
             }),
         }))
     }
-}
-
-/// The first volume and the page size a paged request asks for; a token
-/// this driver did not issue is ABORTED (the caller starts over).
-fn page_request(max_entries: i32, token: &str) -> Result<(Option<VolumeId>, usize)> {
-    let max = usize::try_from(max_entries)
-        .map_err(|_| Error::Invalid(format!("max_entries {max_entries} is negative")))?;
-    let start = match token {
-        "" => None,
-        token => Some(
-            token
-                .strip_prefix(TOKEN_PREFIX)
-                .and_then(|id| VolumeId::parse(id).ok())
-                .ok_or_else(|| {
-                    Error::Busy(format!(
-                        "starting_token {} was not issued by this driver",
-                        Echo(token)
-                    ))
-                })?,
-        ),
-    };
-    Ok((start, max))
-}
-
-/// The token of the page starting at `next`; empty after the last page.
-fn next_token(next: Option<VolumeId>) -> String {
-    next.map(|id| format!("{TOKEN_PREFIX}{id}"))
-        .unwrap_or_default()
 }
 
 impl ControllerService {

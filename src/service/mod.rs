@@ -19,11 +19,50 @@ use crate::csi::node_get_storage_health_response::StorageBackendHealth;
 use crate::csi::volume_health::VolumeHealthEntry;
 use crate::csi::{StorageHealthErrorType, VolumeHealth, VolumeHealthErrorType};
 use crate::driver::Driver;
+use crate::error::{Echo, Error, Result};
 use crate::health::{Finding, PoolReason, PoolSeverity, Severity};
 use crate::ids::VolumeId;
 
 /// What every RPC handler returns.
 type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+/// Paging tokens (ListVolumes, ControllerListVolumeHealth, ListSnapshots)
+/// are this prefix and the id the next page starts at, so entries deleted
+/// between pages never invalidate a token.
+const TOKEN_PREFIX: &str = "from:";
+
+/// The first id and the page size a paged request asks for (`parse` reads
+/// an id of the listed kind); a token this driver did not issue is ABORTED
+/// (the caller starts over).
+fn page_request<Id>(
+    max_entries: i32,
+    token: &str,
+    parse: impl Fn(&str) -> Option<Id>,
+) -> Result<(Option<Id>, usize)> {
+    let max = usize::try_from(max_entries)
+        .map_err(|_| Error::Invalid(format!("max_entries {max_entries} is negative")))?;
+    let start = match token {
+        "" => None,
+        token => Some(
+            token
+                .strip_prefix(TOKEN_PREFIX)
+                .and_then(parse)
+                .ok_or_else(|| {
+                    Error::Busy(format!(
+                        "starting_token {} was not issued by this driver",
+                        Echo(token)
+                    ))
+                })?,
+        ),
+    };
+    Ok((start, max))
+}
+
+/// The token of the page starting at `next`; empty after the last page.
+fn next_token(next: Option<impl std::fmt::Display>) -> String {
+    next.map(|id| format!("{TOKEN_PREFIX}{id}"))
+        .unwrap_or_default()
+}
 
 /// Bytes as the wire's int64 fields carry them (a size beyond i64::MAX,
 /// which no request can ask for, shows as the largest there is).

@@ -4,23 +4,20 @@
 
 use std::sync::Arc;
 
-use super::wire_bytes;
+use super::{next_token, page_request, wire_bytes};
 use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use crate::csi::{
     CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse,
     Snapshot, VolumeContentSource, list_snapshots_response,
 };
 use crate::driver::{Driver, LIST_PAGE_MAX};
-use crate::error::{Echo, Error, Result};
+use crate::error::{Error, Result};
 use crate::ids::{SnapshotId, VolumeId};
 use crate::record::ContentSource;
 use crate::snapshots::SnapshotRecord;
 use crate::snapshots::take::{self, NewSnapshot};
 use crate::validate;
 use crate::work::blocking;
-
-/// ListSnapshots tokens are this prefix and the id the next page starts at.
-const TOKEN_PREFIX: &str = "from:";
 
 /// Takes a snapshot, or answers with the one of that name.
 pub async fn create(driver: &Arc<Driver>, req: CreateSnapshotRequest) -> Result<Snapshot> {
@@ -59,8 +56,9 @@ pub async fn delete(driver: &Arc<Driver>, req: DeleteSnapshotRequest) -> Result<
 /// One snapshot by id (none when unknown or malformed: a list, not a
 /// lookup), or a page of all of them or of one volume's, in id order.
 pub fn list(driver: &Driver, req: &ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
-    let max = usize::try_from(req.max_entries)
-        .map_err(|_| Error::Invalid(format!("max_entries {} is negative", req.max_entries)))?;
+    let (start, max) = page_request(req.max_entries, &req.starting_token, |id| {
+        SnapshotId::parse(id).ok()
+    })?;
     let take = if max == 0 {
         LIST_PAGE_MAX
     } else {
@@ -74,20 +72,6 @@ pub fn list(driver: &Driver, req: &ListSnapshotsRequest) -> Result<ListSnapshots
         },
     };
     let (page, next) = if req.snapshot_id.is_empty() {
-        let start = match req.starting_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .and_then(|id| SnapshotId::parse(id).ok())
-                    .ok_or_else(|| {
-                        Error::Busy(format!(
-                            "starting_token {} was not issued by this driver",
-                            Echo(token)
-                        ))
-                    })?,
-            ),
-        };
         driver
             .snapshots()
             .page(start.as_ref(), source.as_ref(), take)
@@ -105,9 +89,7 @@ pub fn list(driver: &Driver, req: &ListSnapshotsRequest) -> Result<ListSnapshots
                 snapshot: Some(message(driver, record)),
             })
             .collect(),
-        next_token: next
-            .map(|id| format!("{TOKEN_PREFIX}{id}"))
-            .unwrap_or_default(),
+        next_token: next_token(next),
     })
 }
 
