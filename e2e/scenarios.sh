@@ -36,7 +36,7 @@ example() {
     awk -v doc="${2:-0}" 'BEGIN {n = 1} /^---$/ {n++; if (doc == 0) print; next} doc == 0 || n == doc'
 }
 
-# claim NAME SIZE [CLASS]: a PVC.
+# claim NAME SIZE [CLASS] [SPEC-LINE]: a PVC (SPEC-LINE adds a field to its spec).
 claim() {
   local class=""
   [ -z "${3:-}" ] || class="storageClassName: $3"
@@ -48,6 +48,7 @@ spec:
   accessModes: [ReadWriteOnce]
   $class
   resources: {requests: {storage: $2}}
+  ${4:-}
 YAML
 }
 
@@ -385,15 +386,7 @@ scenario_health() {
 claim_from() {
   local group=""
   [ "$3" != VolumeSnapshot ] || group="apiGroup: snapshot.storage.k8s.io"
-  k apply -f - >/dev/null <<YAML || fail "could not apply claim $1"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: $1}
-spec:
-  accessModes: [ReadWriteOnce]
-  resources: {requests: {storage: $2}}
-  dataSource: {kind: $3, name: $4, $group}
-YAML
+  claim "$1" "$2" "" "dataSource: {kind: $3, name: $4, $group}"
 }
 
 # reads CLAIM WANT: a pod reading /data/file of CLAIM finds WANT.
