@@ -15,7 +15,8 @@ use common::{Scratch, TestDriver, assert_code, create_request_with};
 use hostpath_csi::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use hostpath_csi::csi::{
     CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, GetCapacityRequest,
-    GetSnapshotRequest, ListSnapshotsRequest, Snapshot, VolumeContentSource,
+    GetSnapshotRequest, ListSnapshotsRequest, Snapshot, Topology, TopologyRequirement,
+    VolumeContentSource,
 };
 use tonic::Code;
 
@@ -421,6 +422,39 @@ async fn an_xfs_image_and_its_clone_are_mounted_side_by_side() {
 }
 
 #[tokio::test]
+async fn a_larger_restore_grows_the_image_and_its_filesystem() {
+    let mut d = TestDriver::start().await;
+    let params = [("kind", "file")];
+    let source = d
+        .create_from(create_request_with("small", 16 << 20, &params))
+        .await;
+    with_published(&mut d, &source, |root| {
+        std::fs::write(root.join("file"), b"kept").unwrap()
+    })
+    .await;
+    let snapshot = take(&mut d, "small-snap", &source).await;
+    let restored = d
+        .create_from(from_snapshot(
+            create_request_with("bigger", 48 << 20, &params),
+            &snapshot.snapshot_id,
+        ))
+        .await;
+    let (total, kept) = with_published(&mut d, &restored, |root| {
+        let st = nix::sys::statvfs::statvfs(root).unwrap();
+        (
+            st.blocks() * st.fragment_size(),
+            std::fs::read(root.join("file")).unwrap(),
+        )
+    })
+    .await;
+    assert_eq!(kept, b"kept");
+    assert!(
+        total > 40 << 20,
+        "the restored filesystem has {total} bytes"
+    );
+}
+
+#[tokio::test]
 async fn memory_volumes_snapshot_to_the_pool_disk_and_restore_to_memory() {
     let mut d = TestDriver::start().await;
     let params = [("kind", "memory")];
@@ -506,6 +540,18 @@ async fn bad_requests_get_the_codes_the_spec_names_and_hostile_ids_touch_nothing
         c.create_snapshot(odd).await,
         Code::InvalidArgument,
         "colour",
+    );
+    let mut elsewhere_only = snapshot_request("s", &source);
+    elsewhere_only.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![Topology {
+            segments: [(common::TOPOLOGY_KEY.to_owned(), "node-far-away".to_owned())].into(),
+        }],
+        preferred: Vec::new(),
+    });
+    assert_code(
+        c.create_snapshot(elsewhere_only).await,
+        Code::ResourceExhausted,
+        common::NODE,
     );
     let snapshot = take(&mut d, "s", &source).await;
     let other = d.create("other", 8 << 20).await;

@@ -29,6 +29,16 @@ pub async fn create(driver: &Arc<Driver>, req: CreateSnapshotRequest) -> Result<
     }
     let source = VolumeId::parse(&req.source_volume_id)?;
     validate::snapshot_parameters(&req.parameters)?;
+    // A snapshot is on its volume's node and nowhere else.
+    if let Some(requirement) = &req.accessibility_requirements
+        && !requirement.requisite.is_empty()
+        && !requirement.requisite.iter().any(|t| driver.is_this_node(t))
+    {
+        return Err(Error::NotHere(format!(
+            "snapshot {name}: accessibility_requirements do not include node {}, which holds volume {source}",
+            driver.config.node_id
+        )));
+    }
     let id = SnapshotId::mint(&name, &driver.config.node_id);
     let held = driver.guards.claim(format!("snapshot {id}"))?;
     let source_held = driver.guards.claim(format!("volume {source}"))?;
