@@ -279,6 +279,11 @@ async fn round_trip(d: &mut TestDriver, params: &[(&str, &str)], bytes: i64) -> 
         .await;
     let restored_tree = with_published(d, &restored, inventory).await;
     assert_eq!(restored_tree, before, "restored from {how}");
+    // Held to its capacity as any new volume (a lapsed qgroup or project
+    // limit would show as QuotaNotEnforced).
+    for id in [&restored, &clone] {
+        assert!(common::health(&mut d.csi, id).await.is_empty(), "{id}");
+    }
     let clone_tree = with_published(d, &clone, |root| {
         assert_eq!(xattr_get(&root.join("data.bin"), "user.origin"), b"tenant");
         inventory(root)
