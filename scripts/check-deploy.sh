@@ -107,3 +107,21 @@ for package in $packages; do
   apt-cache show "$package" >/dev/null || { echo "Dockerfile: no Debian package $package" >&2; exit 1; }
 done
 echo "Dockerfile: release binary copied; Debian packages exist: $packages"
+# Nothing here runs `docker build`, so the image's Rust is checked against
+# what the dependency tree asks: the build stage's toolchain must be at
+# least the highest `rust-version` of any package (Cargo.lock's versions).
+toolchain=$(sed -n 's/^FROM rust:\([0-9][0-9.]*\)-.* AS build$/\1/p' Dockerfile)
+[ -n "$toolchain" ] || { echo "Dockerfile: no FROM rust:X.Y-… AS build line" >&2; exit 1; }
+cargo metadata --locked --format-version 1 | python3 -c '
+import json, sys
+toolchain = tuple(int(p) for p in sys.argv[1].split("."))
+def version(text):
+    return tuple(int(p) for p in text.split("."))
+packages = json.load(sys.stdin)["packages"]
+asks = [(version(p["rust_version"]), p["name"], p["version"]) for p in packages if p.get("rust_version")]
+highest = max(asks)
+shown = ".".join(map(str, highest[0]))
+if highest[0][: len(toolchain)] > toolchain:
+    sys.exit(f"Dockerfile: rust {sys.argv[1]} is older than the {shown} that {highest[1]} {highest[2]} asks for")
+print(f"Dockerfile: rust {sys.argv[1]} satisfies every rust-version in the tree (highest: {shown}, {highest[1]} {highest[2]}; {len(asks)} packages state one)")
+' "$toolchain"
