@@ -63,6 +63,12 @@ pub fn create(driver: &Arc<Driver>, request: NewSnapshot) -> Result<SnapshotReco
     }
     driver.check_readable(&request.source)?;
     let volume = driver.volume(&request.source)?.record;
+    if volume.filling {
+        return Err(Error::Busy(format!(
+            "snapshot {}: volume {} is still being filled from its source",
+            request.name, volume.id
+        )));
+    }
     let pool = driver.pool(Some(&volume.pool))?;
     let seed = volume.kind.backend().seed(pool, &volume)?;
     let method = match (&seed, pool.reflinks) {
@@ -76,7 +82,13 @@ pub fn create(driver: &Arc<Driver>, request: NewSnapshot) -> Result<SnapshotReco
         (Seed::Tree { .. }, true) => Method::ReflinkTree,
         (_, false) => Method::Copy,
     };
-    let used = seed.used_bytes()?;
+    // Measured only where it matters (a walk of the tree is O(files)): the
+    // room a copy needs, and the size of a volume that has no capacity.
+    let used = if method.shares_bytes() && volume.capacity_bytes > 0 {
+        0
+    } else {
+        seed.used_bytes()?
+    };
     if !method.shares_bytes() {
         let available = driver
             .ledger
