@@ -2,7 +2,7 @@
 #   docker build -t hostpath-csi:0.1.0 .
 # Build stage: the release binary, exactly as `cargo build --release --locked`
 # makes it (protox compiles the proto, so no protoc is needed).
-FROM rust:1.88-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked

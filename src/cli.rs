@@ -120,6 +120,22 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub pool_nearly_full_percent: u8,
+    /// Controller mode: watch Kubernetes and free the volumes of nodes that
+    /// are gone for good (see docs/deploy.md, "When a node is gone").
+    #[arg(long, env = "HOSTPATH_CSI_NODE_LOSS_CLEANUP")]
+    pub node_loss_cleanup: bool,
+    /// Seconds a Node object must stay deleted before its volumes are
+    /// written off (a node with the out-of-service taint counts at once).
+    #[arg(
+        long,
+        env = "HOSTPATH_CSI_NODE_LOSS_GRACE_SECONDS",
+        default_value_t = 300
+    )]
+    pub node_loss_grace_seconds: u64,
+    /// This replica's name in the cleanup's Lease; defaults to the hostname
+    /// (a pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 impl ServeArgs {

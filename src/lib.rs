@@ -24,6 +24,7 @@ pub mod loopdev;
 pub mod metrics;
 pub mod mounter;
 pub mod mounts;
+pub mod node_loss;
 pub mod pool;
 pub mod project_quota;
 pub mod publish;

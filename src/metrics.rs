@@ -36,8 +36,21 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause after failed accepts, doubling from 10 ms.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Answers scrapes on `listener` for as long as the process runs.
+/// Makes the text of one scrape; runs on the blocking pool.
+pub type Page = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
+
+/// Answers scrapes of a node's metrics on `listener` for as long as the
+/// process runs.
 pub async fn serve(driver: Arc<Driver>, listener: TcpListener) {
+    serve_page(
+        listener,
+        Arc::new(move || render(&driver).map_err(|e| e.to_string())),
+    )
+    .await;
+}
+
+/// Answers scrapes of `page` on `listener` for as long as the process runs.
+pub async fn serve_page(listener: TcpListener, page: Page) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::ZERO;
     loop {
@@ -59,17 +72,17 @@ pub async fn serve(driver: Arc<Driver>, listener: TcpListener) {
             tracing::debug!("metrics: {MAX_CONNECTIONS} connections open; one refused");
             continue;
         };
-        let driver = Arc::clone(&driver);
+        let page = Arc::clone(&page);
         tokio::spawn(async move {
             let _slot = slot;
-            connection(driver, stream).await;
+            connection(page, stream).await;
         });
     }
 }
 
 /// Serves one request on `stream` within the timeouts.
-async fn connection(driver: Arc<Driver>, stream: TcpStream) {
-    let service = hyper::service::service_fn(move |request| answer(Arc::clone(&driver), request));
+async fn connection(page: Page, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |request| answer(Arc::clone(&page), request));
     let serving = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -84,12 +97,13 @@ async fn connection(driver: Arc<Driver>, stream: TcpStream) {
 }
 
 async fn answer(
-    driver: Arc<Driver>,
+    page: Page,
     request: Request<hyper::body::Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        match blocking(move || render(&driver)).await {
-            Ok(text) => (StatusCode::OK, text),
+        match blocking(move || Ok(page())).await {
+            Ok(Ok(text)) => (StatusCode::OK, text),
+            Ok(Err(err)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
         }
     } else {

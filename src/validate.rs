@@ -14,9 +14,10 @@ use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Echo, Error, Result};
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::{Access, Content, FsType, KindName};
+use crate::node_loss::decide::OnNodeLoss;
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
-pub const PARAMETER_KEYS: [&str; 4] = ["kind", "pool", "fsType", "enforce"];
+pub const PARAMETER_KEYS: [&str; 5] = ["kind", "pool", "fsType", "enforce", "onNodeLoss"];
 /// Prefix of the keys external-provisioner adds; accepted and ignored.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
@@ -396,6 +397,11 @@ pub fn parameters(params: &HashMap<String, String>) -> Result<VolumeParams> {
             "pool" => checked.pool = Some(PoolName::parse(value)?),
             "fsType" => checked.fs_type = Some(value.clone()),
             "enforce" => checked.enforce = Enforce::parse(value)?,
+            // Read by controller mode's node loss cleanup; checked here so
+            // that a typo fails the first claim rather than a lost node's.
+            "onNodeLoss" => {
+                OnNodeLoss::parse(value).map_err(Error::Invalid)?;
+            }
             k if k.starts_with(SIDECAR_PREFIX) => {}
             unknown => {
                 return Err(Error::Invalid(format!(
@@ -666,6 +672,10 @@ mod tests {
         );
         assert!(p(&[("kind", "floppy")]).is_err());
         assert!(p(&[("pool", "../x")]).is_err());
+        assert!(p(&[("onNodeLoss", "delete-claim")]).is_ok());
+        assert!(p(&[("onNodeLoss", "keep")]).is_ok());
+        let err = p(&[("onNodeLoss", "yes")]).unwrap_err().to_string();
+        assert!(err.contains("delete-claim"), "{err}");
     }
 
     #[test]

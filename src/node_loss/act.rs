@@ -1,0 +1,251 @@
+//! Carries out the decided actions against the API server: each re-reads
+//! its object and acts only if it still holds, with preconditions so that a
+//! claim made again under the same name is never the one deleted. Every
+//! action is logged, counted and announced with an Event.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use either::Either;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder};
+
+use super::Counters;
+use super::decide::{
+    Action, CLAIM_ANNOTATION, DELETE_CLAIM, Gone, PROVISIONER_FINALIZER, has_provisioner_finalizer,
+    pinned_node,
+};
+
+/// The Event reason of everything this controller announces.
+const REASON: &str = "NodeLost";
+
+/// Acts for one replica that leads.
+pub struct Actor {
+    pub client: Client,
+    pub driver: String,
+    pub grace: Duration,
+    pub recorder: Recorder,
+    /// Claims already told they are kept (by uid), so a kept claim gets
+    /// one Event per controller run, not one per look.
+    pub reported: HashSet<String>,
+}
+
+impl Actor {
+    /// Carries out `action`; failures are logged and counted, and the next
+    /// look tries again.
+    pub async fn act(&mut self, action: &Action, counters: &Counters) {
+        let outcome = match action {
+            Action::DeleteVolume { pv, node, gone } => self.delete_volume(pv, node, *gone).await,
+            Action::DeleteClaim {
+                namespace,
+                claim,
+                uid,
+                pv,
+                node,
+                gone,
+            } => {
+                self.delete_claim(namespace, claim, uid, pv, node, *gone)
+                    .await
+            }
+            Action::KeepClaim {
+                namespace,
+                claim,
+                uid,
+                pv,
+                node,
+                gone,
+            } => {
+                self.keep_claim(namespace, claim, uid, pv, node, *gone)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(Done::Deleted(what)) => {
+                let counter = match action {
+                    Action::DeleteVolume { .. } => &counters.volumes_deleted,
+                    _ => &counters.claims_deleted,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(?action, "node loss: {what}");
+            }
+            Ok(Done::Nothing) => {}
+            Err(err) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?action, %err, "node loss: action failed; retried at the next look");
+            }
+        }
+    }
+
+    async fn delete_volume(&self, name: &str, node: &str, gone: Gone) -> Result<Done, kube::Error> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let Some(pv) = api.get_opt(name).await? else {
+            return Ok(Done::Nothing);
+        };
+        // Still ours, still on that node, still released or being deleted.
+        let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+        let deleting = pv.metadata.deletion_timestamp.is_some();
+        let finalizer = has_provisioner_finalizer(&pv);
+        if pinned_node(&pv, &self.driver) != Some(node)
+            || (deleting && !finalizer)
+            || (!deleting && phase != Some("Released"))
+        {
+            return Ok(Done::Nothing);
+        }
+        // The PV as the delete left it (its finalizers hold it), whose
+        // resourceVersion the finalizer patch must carry.
+        let mut current = pv;
+        if !deleting {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(Either::Left(left)) => current = left,
+                Ok(Either::Right(_)) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Done::Nothing),
+                Err(err) => return Err(err),
+            }
+        }
+        if has_provisioner_finalizer(&current) {
+            let rest: Vec<&String> = current
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .filter(|f| *f != PROVISIONER_FINALIZER)
+                .collect();
+            // The resourceVersion makes this a compare-and-swap of the list.
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "finalizers": rest,
+            }});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let note = format!(
+            "volume {name} was on node {node}, which is gone: {}; its data went with the node, \
+             so the PV is deleted without DeleteVolume",
+            gone.describe(self.grace)
+        );
+        self.announce(
+            EventType::Normal,
+            "DeleteVolume",
+            &note,
+            volume_ref(&current),
+        )
+        .await;
+        Ok(Done::Deleted(note))
+    }
+
+    async fn delete_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        pv: &str,
+        node: &str,
+        gone: Gone,
+    ) -> Result<Done, kube::Error> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+                return Ok(Done::Nothing);
+            }
+            Err(err) => return Err(err),
+        }
+        let note = format!(
+            "claim deleted (it opted in with {DELETE_CLAIM}): its volume {pv} was on node {node}, \
+             which is gone: {}",
+            gone.describe(self.grace)
+        );
+        let reference = claim_ref(namespace, name, uid);
+        self.announce(EventType::Warning, "DeleteClaim", &note, reference)
+            .await;
+        Ok(Done::Deleted(note))
+    }
+
+    async fn keep_claim(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        pv: &str,
+        node: &str,
+        gone: Gone,
+    ) -> Result<Done, kube::Error> {
+        if !self.reported.insert(uid.to_owned()) {
+            return Ok(Done::Nothing);
+        }
+        let note = format!(
+            "volume {pv} was on node {node}, which is gone: {}; the claim is kept because it did \
+             not opt in: annotate it {CLAIM_ANNOTATION}={DELETE_CLAIM} (or set the class's \
+             onNodeLoss parameter) to have it deleted so that its pod gets a new volume",
+            gone.describe(self.grace)
+        );
+        tracing::warn!(namespace, claim = name, pv, node, "node loss: {note}");
+        self.announce(
+            EventType::Warning,
+            "KeepClaim",
+            &note,
+            claim_ref(namespace, name, uid),
+        )
+        .await;
+        Ok(Done::Nothing)
+    }
+
+    /// Publishes an Event; one that cannot be published is logged only.
+    async fn announce(&self, type_: EventType, action: &str, note: &str, about: ObjectReference) {
+        let event = Event {
+            type_,
+            reason: REASON.to_owned(),
+            note: Some(note.to_owned()),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &about).await {
+            tracing::warn!(%err, ?about, "node loss: could not publish an Event");
+        }
+    }
+}
+
+/// What an action came to.
+enum Done {
+    /// Something was deleted, as described.
+    Deleted(String),
+    /// Nothing needed doing (any more).
+    Nothing,
+}
+
+fn volume_ref(pv: &PersistentVolume) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("PersistentVolume".to_owned()),
+        name: pv.metadata.name.clone(),
+        uid: pv.metadata.uid.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+fn claim_ref(namespace: &str, name: &str, uid: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("PersistentVolumeClaim".to_owned()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        uid: Some(uid.to_owned()),
+        ..ObjectReference::default()
+    }
+}
