@@ -27,6 +27,11 @@ fi
 echo "== e2e: cluster up in $((SECONDS - began))s (node $NODE Ready, driver registered)"
 
 ok=true
+if [ "$RUN_SCENARIOS" != yes ] && [ "$RUN_SCENARIOS" != no ]; then
+  # Some scenarios only, named with commas (e2e/run.sh --scenario=NAME).
+  IFS=, read -r -a SCENARIOS <<<"$RUN_SCENARIOS"
+  RUN_SCENARIOS=yes
+fi
 if [ "$RUN_SCENARIOS" = yes ]; then
   passed=0
   for scenario in "${SCENARIOS[@]}"; do

@@ -35,8 +35,9 @@ for arg in "$@"; do
   case $arg in
     --suite=ci | --suite=full | --suite=none) SUITE=${arg#--suite=} ;;
     --no-scenarios) SCENARIOS=no ;;
+    --scenario=*) [ "$SCENARIOS" = yes ] && SCENARIOS=${arg#--scenario=} || SCENARIOS+=,${arg#--scenario=} ;;
     *)
-      echo "usage: e2e/run.sh [--suite=ci|full|none] [--no-scenarios]" >&2
+      echo "usage: e2e/run.sh [--suite=ci|full|none] [--no-scenarios | --scenario=NAME...]" >&2
       exit 2
       ;;
   esac

@@ -5,7 +5,7 @@
 # deploy/examples where an example exists.
 
 # shellcheck disable=SC2034 # read by inside.sh
-SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health snapshot-restore-clone)
+SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health snapshot-restore-clone node-loss)
 POOL=/var/lib/hostpath-csi/default
 
 fail() {
@@ -435,6 +435,114 @@ YAML
   claim_from restored-again 64Mi VolumeSnapshot origin-snap
   reads restored-again snapshotted
   gone volumesnapshot origin-snap
+}
+
+# lost_volume NAME CLAIM: a PV of ours as the node-deployed provisioner
+# would have made it on node $LOST, bound to CLAIM in this namespace.
+lost_volume() {
+  kubectl apply -f - >/dev/null <<YAML || fail "could not apply PV $1"
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $1
+  annotations: {pv.kubernetes.io/provisioned-by: hostpath-csi.dev}
+  finalizers: [external-provisioner.volume.kubernetes.io/finalizer]
+spec:
+  capacity: {storage: 64Mi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: hostpath
+  csi: {driver: hostpath-csi.dev, volumeHandle: $1}
+  claimRef: {namespace: $NS, name: $2}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+        - matchExpressions: [{key: topology.hostpath-csi.dev/node, operator: In, values: [$LOST]}]
+YAML
+}
+
+# 10. A node gone for good: a second Node object (no kubelet behind it)
+#     holds a StatefulSet's volume (its claim opted in) and another claim's
+#     (not opted in). Once the Node has been deleted for the controller's
+#     grace period (20 s here), the opted-in claim and its PV are deleted,
+#     the StatefulSet makes the claim again, it provisions on the real node
+#     and the pod runs; the other claim stays, with an Event saying why.
+#     When that claim is deleted, its Released PV is deleted too.
+scenario_node_loss() {
+  LOST=lost-$NS
+  kubectl apply -f - >/dev/null <<YAML || fail "could not register node $LOST"
+apiVersion: v1
+kind: Node
+metadata:
+  name: $LOST
+  labels: {kubernetes.io/hostname: $LOST}
+spec:
+  # What a node that stopped reporting gets: the cleanup must not count it
+  # gone for that.
+  taints: [{key: node.kubernetes.io/not-ready, effect: NoSchedule}]
+YAML
+  lost_volume "pv-$NS-db" www-db-0
+  lost_volume "pv-$NS-kept" kept
+  claim www-db-0 64Mi hostpath "volumeName: pv-$NS-db"
+  must k annotate pvc www-db-0 hostpath-csi.dev/on-node-loss=delete-claim >/dev/null
+  claim kept 64Mi hostpath "volumeName: pv-$NS-kept"
+  wait_for 60 "the claims to bind" sh -c \
+    "[ \"\$(kubectl -n $NS get pvc www-db-0 kept -o 'jsonpath={.items[*].status.phase}')\" = 'Bound Bound' ]" ||
+    fail "the claims did not bind to the PVs on $LOST"
+  local old_uid
+  old_uid=$(k get pvc www-db-0 -o 'jsonpath={.metadata.uid}')
+  k apply -f - >/dev/null <<YAML || fail "could not apply the StatefulSet"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  serviceName: db
+  replicas: 1
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: main
+          image: $BUSYBOX_IMAGE
+          imagePullPolicy: Never
+          command: [sh, -c, 'echo fresh > /data/file && sleep 3600']
+          volumeMounts: [{name: www, mountPath: /data}]
+  volumeClaimTemplates:
+    - metadata:
+        name: www
+        annotations: {hostpath-csi.dev/on-node-loss: delete-claim}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: hostpath
+        resources: {requests: {storage: 64Mi}}
+YAML
+  wait_for 60 "db-0 to be created" k get pod db-0 || fail "db-0 was not created"
+  sleep 5
+  expect_eq "db-0 while its volume is on $LOST" "$(phase pod db-0)" Pending
+
+  must kubectl delete node "$LOST" >/dev/null
+  wait_for 180 "the claim www-db-0 to be made again" sh -c \
+    "uid=\$(kubectl -n $NS get pvc www-db-0 -o 'jsonpath={.metadata.uid}') && [ -n \"\$uid\" ] && [ \"\$uid\" != $old_uid ]" ||
+    fail "www-db-0 was not deleted and made again"
+  wait_for 120 "PV pv-$NS-db to go" sh -c "! kubectl get pv pv-$NS-db" || fail "PV pv-$NS-db stayed"
+  ready db-0
+  expect_eq "db-0's node" "$(k get pod db-0 -o 'jsonpath={.spec.nodeName}')" "$NODE"
+  expect_eq "db-0's file" "$(k exec db-0 -- cat /data/file)" fresh
+  expect_eq "the new volume's node" "$(kubectl get pv "$(k get pvc www-db-0 -o 'jsonpath={.spec.volumeName}')" \
+    -o 'jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')" "$NODE"
+
+  wait_for 60 "the NodeLost Event of claim kept" sh -c \
+    "kubectl -n $NS get events --field-selector involvedObject.name=kept,reason=NodeLost -o name | grep -q ." ||
+    fail "no NodeLost Event for the claim that did not opt in"
+  k get events --field-selector involvedObject.name=kept,reason=NodeLost -o 'jsonpath={.items[0].message}{"\n"}'
+  expect_eq "claim kept" "$(phase pvc kept)" Bound
+  expect_eq "claim kept's volume" "$(k get pvc kept -o 'jsonpath={.spec.volumeName}')" "pv-$NS-kept"
+  gone pvc kept
+  wait_for 120 "PV pv-$NS-kept to go once Released" sh -c "! kubectl get pv pv-$NS-kept" ||
+    fail "the Released PV pv-$NS-kept of the gone node stayed"
+  kubectl -n hostpath-csi logs deployment/hostpath-csi-controller -c driver | grep 'node loss' | tail -n 5
 }
 
 # run_scenario NAME: runs one scenario in a namespace of its own, then
