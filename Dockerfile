@@ -1,6 +1,6 @@
 # hostpath-csi: one image for the node plugin and the controller.
 #   docker build -t hostpath-csi:0.1.0 .
-# Build stage: the release binary, exactly as `cargo build --release --locked`
+# Build stage: the release binaries, exactly as `cargo build --release --locked`
 # makes it (protox compiles the proto, so no protoc is needed).
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
@@ -16,6 +16,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends e2fsprogs xfsprogs \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/hostpath-csi /usr/local/bin/hostpath-csi
+# The controller Deployment's cleanup after lost nodes (its own container).
+COPY --from=build /src/target/release/hostpath-csi-node-loss /usr/local/bin/hostpath-csi-node-loss
 # Root by default: the node plugin must mount (CAP_SYS_ADMIN) and runs
 # privileged. The controller Deployment runs it as an unprivileged user.
 ENTRYPOINT ["/usr/local/bin/hostpath-csi"]

@@ -87,7 +87,7 @@ build_binaries() {
   cp "$client"/config/crd/snapshot.storage.k8s.io_*.yaml "$E2E_OUT/crds/"
   echo "== e2e: hostpath-csi (release)"
   (cd "$REPO" && cargo build --release --locked --quiet)
-  cp "$REPO/target/release/hostpath-csi" "$E2E_BIN/hostpath-csi"
+  cp "$REPO/target/release/hostpath-csi" "$REPO/target/release/hostpath-csi-node-loss" "$E2E_BIN/"
 }
 
 # build_suite: e2e.test, Kubernetes' own end-to-end suite, at the cluster's
@@ -223,11 +223,11 @@ build_images() {
   image glibc-dns-testing '"Cmd":["/bin/sh"]' "$GLIBC_DNS_TESTING_IMAGE"
 
   # hostpath-csi's Dockerfile, runtime stage: Debian with e2fsprogs and
-  # xfsprogs, and the release binary.
+  # xfsprogs, and the release binaries.
   rootfs=$(new_rootfs)
   add_debian "$rootfs" e2fsprogs xfsprogs || return 1
   mkdir -p "$rootfs/usr/local/bin"
-  cp "$E2E_BIN/hostpath-csi" "$rootfs/usr/local/bin/hostpath-csi"
+  cp "$E2E_BIN/hostpath-csi" "$E2E_BIN/hostpath-csi-node-loss" "$rootfs/usr/local/bin/"
   image hostpath-csi '"Entrypoint":["/usr/local/bin/hostpath-csi"]' "$DRIVER_IMAGE"
 
   # The sidecars: one static binary each, as in their distroless images.

@@ -542,7 +542,7 @@ YAML
   gone pvc kept
   wait_for 120 "PV pv-$NS-kept to go once Released" sh -c "! kubectl get pv pv-$NS-kept" ||
     fail "the Released PV pv-$NS-kept of the gone node stayed"
-  kubectl -n hostpath-csi logs deployment/hostpath-csi-controller -c driver | grep 'node loss' | tail -n 5
+  kubectl -n hostpath-csi logs deployment/hostpath-csi-controller -c node-loss | grep 'node loss' | tail -n 5
 }
 
 # run_scenario NAME: runs one scenario in a namespace of its own, then

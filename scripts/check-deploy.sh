@@ -2,9 +2,10 @@
 # Checks what can be checked without a cluster or a Docker engine: each
 # manifest under deploy/ validates strictly against the oldest and newest
 # Kubernetes minor we support; every command line the manifests give
-# hostpath-csi is accepted by the binary; the Dockerfile copies the binary
-# `cargo build --release --locked` makes and installs Debian packages that exist.
-# Usage: scripts/check-deploy.sh path/to/hostpath-csi
+# hostpath-csi or hostpath-csi-node-loss is accepted by that binary; the
+# Dockerfile copies the binaries `cargo build --release --locked` makes and
+# installs Debian packages that exist.
+# Usage: scripts/check-deploy.sh path/to/hostpath-csi (hostpath-csi-node-loss beside it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 driver_bin=$(realpath "$1")
@@ -69,7 +70,7 @@ PY
 
 echo "== hostpath-csi accepts the command lines of deploy/"
 "$venv/bin/python" - "$driver_bin" $manifests <<'PY'
-import re, subprocess, sys, yaml
+import os, re, subprocess, sys, yaml
 binary, files = sys.argv[1], sys.argv[2:]
 checked = 0
 for path in files:
@@ -86,8 +87,12 @@ for path in files:
                    for e in container.get("env", [])}
             args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
                     for a in container.get("args", [])]
+            # A container with a command runs that binary of the image, found
+            # beside the one given (the Dockerfile puts them together).
+            command = container.get("command") or [binary]
+            program = os.path.join(os.path.dirname(binary), os.path.basename(command[0]))
             # --help last: clap rejects any unknown or malformed flag before it.
-            run = subprocess.run([binary, *args, "--help"], capture_output=True, text=True)
+            run = subprocess.run([program, *command[1:], *args, "--help"], capture_output=True, text=True)
             if run.returncode != 0:
                 sys.exit(f"{path}: {container['name']}: {run.stderr.strip()}")
             checked += 1
@@ -98,15 +103,17 @@ PY
 
 echo "== Dockerfile"
 grep -q '^RUN cargo build --release --locked$' Dockerfile
-grep -q '^COPY --from=build /src/target/release/hostpath-csi ' Dockerfile
-grep -q '^name = "hostpath-csi"$' Cargo.toml
+for bin in hostpath-csi hostpath-csi-node-loss; do
+  grep -q "^COPY --from=build /src/target/release/$bin /usr/local/bin/$bin\$" Dockerfile
+  grep -q "^name = \"$bin\"\$" Cargo.toml
+done
 packages=$(sed -n 's/.*apt-get install -y --no-install-recommends \([a-z0-9 .+-]*\).*/\1/p' Dockerfile)
 [ -n "$packages" ] || { echo "Dockerfile installs no runtime packages?" >&2; exit 1; }
 apt-cache show e2fsprogs >/dev/null 2>&1 || apt-get update -qq
 for package in $packages; do
   apt-cache show "$package" >/dev/null || { echo "Dockerfile: no Debian package $package" >&2; exit 1; }
 done
-echo "Dockerfile: release binary copied; Debian packages exist: $packages"
+echo "Dockerfile: release binaries copied; Debian packages exist: $packages"
 # Nothing here runs `docker build`, so the image's Rust is checked against
 # what the dependency tree asks: the build stage's toolchain must be at
 # least the highest `rust-version` of any package (Cargo.lock's versions).

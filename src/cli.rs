@@ -38,6 +38,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logs on stderr in `format`, at the level `RUST_LOG` sets (default info).
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve CSI on a unix socket: Identity, Controller and Node (node mode)
@@ -120,22 +133,6 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub pool_nearly_full_percent: u8,
-    /// Controller mode: watch Kubernetes and free the volumes of nodes that
-    /// are gone for good (see docs/deploy.md, "When a node is gone").
-    #[arg(long, env = "HOSTPATH_CSI_NODE_LOSS_CLEANUP")]
-    pub node_loss_cleanup: bool,
-    /// Seconds a Node object must stay deleted before its volumes are
-    /// written off (a node with the out-of-service taint counts at once).
-    #[arg(
-        long,
-        env = "HOSTPATH_CSI_NODE_LOSS_GRACE_SECONDS",
-        default_value_t = 300
-    )]
-    pub node_loss_grace_seconds: u64,
-    /// This replica's name in the cleanup's Lease; defaults to the hostname
-    /// (a pod's name).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
 }
 
 impl ServeArgs {

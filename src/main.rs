@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hostpath_csi::cli::{Cli, Command, LogFormat, Mode, ServeArgs};
-use hostpath_csi::{demo, heap, metrics, node_loss, server, startup, validate};
-use tracing_subscriber::EnvFilter;
+use hostpath_csi::cli::{self, Cli, Command, Mode, ServeArgs};
+use hostpath_csi::{demo, heap, metrics, server, startup, validate};
 
 /// How long a stopping driver waits for operations whose callers went away
 /// before it snapshots its records.
@@ -18,14 +17,7 @@ const MAX_BLOCKING_THREADS: usize = hostpath_csi::work::MAX_BLOCKING_WORK + 8;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    cli::init_logs(cli.log_format);
     // Blocking work (every syscall, fsync) runs on tokio's pool of threads,
     // and glibc gives each thread a malloc arena of its own that keeps what
     // it freed: two arenas hold a node's memory near its live data.
@@ -55,7 +47,21 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     if args.mode == Mode::Controller {
-        return serve_controller(args, socket).await;
+        if args.metrics_address.is_some() {
+            return Err(
+                "--metrics-address applies to node mode: controller mode has no pools to report"
+                    .into(),
+            );
+        }
+        let name = validate::driver_name(&args.driver_name)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let stop = server::termination_signal().map_err(|e| e.to_string())?;
+        let listener = server::listen(&socket).map_err(|e| e.to_string())?;
+        tracing::info!(socket = %socket.display(), driver = %name, "serving in controller mode");
+        return server::serve_controller(name, listener, &socket, stop)
+            .await
+            .map_err(|e| e.to_string());
     }
     let config = args.config().map_err(|e| e.to_string())?;
     let driver = tokio::task::spawn_blocking(move || startup::open(config))
@@ -80,54 +86,4 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     served.map_err(|e| e.to_string())
-}
-
-/// Controller mode: Identity and expansion on the socket and, if asked, the
-/// cleanup after lost nodes with its metrics.
-async fn serve_controller(args: ServeArgs, socket: std::path::PathBuf) -> Result<(), String> {
-    let name = validate::driver_name(&args.driver_name)
-        .map_err(|e| e.to_string())?
-        .to_owned();
-    if args.node_loss_cleanup {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| format!("node loss cleanup: no Kubernetes API to talk to: {e}"))?;
-        let identity = match args.identity {
-            Some(identity) => identity,
-            None => nix::unistd::gethostname()
-                .map_err(|e| format!("node loss cleanup: gethostname: {e}"))?
-                .to_string_lossy()
-                .into_owned(),
-        };
-        let settings = node_loss::Settings {
-            driver: name.clone(),
-            grace: Duration::from_secs(args.node_loss_grace_seconds),
-            identity,
-            namespace: client.default_namespace().to_owned(),
-        };
-        let counters = Arc::new(node_loss::Counters::default());
-        if let Some(address) = args.metrics_address {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| format!("metrics: listen on {address}: {e}"))?;
-            let counters = Arc::clone(&counters);
-            tokio::spawn(metrics::serve_page(
-                listener,
-                Arc::new(move || Ok(counters.render())),
-            ));
-            tracing::info!(%address, "serving metrics");
-        }
-        tokio::spawn(node_loss::run(client, settings, counters));
-    } else if args.metrics_address.is_some() {
-        return Err(
-            "--metrics-address in controller mode reports the node loss cleanup: add --node-loss-cleanup"
-                .into(),
-        );
-    }
-    let stop = server::termination_signal().map_err(|e| e.to_string())?;
-    let listener = server::listen(&socket).map_err(|e| e.to_string())?;
-    tracing::info!(socket = %socket.display(), driver = %name, "serving in controller mode");
-    server::serve_controller(name, listener, &socket, stop)
-        .await
-        .map_err(|e| e.to_string())
 }

@@ -662,3 +662,18 @@ async fn a_node_back_inside_the_grace_period_loses_nothing_and_a_kept_claim_is_r
         "{metrics}"
     );
 }
+
+#[test]
+fn the_binary_without_a_kubernetes_api_fails_at_start_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostpath-csi-node-loss"))
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no Kubernetes API to talk to"), "{stderr}");
+}

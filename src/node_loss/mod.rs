@@ -162,9 +162,11 @@ impl Reconciler {
     /// One look at `view`: renews the Lease, decides, and acts if this
     /// replica leads. Answers the decided actions (acted on or not).
     pub async fn pass(&mut self, view: &View, now: Instant) -> Result<Vec<Action>, kube::Error> {
-        let leading = self.leadership.renew(now).await?;
         let counters = Arc::clone(&self.counters);
+        let renewed = self.leadership.renew(now).await;
+        let leading = *renewed.as_ref().unwrap_or(&false);
         counters.leader.store(u64::from(leading), Ordering::Relaxed);
+        renewed?;
         let actions = decide::decide(
             view,
             &self.settings.driver,
