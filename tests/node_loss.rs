@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostpath_csi::node_loss::decide::{self, Absences, Action, Gone, View};
+use hostpath_csi::node_loss::decide::{self, Absences, Action, Gone, LostClaim, View};
 use hostpath_csi::node_loss::{Counters, Reconciler, Settings};
 use http::{Request, Response, StatusCode};
 use kube::Client;
@@ -111,14 +111,14 @@ fn decide_at(view: &View, absences: &mut Absences, now: Instant) -> Vec<Action> 
 }
 
 fn delete_claim(claim: &str, node: &str, gone: Gone) -> Action {
-    Action::DeleteClaim {
+    Action::DeleteClaim(LostClaim {
         namespace: "apps".into(),
         claim: claim.into(),
         uid: format!("uid-{claim}"),
         pv: format!("pv-{claim}"),
         node: node.into(),
         gone,
-    }
+    })
 }
 
 #[test]
@@ -208,8 +208,8 @@ fn claims_are_deleted_only_where_they_or_their_class_opted_in() {
     let verdicts: BTreeMap<String, bool> = actions
         .iter()
         .map(|action| match action {
-            Action::DeleteClaim { claim, .. } => (claim.clone(), true),
-            Action::KeepClaim { claim, .. } => (claim.clone(), false),
+            Action::DeleteClaim(lost) => (lost.claim.clone(), true),
+            Action::KeepClaim(lost) => (lost.claim.clone(), false),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -467,9 +467,19 @@ async fn the_leader_deletes_opted_in_claims_and_released_volumes_once() {
         &claimed,
     );
     let taint = json!([{"key": decide::OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}]);
+    // Another driver's Released PV on the same node: never touched.
+    let theirs = volume(
+        "pv-theirs",
+        "other.csi.io",
+        "kubernetes.io/hostname",
+        "lost",
+        "Released",
+        None,
+    );
+    store(&fake, "/api/v1/persistentvolumes/pv-theirs", &theirs);
     let cluster = view(
         vec![node("lost", taint.clone())],
-        vec![released, bound],
+        vec![theirs, released, bound],
         vec![claimed],
         vec![],
     );

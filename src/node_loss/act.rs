@@ -15,8 +15,8 @@ use kube::runtime::events::{Event, EventType, Recorder};
 
 use super::Counters;
 use super::decide::{
-    Action, CLAIM_ANNOTATION, DELETE_CLAIM, Gone, PROVISIONER_FINALIZER, has_provisioner_finalizer,
-    pinned_node,
+    Action, CLAIM_ANNOTATION, DELETE_CLAIM, Gone, LostClaim, PROVISIONER_FINALIZER,
+    has_provisioner_finalizer, pinned_node,
 };
 
 /// The Event reason of everything this controller announces.
@@ -39,28 +39,8 @@ impl Actor {
     pub async fn act(&mut self, action: &Action, counters: &Counters) {
         let outcome = match action {
             Action::DeleteVolume { pv, node, gone } => self.delete_volume(pv, node, *gone).await,
-            Action::DeleteClaim {
-                namespace,
-                claim,
-                uid,
-                pv,
-                node,
-                gone,
-            } => {
-                self.delete_claim(namespace, claim, uid, pv, node, *gone)
-                    .await
-            }
-            Action::KeepClaim {
-                namespace,
-                claim,
-                uid,
-                pv,
-                node,
-                gone,
-            } => {
-                self.keep_claim(namespace, claim, uid, pv, node, *gone)
-                    .await
-            }
+            Action::DeleteClaim(lost) => self.delete_claim(lost).await,
+            Action::KeepClaim(lost) => self.keep_claim(lost).await,
         };
         match outcome {
             Ok(Done::Deleted(what)) => {
@@ -142,24 +122,16 @@ impl Actor {
         Ok(Done::Deleted(note))
     }
 
-    async fn delete_claim(
-        &self,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-        pv: &str,
-        node: &str,
-        gone: Gone,
-    ) -> Result<Done, kube::Error> {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+    async fn delete_claim(&self, lost: &LostClaim) -> Result<Done, kube::Error> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &lost.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: Some(uid.to_owned()),
+                uid: Some(lost.uid.clone()),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
-        match api.delete(name, &params).await {
+        match api.delete(&lost.claim, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
                 return Ok(Done::Nothing);
@@ -167,42 +139,32 @@ impl Actor {
             Err(err) => return Err(err),
         }
         let note = format!(
-            "claim deleted (it opted in with {DELETE_CLAIM}): its volume {pv} was on node {node}, \
+            "claim deleted (it opted in with {DELETE_CLAIM}): its volume {} was on node {}, \
              which is gone: {}",
-            gone.describe(self.grace)
+            lost.pv,
+            lost.node,
+            lost.gone.describe(self.grace)
         );
-        let reference = claim_ref(namespace, name, uid);
-        self.announce(EventType::Warning, "DeleteClaim", &note, reference)
+        self.announce(EventType::Warning, "DeleteClaim", &note, claim_ref(lost))
             .await;
         Ok(Done::Deleted(note))
     }
 
-    async fn keep_claim(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-        pv: &str,
-        node: &str,
-        gone: Gone,
-    ) -> Result<Done, kube::Error> {
-        if !self.reported.insert(uid.to_owned()) {
+    async fn keep_claim(&mut self, lost: &LostClaim) -> Result<Done, kube::Error> {
+        if !self.reported.insert(lost.uid.clone()) {
             return Ok(Done::Nothing);
         }
         let note = format!(
-            "volume {pv} was on node {node}, which is gone: {}; the claim is kept because it did \
+            "volume {} was on node {}, which is gone: {}; the claim is kept because it did \
              not opt in: annotate it {CLAIM_ANNOTATION}={DELETE_CLAIM} (or set the class's \
              onNodeLoss parameter) to have it deleted so that its pod gets a new volume",
-            gone.describe(self.grace)
+            lost.pv,
+            lost.node,
+            lost.gone.describe(self.grace)
         );
-        tracing::warn!(namespace, claim = name, pv, node, "node loss: {note}");
-        self.announce(
-            EventType::Warning,
-            "KeepClaim",
-            &note,
-            claim_ref(namespace, name, uid),
-        )
-        .await;
+        tracing::warn!(namespace = %lost.namespace, claim = %lost.claim, "node loss: {note}");
+        self.announce(EventType::Warning, "KeepClaim", &note, claim_ref(lost))
+            .await;
         Ok(Done::Nothing)
     }
 
@@ -239,13 +201,13 @@ fn volume_ref(pv: &PersistentVolume) -> ObjectReference {
     }
 }
 
-fn claim_ref(namespace: &str, name: &str, uid: &str) -> ObjectReference {
+fn claim_ref(lost: &LostClaim) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".to_owned()),
         kind: Some("PersistentVolumeClaim".to_owned()),
-        namespace: Some(namespace.to_owned()),
-        name: Some(name.to_owned()),
-        uid: Some(uid.to_owned()),
+        namespace: Some(lost.namespace.clone()),
+        name: Some(lost.claim.clone()),
+        uid: Some(lost.uid.clone()),
         ..ObjectReference::default()
     }
 }

@@ -85,23 +85,21 @@ pub enum Action {
         gone: Gone,
     },
     /// A claim bound to such a volume that opted in: delete it.
-    DeleteClaim {
-        namespace: String,
-        claim: String,
-        uid: String,
-        pv: String,
-        node: String,
-        gone: Gone,
-    },
+    DeleteClaim(LostClaim),
     /// A claim that did not opt in: kept, and reported.
-    KeepClaim {
-        namespace: String,
-        claim: String,
-        uid: String,
-        pv: String,
-        node: String,
-        gone: Gone,
-    },
+    KeepClaim(LostClaim),
+}
+
+/// A claim bound to a volume of a gone node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostClaim {
+    pub namespace: String,
+    pub claim: String,
+    /// The claim's uid: only this claim, not one made again under its name.
+    pub uid: String,
+    pub pv: String,
+    pub node: String,
+    pub gone: Gone,
 }
 
 /// When each absent node that still has volumes of ours was first seen
@@ -256,28 +254,18 @@ fn volume_action(view: &View, pv: &PersistentVolume, node: &str, gone: Gone) -> 
     if claim.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let namespace = claim.metadata.namespace.clone()?;
-    let claim_name = claim.metadata.name.clone()?;
-    let uid = claim.metadata.uid.clone().unwrap_or_default();
-    let (pv, node) = (name, node.to_owned());
+    let lost = LostClaim {
+        namespace: claim.metadata.namespace.clone()?,
+        claim: claim.metadata.name.clone()?,
+        uid: claim.metadata.uid.clone().unwrap_or_default(),
+        pv: name,
+        node: node.to_owned(),
+        gone,
+    };
     Some(
         match choice(view, claim, spec.storage_class_name.as_deref()) {
-            OnNodeLoss::DeleteClaim => Action::DeleteClaim {
-                namespace,
-                claim: claim_name,
-                uid,
-                pv,
-                node,
-                gone,
-            },
-            OnNodeLoss::Keep => Action::KeepClaim {
-                namespace,
-                claim: claim_name,
-                uid,
-                pv,
-                node,
-                gone,
-            },
+            OnNodeLoss::DeleteClaim => Action::DeleteClaim(lost),
+            OnNodeLoss::Keep => Action::KeepClaim(lost),
         },
     )
 }

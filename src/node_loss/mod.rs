@@ -176,7 +176,7 @@ impl Reconciler {
         );
         let kept = actions
             .iter()
-            .filter(|a| matches!(a, Action::KeepClaim { .. }))
+            .filter(|a| matches!(a, Action::KeepClaim(_)))
             .count();
         let gone: HashSet<&str> = actions.iter().map(Action::node).collect();
         counters.claims_kept.store(kept as u64, Ordering::Relaxed);
@@ -208,9 +208,8 @@ impl Action {
     /// The gone node the action is about.
     pub fn node(&self) -> &str {
         match self {
-            Action::DeleteVolume { node, .. }
-            | Action::DeleteClaim { node, .. }
-            | Action::KeepClaim { node, .. } => node,
+            Action::DeleteVolume { node, .. } => node,
+            Action::DeleteClaim(lost) | Action::KeepClaim(lost) => &lost.node,
         }
     }
 }
