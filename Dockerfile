@@ -1,11 +1,14 @@
 # hostpath-csi: one image for the node plugin and the controller.
 #   docker build -t hostpath-csi:0.1.0 .
-# Build stage: the release binaries, exactly as `cargo build --release --locked`
-# makes it (protox compiles the proto, so no protoc is needed).
+# Build stage: the release binaries (protox compiles the proto, so no protoc
+# is needed): the driver without the Kubernetes client, then the node loss
+# cleanup with it (feature node-loss), each in a build of its own so that the
+# client's features never reach the driver.
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin hostpath-csi \
+ && cargo build --release --locked --features node-loss --bin hostpath-csi-node-loss
 
 # Runtime: Debian slim plus exactly the tools the driver runs (by argv, never
 # through a shell): mkfs.ext4, e2fsck and resize2fs (e2fsprogs) and mkfs.xfs

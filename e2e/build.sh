@@ -86,7 +86,9 @@ build_binaries() {
   mkdir -p "$E2E_OUT/crds"
   cp "$client"/config/crd/snapshot.storage.k8s.io_*.yaml "$E2E_OUT/crds/"
   echo "== e2e: hostpath-csi (release)"
-  (cd "$REPO" && cargo build --release --locked --quiet)
+  # As the Dockerfile builds them: the driver without the Kubernetes client.
+  (cd "$REPO" && cargo build --release --locked --quiet --bin hostpath-csi &&
+    cargo build --release --locked --quiet --features node-loss --bin hostpath-csi-node-loss)
   cp "$REPO/target/release/hostpath-csi" "$REPO/target/release/hostpath-csi-node-loss" "$E2E_BIN/"
 }
 

@@ -3,8 +3,8 @@
 # manifest under deploy/ validates strictly against the oldest and newest
 # Kubernetes minor we support; every command line the manifests give
 # hostpath-csi or hostpath-csi-node-loss is accepted by that binary; the
-# Dockerfile copies the binaries `cargo build --release --locked` makes and
-# installs Debian packages that exist.
+# Dockerfile builds both binaries (the node loss cleanup with its feature)
+# and copies them, and installs Debian packages that exist.
 # Usage: scripts/check-deploy.sh path/to/hostpath-csi (hostpath-csi-node-loss beside it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,7 +102,8 @@ if checked == 0:
 PY
 
 echo "== Dockerfile"
-grep -q '^RUN cargo build --release --locked$' Dockerfile
+grep -q '^RUN cargo build --release --locked --bin hostpath-csi \\$' Dockerfile
+grep -q '^ && cargo build --release --locked --features node-loss --bin hostpath-csi-node-loss$' Dockerfile
 for bin in hostpath-csi hostpath-csi-node-loss; do
   grep -q "^COPY --from=build /src/target/release/$bin /usr/local/bin/$bin\$" Dockerfile
   grep -q "^name = \"$bin\"\$" Cargo.toml
@@ -116,10 +117,11 @@ done
 echo "Dockerfile: release binaries copied; Debian packages exist: $packages"
 # Nothing here runs `docker build`, so the image's Rust is checked against
 # what the dependency tree asks: the build stage's toolchain must be at
-# least the highest `rust-version` of any package (Cargo.lock's versions).
+# least the highest `rust-version` of any package the image builds, features
+# included (Cargo.lock's versions).
 toolchain=$(sed -n 's/^FROM rust:\([0-9][0-9.]*\)-.* AS build$/\1/p' Dockerfile)
 [ -n "$toolchain" ] || { echo "Dockerfile: no FROM rust:X.Y-… AS build line" >&2; exit 1; }
-cargo metadata --locked --format-version 1 | python3 -c '
+cargo metadata --locked --all-features --format-version 1 | python3 -c '
 import json, sys
 toolchain = tuple(int(p) for p in sys.argv[1].split("."))
 def version(text):

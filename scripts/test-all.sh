@@ -53,17 +53,17 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets --features failpoints -- -D warnings"
-cargo clippy --locked --all-targets --features failpoints -- -D warnings
+echo "== cargo clippy --all-targets --features failpoints,node-loss -- -D warnings"
+cargo clippy --locked --all-targets --features failpoints,node-loss -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The test build has failpoints (the crash tests kill the driver at each);
 # the binary csi-sanity and the deploy check use is built without them.
-echo "== cargo test --features failpoints"
-cargo test --locked --features failpoints 2>&1 | tee "$log"
-cargo build --locked
+echo "== cargo test --features failpoints,node-loss"
+cargo test --locked --features failpoints,node-loss 2>&1 | tee "$log"
+cargo build --locked --features node-loss
 echo "== the same kernel-dependent tests in a VM with Debian's kernel"
-vm_tests=$(cargo test --locked --features failpoints --no-run --test project_quota --test expansion \
+vm_tests=$(cargo test --locked --features failpoints,node-loss --no-run --test project_quota --test expansion \
   --message-format=json \
   | grep -oE '"executable":"[^"]+/deps/[^"]+"' | cut -d'"' -f4)
 # shellcheck disable=SC2086 # one test binary per word

@@ -24,7 +24,9 @@ pub mod loopdev;
 pub mod metrics;
 pub mod mounter;
 pub mod mounts;
+#[cfg(feature = "node-loss")]
 pub mod node_loss;
+pub mod on_node_loss;
 pub mod pool;
 pub mod project_quota;
 pub mod publish;

@@ -14,7 +14,7 @@ use crate::csi::{CapacityRange, VolumeCapability};
 use crate::error::{Echo, Error, Result};
 use crate::ids::{PoolName, VolumeId};
 use crate::kind::{Access, Content, FsType, KindName};
-use crate::node_loss::decide::OnNodeLoss;
+use crate::on_node_loss::OnNodeLoss;
 
 /// Parameter keys a StorageClass may set (besides `csi.storage.k8s.io/*`).
 pub const PARAMETER_KEYS: [&str; 5] = ["kind", "pool", "fsType", "enforce", "onNodeLoss"];

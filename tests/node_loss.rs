@@ -95,8 +95,8 @@ fn view(nodes: Vec<Value>, volumes: Vec<Value>, claims: Vec<Value>, classes: Vec
     }
 }
 
-/// A StatefulSet-style claim on node `lost`, opted in, and the live node
-/// `alive` when `alive_nodes` says so.
+/// A StatefulSet-style claim, opted in, bound to a volume on node `lost`;
+/// the cluster has `nodes`.
 fn statefulset_on(nodes: Vec<Value>) -> View {
     view(
         nodes,
@@ -546,7 +546,7 @@ async fn the_leader_deletes_opted_in_claims_and_released_volumes_once() {
 }
 
 #[tokio::test]
-async fn a_stale_view_never_deletes_a_claim_made_again_under_the_same_name() {
+async fn a_stale_view_never_deletes_a_claim_made_again_or_a_volume_since_retained() {
     let fake = Arc::new(Mutex::new(FakeApi::default()));
     let mut remade = claim("www-web-0", "hostpath", Some(decide::DELETE_CLAIM));
     remade["metadata"]["uid"] = json!("uid-of-the-new-claim");
@@ -555,10 +555,26 @@ async fn a_stale_view_never_deletes_a_claim_made_again_under_the_same_name() {
         "/api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
         &remade,
     );
+    let released = ours("pv-released", "lost", "Released", None);
+    let mut retained = released.clone();
+    retained["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+    store(&fake, "/api/v1/persistentvolumes/pv-released", &retained);
     let taint = json!([{"key": decide::OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}]);
-    let stale = statefulset_on(vec![node("lost", taint)]);
+    let mut stale = statefulset_on(vec![node("lost", taint)]);
+    stale.volumes.push(object(released));
     let (mut reconciler, counters) = replica(&fake, "replica-a");
-    reconciler.pass(&stale, Instant::now()).await.unwrap();
+    assert_eq!(
+        reconciler.pass(&stale, Instant::now()).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        fake.lock().unwrap().calls(),
+        [
+            "DELETE /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
+            "GET /api/v1/persistentvolumes/pv-released",
+        ]
+    );
+    assert_eq!(counters.volumes_deleted.load(Ordering::Relaxed), 0);
     assert!(
         fake.lock()
             .unwrap()

@@ -64,13 +64,18 @@ impl Actor {
         let Some(pv) = api.get_opt(name).await? else {
             return Ok(Done::Nothing);
         };
-        // Still ours, still on that node, still released or being deleted.
+        // Still ours, still on that node, still Released with reclaim
+        // Delete, or being deleted with the provisioner's finalizer left.
         let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+        let reclaim = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
         let deleting = pv.metadata.deletion_timestamp.is_some();
         let finalizer = has_provisioner_finalizer(&pv);
         if pinned_node(&pv, &self.driver) != Some(node)
             || (deleting && !finalizer)
-            || (!deleting && phase != Some("Released"))
+            || (!deleting && (phase != Some("Released") || reclaim != Some("Delete")))
         {
             return Ok(Done::Nothing);
         }

@@ -8,16 +8,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 
-/// The PVC annotation that says what to do with the claim when its volume's
-/// node is gone: [`DELETE_CLAIM`] or [`KEEP_CLAIM`]. It wins over the class.
-pub const CLAIM_ANNOTATION: &str = "hostpath-csi.dev/on-node-loss";
-/// The StorageClass parameter with the same meaning, for every claim of the
-/// class that has no annotation.
-pub const CLASS_PARAMETER: &str = "onNodeLoss";
-/// Opt-in value: delete the claim, so a StatefulSet makes a fresh one.
-pub const DELETE_CLAIM: &str = "delete-claim";
-/// Default value: keep the claim (an Event says why its pod cannot run).
-pub const KEEP_CLAIM: &str = "keep";
+pub use crate::on_node_loss::{
+    CLAIM_ANNOTATION, CLASS_PARAMETER, DELETE_CLAIM, KEEP_CLAIM, OnNodeLoss,
+};
+
 /// The taint that says a node is shut down for good (or out of service long
 /// enough that its volumes are written off).
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
@@ -26,26 +20,6 @@ pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 pub const PROVISIONER_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
 /// The node label static PVs are commonly pinned by.
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
-/// Whether a claim opted in to deletion when its node is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnNodeLoss {
-    DeleteClaim,
-    Keep,
-}
-
-impl OnNodeLoss {
-    /// Parses an annotation or parameter value.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        match value {
-            DELETE_CLAIM => Ok(Self::DeleteClaim),
-            KEEP_CLAIM => Ok(Self::Keep),
-            other => Err(format!(
-                "{other:?} is not a choice for {CLASS_PARAMETER}: use {DELETE_CLAIM} or {KEEP_CLAIM}"
-            )),
-        }
-    }
-}
 
 /// The objects the decision reads, as the watches last saw them.
 #[derive(Debug, Default, Clone)]
