@@ -227,7 +227,7 @@ fn claims_are_deleted_only_where_they_or_their_class_opted_in() {
 }
 
 #[test]
-fn volumes_of_other_drivers_and_retained_or_available_volumes_are_left_alone() {
+fn other_drivers_hostname_pinned_retained_and_available_volumes_are_left_alone() {
     let taint = json!([{"key": decide::OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}]);
     let mut retained = ours("pv-retained", "lost", "Released", None);
     retained["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
@@ -253,6 +253,8 @@ fn volumes_of_other_drivers_and_retained_or_available_volumes_are_left_alone() {
             retained,
             ours("pv-available", "lost", "Available", None),
             ours("pv-released", "lost", "Released", None),
+            // Pinned by the hostname label, whose value need not be the
+            // node's name: never matched.
             volume(
                 "pv-static",
                 DRIVER,
@@ -273,7 +275,7 @@ fn volumes_of_other_drivers_and_retained_or_available_volumes_are_left_alone() {
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(deleted, ["pv-released", "pv-static"]);
+    assert_eq!(deleted, ["pv-released"]);
 }
 
 /// One request the fake API server saw.
@@ -330,9 +332,11 @@ impl FakeApi {
                 let Some(stored) = self.objects.get(&path).cloned() else {
                     return not_found();
                 };
-                let wanted_uid = &body["preconditions"]["uid"];
-                if !wanted_uid.is_null() && *wanted_uid != stored["metadata"]["uid"] {
-                    return (StatusCode::CONFLICT, status(409, "Conflict"));
+                for field in ["uid", "resourceVersion"] {
+                    let wanted = &body["preconditions"][field];
+                    if !wanted.is_null() && *wanted != stored["metadata"][field] {
+                        return (StatusCode::CONFLICT, status(409, "Conflict"));
+                    }
                 }
                 let finalizers = stored["metadata"]["finalizers"]
                     .as_array()
@@ -447,11 +451,13 @@ fn replica(fake: &Arc<Mutex<FakeApi>>, identity: &str) -> (Reconciler, Arc<Count
     )
 }
 
+/// Puts `object` in the fake at `path`, with a resourceVersion if it has none.
 fn store(fake: &Arc<Mutex<FakeApi>>, path: &str, object: &Value) {
-    fake.lock()
-        .unwrap()
-        .objects
-        .insert(path.into(), object.clone());
+    let mut object = object.clone();
+    if object["metadata"]["resourceVersion"].is_null() {
+        object["metadata"]["resourceVersion"] = json!("1");
+    }
+    fake.lock().unwrap().objects.insert(path.into(), object);
 }
 
 #[tokio::test]
@@ -491,9 +497,12 @@ async fn the_leader_deletes_opted_in_claims_and_released_volumes_once() {
         fake.lock().unwrap().calls(),
         [
             "GET /api/v1/persistentvolumes/pv-released",
+            "GET /api/v1/nodes/lost",
             "DELETE /api/v1/persistentvolumes/pv-released",
             "PATCH /api/v1/persistentvolumes/pv-released",
             "POST /apis/events.k8s.io/v1/namespaces/default/events",
+            "GET /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
+            "GET /api/v1/nodes/lost",
             "DELETE /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
             "POST /apis/events.k8s.io/v1/namespaces/apps/events",
         ]
@@ -570,7 +579,7 @@ async fn a_stale_view_never_deletes_a_claim_made_again_or_a_volume_since_retaine
     assert_eq!(
         fake.lock().unwrap().calls(),
         [
-            "DELETE /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
+            "GET /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
             "GET /api/v1/persistentvolumes/pv-released",
         ]
     );
@@ -583,6 +592,34 @@ async fn a_stale_view_never_deletes_a_claim_made_again_or_a_volume_since_retaine
         "the new claim survives"
     );
     assert_eq!(counters.claims_deleted.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_node_back_between_deciding_and_acting_loses_nothing() {
+    let fake = Arc::new(Mutex::new(FakeApi::default()));
+    let claimed = claim("www-web-0", "hostpath", Some(decide::DELETE_CLAIM));
+    store(&fake, "/api/v1/namespaces/apps/persistentvolumeclaims/www-web-0", &claimed);
+    let released = ours("pv-released", "lost", "Released", None);
+    store(&fake, "/api/v1/persistentvolumes/pv-released", &released);
+    // The watches have not seen it yet, the API server has: the node is back.
+    store(&fake, "/api/v1/nodes/lost", &node("lost", json!([])));
+    let mut stale = statefulset_on(vec![]);
+    stale.volumes.push(object(released));
+    let (mut reconciler, counters) = replica(&fake, "replica-a");
+    let t0 = Instant::now();
+    reconciler.pass(&stale, t0).await.unwrap();
+    assert_eq!(reconciler.pass(&stale, t0 + GRACE).await.unwrap().len(), 2);
+    assert_eq!(
+        fake.lock().unwrap().calls(),
+        [
+            "GET /api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
+            "GET /api/v1/nodes/lost",
+            "GET /api/v1/persistentvolumes/pv-released",
+            "GET /api/v1/nodes/lost",
+        ]
+    );
+    assert_eq!(counters.claims_deleted.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.volumes_deleted.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
@@ -601,16 +638,13 @@ async fn a_replica_without_the_lease_does_nothing() {
     );
     let (mut follower, counters) = replica(&fake, "replica-b");
     let t0 = Instant::now();
-    for seconds in [0, 5, 10] {
-        let decided = follower
-            .pass(&cluster, t0 + Duration::from_secs(seconds))
-            .await
-            .unwrap();
+    // Well past a lease duration, the leader renewing every 5 s: the
+    // follower never leads.
+    for seconds in (0..=40).step_by(5) {
+        let now = t0 + Duration::from_secs(seconds);
+        let decided = follower.pass(&cluster, now).await.unwrap();
         assert_eq!(decided.len(), 1, "it decides, but does not act");
-        leader
-            .pass(&empty, t0 + Duration::from_secs(seconds))
-            .await
-            .unwrap();
+        leader.pass(&empty, now).await.unwrap();
     }
     assert_eq!(fake.lock().unwrap().calls(), Vec::<String>::new());
     assert_eq!(counters.leader.load(Ordering::Relaxed), 0);
@@ -618,8 +652,10 @@ async fn a_replica_without_the_lease_does_nothing() {
 
     // The leader stops renewing: once the follower has seen the same
     // record for a lease duration by its own clock, it takes over and acts.
-    let last_seen = t0 + Duration::from_secs(11);
+    let last_seen = t0 + Duration::from_secs(45);
     follower.pass(&cluster, last_seen).await.unwrap();
+    let almost = last_seen + hostpath_csi::node_loss::LEASE_DURATION - Duration::from_secs(1);
+    follower.pass(&cluster, almost).await.unwrap();
     assert_eq!(counters.leader.load(Ordering::Relaxed), 0);
     let later = last_seen + hostpath_csi::node_loss::LEASE_DURATION;
     follower.pass(&cluster, later).await.unwrap();
@@ -642,22 +678,28 @@ async fn a_node_back_inside_the_grace_period_loses_nothing_and_a_kept_claim_is_r
             vec![class("hostpath", None)],
         )
     };
+    // Opted in, and its node back inside the grace period: nothing is
+    // deleted, then or a long time after.
+    let opted = |nodes| {
+        let mut cluster = not_opted(nodes);
+        cluster.claims = vec![object(claim("data", "hostpath", Some(decide::DELETE_CLAIM)))];
+        cluster
+    };
     let t0 = Instant::now();
-    reconciler.pass(&not_opted(vec![]), t0).await.unwrap();
-    let back = not_opted(vec![node("lost", json!([]))]);
-    reconciler
-        .pass(&back, t0 + Duration::from_secs(60))
-        .await
-        .unwrap();
-    reconciler.pass(&back, t0 + GRACE * 2).await.unwrap();
+    let seconds = |s| t0 + Duration::from_secs(s);
+    reconciler.pass(&opted(vec![]), t0).await.unwrap();
+    let back = opted(vec![node("lost", json!([]))]);
+    reconciler.pass(&back, seconds(60)).await.unwrap();
+    // Deleted again at 90 s: the clock starts again there, so past the
+    // first absence's grace period nothing happens.
+    reconciler.pass(&opted(vec![]), seconds(90)).await.unwrap();
+    reconciler.pass(&opted(vec![]), t0 + GRACE + Duration::from_secs(10)).await.unwrap();
     assert_eq!(fake.lock().unwrap().calls(), Vec::<String>::new());
 
-    // Deleted for good, not opted in: one Event (not one per look), a
-    // gauge, nothing deleted.
-    let gone_at = t0 + GRACE * 2 + Duration::from_secs(1);
-    reconciler.pass(&not_opted(vec![]), gone_at).await.unwrap();
+    // Gone for good, and the claim did not opt in: one Event (not one per
+    // look), a gauge, nothing deleted.
     for look in 1..=3 {
-        let now = gone_at + GRACE + Duration::from_secs(look);
+        let now = seconds(90) + GRACE + Duration::from_secs(look);
         reconciler.pass(&not_opted(vec![]), now).await.unwrap();
     }
     assert_eq!(

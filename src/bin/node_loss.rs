@@ -22,11 +22,13 @@ struct Args {
     #[arg(long, env = "HOSTPATH_CSI_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Seconds a Node object must stay deleted before its volumes are
-    /// written off (a node with the out-of-service taint counts at once).
+    /// written off (a node with the out-of-service taint counts at once);
+    /// at least 10, so that watches lagging each other cannot trigger it.
     #[arg(
         long,
         env = "HOSTPATH_CSI_NODE_LOSS_GRACE_SECONDS",
-        default_value_t = 300
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(10..)
     )]
     grace_seconds: u64,
     /// This replica's name in the Lease; defaults to the hostname (a pod's

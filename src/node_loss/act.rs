@@ -1,22 +1,24 @@
 //! Carries out the decided actions against the API server: each re-reads
-//! its object and acts only if it still holds, with preconditions so that a
-//! claim made again under the same name is never the one deleted. Every
-//! action is logged, counted and announced with an Event.
+//! its object and the node and acts only if the decision still holds, and
+//! deletes with preconditions (uid and resourceVersion of what it read), so
+//! that neither a claim made again under the same name nor an object changed
+//! since is ever the one deleted. Every action is logged, counted and
+//! announced with an Event.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use either::Either;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 
 use super::Counters;
 use super::decide::{
-    Action, CLAIM_ANNOTATION, DELETE_CLAIM, Gone, LostClaim, PROVISIONER_FINALIZER,
-    has_provisioner_finalizer, pinned_node,
+    Action, CLAIM_ANNOTATION, DELETE_CLAIM, Gone, LostClaim, OnNodeLoss, PROVISIONER_FINALIZER,
+    has_provisioner_finalizer, out_of_service, pinned_node,
 };
 
 /// The Event reason of everything this controller announces.
@@ -76,6 +78,7 @@ impl Actor {
         if pinned_node(&pv, &self.driver) != Some(node)
             || (deleting && !finalizer)
             || (!deleting && (phase != Some("Released") || reclaim != Some("Delete")))
+            || !self.still_gone(node).await?
         {
             return Ok(Done::Nothing);
         }
@@ -83,10 +86,21 @@ impl Actor {
         // resourceVersion the finalizer patch must carry.
         let mut current = pv;
         if !deleting {
-            match api.delete(name, &DeleteParams::default()).await {
+            // Only the PV just read: changed since (Retain set, say), it
+            // is a conflict, and the next look sees the change.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: current.metadata.uid.clone(),
+                    resource_version: current.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &params).await {
                 Ok(Either::Left(left)) => current = left,
                 Ok(Either::Right(_)) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Done::Nothing),
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+                    return Ok(Done::Nothing);
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -129,10 +143,27 @@ impl Actor {
 
     async fn delete_claim(&self, lost: &LostClaim) -> Result<Done, kube::Error> {
         let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &lost.namespace);
+        // The claim as it is now: the same one (uid), still bound to that
+        // volume, not since told to stay; and its node still gone.
+        let Some(claim) = api.get_opt(&lost.claim).await? else {
+            return Ok(Done::Nothing);
+        };
+        let same = claim.metadata.uid.as_deref() == Some(lost.uid.as_str())
+            && claim.metadata.deletion_timestamp.is_none()
+            && claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(lost.pv.as_str());
+        let told_to_stay = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CLAIM_ANNOTATION))
+            .is_some_and(|value| OnNodeLoss::parse(value) != Ok(OnNodeLoss::DeleteClaim));
+        if !same || told_to_stay || !self.still_gone(&lost.node).await? {
+            return Ok(Done::Nothing);
+        }
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(lost.uid.clone()),
-                resource_version: None,
+                resource_version: claim.metadata.resource_version.clone(),
             }),
             ..DeleteParams::default()
         };
@@ -171,6 +202,14 @@ impl Actor {
         self.announce(EventType::Warning, "KeepClaim", &note, claim_ref(lost))
             .await;
         Ok(Done::Nothing)
+    }
+
+    /// Whether `node` is still gone as the API server sees it now: its Node
+    /// object absent, or out of service. (The grace period was judged on
+    /// the watched view; this catches a node that came back since.)
+    async fn still_gone(&self, node: &str) -> Result<bool, kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        Ok(nodes.get_opt(node).await?.is_none_or(|n| out_of_service(&n)))
     }
 
     /// Publishes an Event; one that cannot be published is logged only.

@@ -18,8 +18,6 @@ pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 /// The finalizer external-provisioner puts on the PVs it made, removed by it
 /// after DeleteVolume, which a gone node's provisioner will never call.
 pub const PROVISIONER_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
-/// The node label static PVs are commonly pinned by.
-const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// The objects the decision reads, as the watches last saw them.
 #[derive(Debug, Default, Clone)]
@@ -62,6 +60,16 @@ pub enum Action {
     DeleteClaim(LostClaim),
     /// A claim that did not opt in: kept, and reported.
     KeepClaim(LostClaim),
+}
+
+impl Action {
+    /// The gone node the action is about.
+    pub fn node(&self) -> &str {
+        match self {
+            Action::DeleteVolume { node, .. } => node,
+            Action::DeleteClaim(lost) | Action::KeepClaim(lost) => &lost.node,
+        }
+    }
 }
 
 /// A claim bound to a volume of a gone node.
@@ -113,30 +121,33 @@ impl Absences {
     }
 }
 
-/// The node a PV is pinned to, for PVs of `driver`: by the driver's
-/// topology key, or by the hostname label for static PVs.
+/// The node a PV of `driver` is pinned to, by the driver's topology key
+/// (whose value is the node's name: the DaemonSet's `--node-id`). PVs
+/// pinned otherwise, such as static PVs by `kubernetes.io/hostname` (a label
+/// whose value need not be the node's name), are never matched.
 pub fn pinned_node<'a>(pv: &'a PersistentVolume, driver: &str) -> Option<&'a str> {
     let spec = pv.spec.as_ref()?;
     if spec.csi.as_ref()?.driver != driver {
         return None;
     }
     let topology_key = format!("topology.{driver}/node");
-    let terms = &spec
-        .node_affinity
-        .as_ref()?
-        .required
-        .as_ref()?
-        .node_selector_terms;
+    let terms = &spec.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
     terms
         .iter()
         .flat_map(|term| term.match_expressions.iter().flatten())
-        .find(|expr| {
-            (expr.key == topology_key || expr.key == HOSTNAME_LABEL) && expr.operator == "In"
-        })
+        .find(|expr| expr.key == topology_key && expr.operator == "In")
         .and_then(|expr| match expr.values.as_deref() {
             Some([node]) => Some(node.as_str()),
             _ => None,
         })
+}
+
+/// Whether `node` has the out-of-service taint.
+pub fn out_of_service(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|spec| spec.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT))
 }
 
 /// Whether `pv` still waits for the provisioner's DeleteVolume.
@@ -152,15 +163,7 @@ pub fn has_provisioner_finalizer(pv: &PersistentVolume) -> bool {
 fn node_states(view: &View) -> BTreeMap<&str, bool> {
     view.nodes
         .iter()
-        .filter_map(|node| {
-            let name = node.metadata.name.as_deref()?;
-            let tainted = node
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.taints.as_ref())
-                .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
-            Some((name, tainted))
-        })
+        .filter_map(|node| Some((node.metadata.name.as_deref()?, out_of_service(node))))
         .collect()
 }
 

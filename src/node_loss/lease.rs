@@ -21,6 +21,9 @@ pub struct Leadership {
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
     /// Until when this replica may act, after its last successful renewal.
     leading_until: Option<Instant>,
+    /// When this replica last read the lease: it does so at most every
+    /// third of a lease duration, however often it looks.
+    last_read: Option<Instant>,
 }
 
 impl Leadership {
@@ -32,6 +35,7 @@ impl Leadership {
             duration,
             observed: None,
             leading_until: None,
+            last_read: None,
         }
     }
 
@@ -40,16 +44,30 @@ impl Leadership {
         self.leading_until.is_some_and(|until| now < until)
     }
 
+    /// Until when this replica may act, if it leads.
+    pub fn leading_until(&self) -> Option<Instant> {
+        self.leading_until
+    }
+
     /// Takes or renews the lease if it is free, ours or expired; answers
-    /// whether this replica leads. A lost race (conflict) answers false.
+    /// whether this replica leads at `now`. The lease is read (and renewed)
+    /// at most every third of its duration; in between the last answer
+    /// stands. A lost race (conflict) answers false.
     pub async fn renew(&mut self, now: Instant) -> Result<bool, kube::Error> {
+        let due = self
+            .last_read
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.duration / 3);
+        if !due {
+            return Ok(self.leading(now));
+        }
+        self.last_read = Some(now);
         let held = match self.api.get_opt(&self.name).await? {
             None => self.create().await?,
             Some(lease) => self.take(lease, now).await?,
         };
-        // The lease was read before `now`'s caller acted: count from the
-        // read, minus a margin so that this replica stops before another
-        // could take over.
+        // `now` was taken before the read: counting from it, and stopping
+        // a third of a duration early, this replica stops acting well
+        // before another could see the lease unrenewed for a whole duration.
         self.leading_until = held.then(|| now + self.duration * 2 / 3);
         Ok(held)
     }

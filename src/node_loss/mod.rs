@@ -107,7 +107,7 @@ impl Counters {
         metric(
             "hostpath_csi_node_loss_nodes_gone",
             "gauge",
-            "Gone nodes that still have volumes of this driver.",
+            "Gone nodes with volumes of this driver left to clean up or claims kept (last look).",
             &self.nodes_gone,
         );
         metric(
@@ -174,21 +174,36 @@ impl Reconciler {
             self.settings.grace,
             now,
         );
-        let kept = actions
+        let kept_count = actions
             .iter()
             .filter(|a| matches!(a, Action::KeepClaim(_)))
             .count();
         let gone: HashSet<&str> = actions.iter().map(Action::node).collect();
-        counters.claims_kept.store(kept as u64, Ordering::Relaxed);
+        counters.claims_kept.store(kept_count as u64, Ordering::Relaxed);
         counters
             .nodes_gone
             .store(gone.len() as u64, Ordering::Relaxed);
+        let kept: HashSet<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::KeepClaim(lost) => Some(lost.uid.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.actor.reported.retain(|uid| kept.contains(uid.as_str()));
         if leading {
             for action in &actions {
-                if !self.leadership.leading(Instant::now()) {
+                // Every action ends while this replica still leads, or is
+                // dropped (and retried by whoever leads next).
+                let Some(until) = self.leadership.leading_until() else {
+                    break;
+                };
+                let acting = self.actor.act(action, &counters);
+                if tokio::time::timeout_at(until.into(), acting).await.is_err() {
+                    counters.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(?action, "node loss: the Lease ran out during an action; stopped");
                     break;
                 }
-                self.actor.act(action, &counters).await;
             }
         }
         Ok(actions)
@@ -201,16 +216,6 @@ impl Reconciler {
         self.absences
             .next_deadline(self.settings.grace, now)
             .map_or(renewal, |deadline| deadline.min(renewal))
-    }
-}
-
-impl Action {
-    /// The gone node the action is about.
-    pub fn node(&self) -> &str {
-        match self {
-            Action::DeleteVolume { node, .. } => node,
-            Action::DeleteClaim(lost) | Action::KeepClaim(lost) => &lost.node,
-        }
     }
 }
 
