@@ -517,11 +517,16 @@ async fn the_leader_deletes_opted_in_claims_and_released_volumes_once() {
         );
         let claim_delete = seen
             .iter()
-            .find(|s| s.path.contains("claims/www-web-0"))
+            .find(|s| s.method == "DELETE" && s.path.contains("claims/www-web-0"))
             .unwrap();
         assert_eq!(
-            claim_delete.body["preconditions"]["uid"],
-            json!("uid-www-web-0")
+            claim_delete.body["preconditions"],
+            json!({"uid": "uid-www-web-0", "resourceVersion": "1"})
+        );
+        let volume_delete = seen.iter().find(|s| s.method == "DELETE").unwrap();
+        assert_eq!(
+            volume_delete.body["preconditions"],
+            json!({"uid": "uid-pv-released", "resourceVersion": "7"})
         );
         let event = seen.iter().rfind(|s| s.path.ends_with("/events")).unwrap();
         assert_eq!(event.body["reason"], json!("NodeLost"));
@@ -598,7 +603,11 @@ async fn a_stale_view_never_deletes_a_claim_made_again_or_a_volume_since_retaine
 async fn a_node_back_between_deciding_and_acting_loses_nothing() {
     let fake = Arc::new(Mutex::new(FakeApi::default()));
     let claimed = claim("www-web-0", "hostpath", Some(decide::DELETE_CLAIM));
-    store(&fake, "/api/v1/namespaces/apps/persistentvolumeclaims/www-web-0", &claimed);
+    store(
+        &fake,
+        "/api/v1/namespaces/apps/persistentvolumeclaims/www-web-0",
+        &claimed,
+    );
     let released = ours("pv-released", "lost", "Released", None);
     store(&fake, "/api/v1/persistentvolumes/pv-released", &released);
     // The watches have not seen it yet, the API server has: the node is back.
@@ -654,7 +663,8 @@ async fn a_replica_without_the_lease_does_nothing() {
     // record for a lease duration by its own clock, it takes over and acts.
     let last_seen = t0 + Duration::from_secs(45);
     follower.pass(&cluster, last_seen).await.unwrap();
-    let almost = last_seen + hostpath_csi::node_loss::LEASE_DURATION - Duration::from_secs(1);
+    // (Looks come at least a third of a duration apart to reach the API.)
+    let almost = last_seen + hostpath_csi::node_loss::LEASE_DURATION * 2 / 3;
     follower.pass(&cluster, almost).await.unwrap();
     assert_eq!(counters.leader.load(Ordering::Relaxed), 0);
     let later = last_seen + hostpath_csi::node_loss::LEASE_DURATION;
@@ -682,7 +692,11 @@ async fn a_node_back_inside_the_grace_period_loses_nothing_and_a_kept_claim_is_r
     // deleted, then or a long time after.
     let opted = |nodes| {
         let mut cluster = not_opted(nodes);
-        cluster.claims = vec![object(claim("data", "hostpath", Some(decide::DELETE_CLAIM)))];
+        cluster.claims = vec![object(claim(
+            "data",
+            "hostpath",
+            Some(decide::DELETE_CLAIM),
+        ))];
         cluster
     };
     let t0 = Instant::now();
@@ -693,7 +707,10 @@ async fn a_node_back_inside_the_grace_period_loses_nothing_and_a_kept_claim_is_r
     // Deleted again at 90 s: the clock starts again there, so past the
     // first absence's grace period nothing happens.
     reconciler.pass(&opted(vec![]), seconds(90)).await.unwrap();
-    reconciler.pass(&opted(vec![]), t0 + GRACE + Duration::from_secs(10)).await.unwrap();
+    reconciler
+        .pass(&opted(vec![]), t0 + GRACE + Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(fake.lock().unwrap().calls(), Vec::<String>::new());
 
     // Gone for good, and the claim did not opt in: one Event (not one per

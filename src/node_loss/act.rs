@@ -209,7 +209,10 @@ impl Actor {
     /// the watched view; this catches a node that came back since.)
     async fn still_gone(&self, node: &str) -> Result<bool, kube::Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        Ok(nodes.get_opt(node).await?.is_none_or(|n| out_of_service(&n)))
+        Ok(nodes
+            .get_opt(node)
+            .await?
+            .is_none_or(|n| out_of_service(&n)))
     }
 
     /// Publishes an Event; one that cannot be published is logged only.

@@ -131,7 +131,12 @@ pub fn pinned_node<'a>(pv: &'a PersistentVolume, driver: &str) -> Option<&'a str
         return None;
     }
     let topology_key = format!("topology.{driver}/node");
-    let terms = &spec.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
+    let terms = &spec
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?
+        .node_selector_terms;
     terms
         .iter()
         .flat_map(|term| term.match_expressions.iter().flatten())

@@ -179,7 +179,9 @@ impl Reconciler {
             .filter(|a| matches!(a, Action::KeepClaim(_)))
             .count();
         let gone: HashSet<&str> = actions.iter().map(Action::node).collect();
-        counters.claims_kept.store(kept_count as u64, Ordering::Relaxed);
+        counters
+            .claims_kept
+            .store(kept_count as u64, Ordering::Relaxed);
         counters
             .nodes_gone
             .store(gone.len() as u64, Ordering::Relaxed);
@@ -190,7 +192,9 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
-        self.actor.reported.retain(|uid| kept.contains(uid.as_str()));
+        self.actor
+            .reported
+            .retain(|uid| kept.contains(uid.as_str()));
         if leading {
             for action in &actions {
                 // Every action ends while this replica still leads, or is
@@ -201,7 +205,10 @@ impl Reconciler {
                 let acting = self.actor.act(action, &counters);
                 if tokio::time::timeout_at(until.into(), acting).await.is_err() {
                     counters.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(?action, "node loss: the Lease ran out during an action; stopped");
+                    tracing::warn!(
+                        ?action,
+                        "node loss: the Lease ran out during an action; stopped"
+                    );
                     break;
                 }
             }
