@@ -101,9 +101,9 @@ async fn answer(
     request: Request<hyper::body::Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        match blocking(move || Ok(page())).await {
-            Ok(Ok(text)) => (StatusCode::OK, text),
-            Ok(Err(err)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+        let scraped = blocking(move || Ok(page())).await;
+        match scraped.map_err(|e| e.to_string()).and_then(|page| page) {
+            Ok(text) => (StatusCode::OK, text),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
         }
     } else {

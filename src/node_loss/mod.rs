@@ -33,6 +33,8 @@ use lease::Leadership;
 
 /// How long a Lease lasts unrenewed; it is renewed every third of that.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Least time between two looks that changes trigger.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// What the cleanup needs to know.
 #[derive(Debug, Clone)]
@@ -174,17 +176,7 @@ impl Reconciler {
             self.settings.grace,
             now,
         );
-        let kept_count = actions
-            .iter()
-            .filter(|a| matches!(a, Action::KeepClaim(_)))
-            .count();
         let gone: HashSet<&str> = actions.iter().map(Action::node).collect();
-        counters
-            .claims_kept
-            .store(kept_count as u64, Ordering::Relaxed);
-        counters
-            .nodes_gone
-            .store(gone.len() as u64, Ordering::Relaxed);
         let kept: HashSet<&str> = actions
             .iter()
             .filter_map(|a| match a {
@@ -192,6 +184,12 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
+        counters
+            .claims_kept
+            .store(kept.len() as u64, Ordering::Relaxed);
+        counters
+            .nodes_gone
+            .store(gone.len() as u64, Ordering::Relaxed);
         self.actor
             .reported
             .retain(|uid| kept.contains(uid.as_str()));
@@ -260,7 +258,10 @@ pub async fn run(client: Client, settings: Settings, counters: Arc<Counters>) {
         }
         let next = reconciler.next_look(now);
         tokio::select! {
-            () = changed.notified() => {}
+            // A burst of changes (any user may create claims) costs one
+            // look per SETTLE, not one per event: each look reads every
+            // stored object.
+            () = changed.notified() => tokio::time::sleep(SETTLE).await,
             () = tokio::time::sleep_until(next.into()) => {}
         }
     }
