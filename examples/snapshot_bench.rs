@@ -79,6 +79,7 @@ async fn run(scratch: &Path, files: usize, bytes: usize, rounds: usize) -> Resul
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.to_owned(),
         nearly_full_percent: 90,
+        volume_metrics: false,
     };
     let driver = Arc::new(startup::open(config)?);
     hostpath_csi::snapshots::take::start_when_free(&driver);

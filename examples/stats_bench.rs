@@ -66,6 +66,7 @@ async fn run(scratch: &Path, files: usize, calls: usize) -> Result<(), Failure> 
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.to_owned(),
         nearly_full_percent: 90,
+        volume_metrics: false,
     };
     let driver = Arc::new(startup::open(config)?);
     let listener = server::listen(&socket)?;

@@ -187,6 +187,13 @@ impl Ledger {
         }
     }
 
+    /// Bytes the pool's disk volumes use of their promises, as
+    /// [`Ledger::offered`] counts them (measured at most every
+    /// [`USAGE_REFRESH`]).
+    pub fn used_by_volumes(&self, pool: &Pool, table: &Mutex<VolumeTable>) -> Result<u64> {
+        self.used_of_promises(pool, table, false)
+    }
+
     /// What a new volume of `kind` in `pool` can get now: what the backing
     /// offers minus what its volumes were promised (measured fresh: this is
     /// what GetCapacity reports).

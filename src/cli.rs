@@ -133,6 +133,10 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub pool_nearly_full_percent: u8,
+    /// Also serve each volume's capacity and (where O(1) to read) usage as
+    /// metrics of its own, for at most 1000 volumes: a series per volume.
+    #[arg(long, env = "HOSTPATH_CSI_VOLUME_METRICS")]
+    pub volume_metrics: bool,
 }
 
 impl ServeArgs {
@@ -189,6 +193,7 @@ impl ServeArgs {
                 .map(|p| allowed_prefix(p))
                 .collect::<Result<_>>()?,
             nearly_full_percent: self.pool_nearly_full_percent,
+            volume_metrics: self.volume_metrics,
         })
     }
 }

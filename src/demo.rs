@@ -54,6 +54,7 @@ pub async fn run() -> Result<(), String> {
         allowed_host_paths: Vec::new(),
         kubelet_dir: scratch.path().to_owned(),
         nearly_full_percent: 90,
+        volume_metrics: false,
     };
     println!("pool {} · socket {}", pool_path.display(), socket.display());
     let driver = Arc::new(startup::open(config).map_err(|e| e.to_string())?);

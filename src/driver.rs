@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::guard::OperationGuards;
 use crate::health::{self, Finding, PoolFinding, PoolReason};
 use crate::ids::{PoolName, VolumeId};
+use crate::metrics::rpc::RpcMetrics;
 use crate::mounter::Mounter;
 use crate::pool::Pool;
 use crate::snapshots::SnapshotTable;
@@ -59,6 +60,18 @@ pub struct DriverConfig {
     /// Percent of a pool's filesystem in use at which its health says
     /// nearly full (0: never).
     pub nearly_full_percent: u8,
+    /// Serve each volume's capacity and usage as metrics of its own.
+    pub volume_metrics: bool,
+}
+
+/// Volume records that could not be read at start: those volumes are
+/// neither served nor overwritten until an operator repairs them.
+#[derive(Debug, Default)]
+pub struct Unreadable {
+    /// The volumes a record file's name gives, with the problem.
+    pub by_id: BTreeMap<VolumeId, String>,
+    /// How many record files of each pool could not be read, named or not.
+    pub per_pool: BTreeMap<PoolName, u64>,
 }
 
 /// The shared core behind the three CSI services.
@@ -68,11 +81,12 @@ pub struct Driver {
     pools: Vec<Pool>,
     volumes: Mutex<VolumeTable>,
     snapshots: Mutex<SnapshotTable>,
-    /// Volumes whose record could not be read at start, with the problem:
-    /// they are neither served nor overwritten until an operator repairs them.
-    unreadable: BTreeMap<VolumeId, String>,
+    /// Records that could not be read at start.
+    unreadable: Unreadable,
     pub guards: OperationGuards,
     pub ledger: Ledger,
+    /// Counts and latencies of the calls served, for the metrics page.
+    pub rpcs: RpcMetrics,
     mounter: Arc<dyn Mounter>,
     /// The pool problems found at the last look, to log each as it appears
     /// and clears.
@@ -86,7 +100,7 @@ impl Driver {
         pools: Vec<Pool>,
         table: VolumeTable,
         snapshots: SnapshotTable,
-        unreadable: BTreeMap<VolumeId, String>,
+        unreadable: Unreadable,
         mounter: Arc<dyn Mounter>,
     ) -> Driver {
         let ledger = Ledger::new(
@@ -102,6 +116,7 @@ impl Driver {
             unreadable,
             guards: OperationGuards::default(),
             ledger,
+            rpcs: RpcMetrics::default(),
             mounter,
             pool_problems: Mutex::default(),
         }
@@ -129,6 +144,7 @@ impl Driver {
         let (served, next) = self.table().page(start, take);
         let unreadable = self
             .unreadable
+            .by_id
             .iter()
             .filter(|(id, _)| {
                 start.is_none_or(|s| *id >= s) && next.as_ref().is_none_or(|n| *id < n)
@@ -148,14 +164,14 @@ impl Driver {
         (page, next)
     }
 
-    /// How many volumes have a record that could not be read.
-    pub fn unreadable_count(&self) -> u64 {
-        self.unreadable.len() as u64
+    /// How many record files of each pool could not be read at start.
+    pub fn unreadable_per_pool(&self) -> &BTreeMap<PoolName, u64> {
+        &self.unreadable.per_pool
     }
 
     /// The problem with a volume whose record could not be read at start.
     pub fn unreadable(&self, id: &VolumeId) -> Option<&str> {
-        self.unreadable.get(id).map(String::as_str)
+        self.unreadable.by_id.get(id).map(String::as_str)
     }
 
     /// Locks the volume table (briefly: never held across I/O).
@@ -225,7 +241,7 @@ impl Driver {
     /// FAILED_PRECONDITION when the volume's record could not be read at
     /// start: creating or deleting it could lose what the record describes.
     pub fn check_readable(&self, id: &VolumeId) -> Result<()> {
-        match self.unreadable.get(id) {
+        match self.unreadable.by_id.get(id) {
             None => Ok(()),
             Some(problem) => Err(Error::WrongState(format!(
                 "volume {id} has an unreadable record ({problem}); an operator must repair or remove it"

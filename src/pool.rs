@@ -9,7 +9,8 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -32,8 +33,12 @@ const PROBE_FILE: &str = ".probe";
 /// Free space of the filesystem holding a pool.
 #[derive(Clone, Copy, Debug)]
 pub struct Space {
+    /// Size of the filesystem.
+    pub size_bytes: u64,
     /// Bytes an unprivileged writer could still use.
     pub free_bytes: u64,
+    /// Bytes in use (by anything on the filesystem).
+    pub used_bytes: u64,
     pub free_inodes: u64,
 }
 
@@ -126,6 +131,7 @@ pub struct Pool {
     pub reflinks: bool,
     trash: OwnedFd,
     drain: mpsc::Sender<Trashed>,
+    trash_counts: Arc<TrashCounts>,
     /// Where the pool lies within its filesystem, as the mount table's
     /// roots name it (bind mounts of its volumes are found by it).
     pub fs_root: PathBuf,
@@ -167,7 +173,8 @@ impl Pool {
         let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
         let (snapshots, snapshot_meta) = (sub("snapshots")?, sub("snapshot-meta")?);
         let reflinks = shares_extents(&snapshot_meta);
-        let drain = spawn_drain(&name, path, &trash)?;
+        let trash_counts = Arc::new(TrashCounts::default());
+        let drain = spawn_drain(&name, path, &trash, &trash_counts)?;
         let enforcement = Enforcement::detect(&root, [&volumes, &trash], enable_quotas)
             .within(|| format!("pool {name}"))?;
         match &enforcement {
@@ -192,6 +199,7 @@ impl Pool {
             reflinks,
             trash,
             drain,
+            trash_counts,
             enforcement,
             usage: UsageCache::default(),
         };
@@ -223,7 +231,9 @@ impl Pool {
             .context(|| format!("pool {}: statvfs {}", self.name, self.shown()))?;
         let frsize = st.fragment_size();
         Ok(Space {
+            size_bytes: st.blocks() * frsize,
             free_bytes: st.blocks_available() * frsize,
+            used_bytes: st.blocks().saturating_sub(st.blocks_free()) * frsize,
             free_inodes: st.files_available(),
         })
     }
@@ -319,9 +329,35 @@ impl Pool {
         dir.sync()
             .context(|| format!("fsync {}/{dir_name}", self.shown()))?;
         let entry = CString::new(trashed).expect("no NUL in a volume id");
+        self.trash_counts.waiting.fetch_add(1, Ordering::Relaxed);
         self.drain.send(Trashed::Entry(entry)).ok();
         Ok(())
     }
+
+    /// The trash's backlog now and what was removed from it since start.
+    pub fn trash_counts(&self) -> Drained {
+        Drained {
+            waiting: self.trash_counts.waiting.load(Ordering::Relaxed),
+            removed: self.trash_counts.removed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The trash drain's figures, shared with its thread.
+#[derive(Debug, Default)]
+struct TrashCounts {
+    /// Entries queued or listed and not removed: one that could not be
+    /// removed stays counted (and in `.trash/`) until the next start.
+    waiting: AtomicU64,
+    /// Entries removed.
+    removed: AtomicU64,
+}
+
+/// A pool's trash at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub waiting: u64,
+    pub removed: u64,
 }
 
 /// Whether files in directory `dir` can share extents: two unnamed files
@@ -374,22 +410,35 @@ enum Trashed {
 
 /// Starts the thread that removes trashed trees one at a time. It ends when
 /// the pool (the sender) is dropped.
-fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Sender<Trashed>> {
+fn spawn_drain(
+    name: &PoolName,
+    path: &Path,
+    trash: &OwnedFd,
+    counts: &Arc<TrashCounts>,
+) -> Result<mpsc::Sender<Trashed>> {
     let (tx, rx) = mpsc::channel::<Trashed>();
     let trash = trash
         .as_fd()
         .try_clone_to_owned()
         .context(|| format!("pool {name}: dup fd of {}/.trash", path.display()))?;
     let shown = format!("{}/.trash", path.display());
+    let counts = Arc::clone(counts);
     std::thread::Builder::new()
         .name(format!("trash-{name}"))
         .spawn(move || {
+            let remove = |entry: &CStr| {
+                if drain_one(&trash, entry, &shown) {
+                    counts.waiting.fetch_sub(1, Ordering::Relaxed);
+                    counts.removed.fetch_add(1, Ordering::Relaxed);
+                }
+            };
             for work in rx {
                 match work {
-                    Trashed::Entry(entry) => drain_one(&trash, &entry, &shown),
+                    Trashed::Entry(entry) => remove(&entry),
                     Trashed::Leftovers => {
                         let listed = beneath::for_each_entry(&trash, |entry, _, _| {
-                            drain_one(&trash, entry, &shown);
+                            counts.waiting.fetch_add(1, Ordering::Relaxed);
+                            remove(entry);
                             Ok(true)
                         });
                         if let Err(errno) = listed {
@@ -405,8 +454,8 @@ fn spawn_drain(name: &PoolName, path: &Path, trash: &OwnedFd) -> Result<mpsc::Se
 }
 
 /// Removes entry `entry` of the trash and everything beneath it; a failure
-/// is logged and the entry stays for the next start.
-fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) {
+/// is logged and the entry stays for the next start. Returns whether it went.
+fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) -> bool {
     let path = format!("{shown}/{}", entry.to_string_lossy());
     let mut removed = beneath::remove_tree(trash, entry);
     // A tree still changing under the removal is tried again a little
@@ -419,10 +468,11 @@ fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) {
         removed = beneath::remove_tree(trash, entry);
     }
     match removed {
-        Ok(()) => {}
+        Ok(()) => return true,
         Err(Errno::EBUSY) => tracing::error!(%path,
             "a deleted volume holds a mount; the mount and its parents stay in the trash"),
         Err(errno) => tracing::error!(%path, %errno,
             "could not remove a deleted volume; it stays in the trash until the next start"),
     }
+    false
 }

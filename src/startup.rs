@@ -3,12 +3,12 @@
 //! volumes are still mounted, set aside what belongs to no record; and at
 //! the end, let running operations finish and write each pool's snapshot.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::beneath;
-use crate::driver::{Driver, DriverConfig};
+use crate::driver::{Driver, DriverConfig, Unreadable};
 use crate::error::{Error, Result, SysContext};
 use crate::mounter::{KernelMounter, Mounter};
 use crate::mounts;
@@ -40,7 +40,7 @@ pub fn open_with(config: DriverConfig, mounter: Arc<dyn Mounter>) -> Result<Driv
         pools.push(Pool::open(name.clone(), path, config.enable_quotas)?);
     }
     let mut table = VolumeTable::default();
-    let mut unreadable = BTreeMap::new();
+    let mut unreadable = Unreadable::default();
     let mut snapshots = SnapshotTable::default();
     // Per pool, the ids its meta/ holds a record file of, readable or not.
     let mut recorded: Vec<HashSet<String>> = Vec::new();
@@ -65,8 +65,9 @@ pub fn open_with(config: DriverConfig, mounter: Arc<dyn Mounter>) -> Result<Driv
         };
         for bad in loaded.unreadable {
             tracing::error!(pool = %pool.name, problem = %bad.problem, "unreadable volume record left in place");
+            *unreadable.per_pool.entry(pool.name.clone()).or_default() += 1;
             if let Some(id) = bad.id {
-                unreadable.insert(id, bad.problem);
+                unreadable.by_id.insert(id, bad.problem);
             }
         }
         let count = loaded.records.len();

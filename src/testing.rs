@@ -43,6 +43,7 @@ impl TestDriver {
             allowed_host_paths: Vec::new(),
             kubelet_dir: kubelet_dir.clone(),
             nearly_full_percent: 90,
+            volume_metrics: false,
         };
         tweak(&mut config);
         let mounter = Arc::new(FakeMounter::default());

@@ -1,5 +1,8 @@
-//! The real binary's Prometheus metrics: enforcement mode, room, promises,
-//! volume counts, health problems, over HTTP on the address `--metrics-address` names.
+//! The real binary's Prometheus metrics: calls by method and code, room,
+//! promises, trash, volume counts, per-volume series, health problems and
+//! unreadable records, over HTTP on the address `--metrics-address` names.
+//! The page is kept in target/tmp/metrics-scrape.prom for promtool to lint
+//! (scripts/check-monitoring.sh).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -33,6 +36,12 @@ fn get(address: &str, path: &str) -> String {
 async fn metrics_show_each_pool_and_the_volumes_on_it() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("pool")).unwrap();
+    // What an earlier run left: two trashed trees and a broken record.
+    for sub in [".trash/left-1/a/b", ".trash/left-2", "meta"] {
+        std::fs::create_dir_all(dir.path().join("pool").join(sub)).unwrap();
+    }
+    std::fs::write(dir.path().join("pool/.trash/left-1/a/b/f"), b"x").unwrap();
+    std::fs::write(dir.path().join("pool/meta/broken.json"), b"{").unwrap();
     let socket = dir.path().join("csi.sock");
     // A free port, as the kernel picks one.
     let address = std::net::TcpListener::bind("127.0.0.1:0")
@@ -46,6 +55,7 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         .arg(format!("--pool=main={}", dir.path().join("pool").display()))
         .arg(format!("--metrics-address={address}"))
         .arg("--memory-budget=1Gi")
+        .arg("--volume-metrics")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -70,7 +80,7 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
             required_bytes: 1 << 20,
             limit_bytes: 0,
         }),
-        volume_capabilities: vec![capability],
+        volume_capabilities: vec![capability.clone()],
         ..Default::default()
     };
     let id = csi
@@ -100,9 +110,80 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
         "an empty volume's copy is done at once"
     );
 
+    // One call refused: counted under its code.
+    let refused = csi
+        .controller
+        .create_volume(CreateVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // A file volume, whose usage is O(1) to read, deleted again: its image
+    // and its directory go through the trash, after the two leftovers.
+    let image = csi
+        .controller
+        .create_volume(CreateVolumeRequest {
+            name: "image".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 16 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![capability.clone()],
+            parameters: [("kind".to_owned(), "file".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
     let answer = get(&address, "/metrics");
+    let used = answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "hostpath_csi_volume_used_bytes{{pool=\"main\",kind=\"file\",volume=\"{image}\",name=\"image\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("no usage of the image in\n{answer}"));
+    assert!(used.parse::<u64>().unwrap() > 0, "{used}");
+    csi.controller
+        .delete_volume(hostpath_csi::csi::DeleteVolumeRequest {
+            volume_id: image,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = get(&address, "/metrics");
+        if answer.contains("hostpath_csi_pool_trash_removed_total{pool=\"main\"} 4\n") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trash never drained:\n{answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/metrics-scrape.prom"),
+        answer.split_once("\r\n\r\n").unwrap().1,
+    )
+    .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     for line in [
+        "hostpath_csi_rpc_requests_total{method=\"CreateVolume\",code=\"OK\"} 2",
+        "hostpath_csi_rpc_requests_total{method=\"CreateVolume\",code=\"InvalidArgument\"} 1",
+        "hostpath_csi_rpc_requests_total{method=\"DeleteVolume\",code=\"OK\"} 1",
+        "hostpath_csi_rpc_duration_seconds_count{method=\"CreateVolume\"} 3",
+        "hostpath_csi_rpc_duration_seconds_bucket{method=\"CreateSnapshot\",le=\"+Inf\"} 1",
+        "hostpath_csi_pool_trash_entries{pool=\"main\"} 0",
+        "hostpath_csi_records_unreadable{pool=\"main\"} 1",
+        &format!(
+            "hostpath_csi_volume_capacity_bytes{{pool=\"main\",kind=\"directory\",volume=\"{id}\",name=\"measured\"}} 1048576"
+        ),
+        "hostpath_csi_volume_series_omitted 0",
         "hostpath_csi_pool_enforcement{pool=\"main\",mode=\"tracked\"} 0",
         "hostpath_csi_pool_promised_bytes{pool=\"main\"} 1048576",
         "hostpath_csi_memory_budget_bytes 1073741824",

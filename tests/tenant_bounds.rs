@@ -306,6 +306,11 @@ async fn twenty_thousand_idle_metrics_connections_neither_starve_grpc_nor_grow_m
         answer.contains("hostpath_csi_volumes{pool=\"default\",kind=\"directory\"} 20"),
         "{answer}"
     );
+    // Without --volume-metrics, no series per volume.
+    assert!(
+        !answer.contains("hostpath_csi_volume_capacity_bytes"),
+        "{answer}"
+    );
     println!("VmHWM with 20,000 idle metrics connections: {peak:.1} MiB");
     assert!(peak < PEAK_MIB, "peak memory {peak:.1} MiB");
 }

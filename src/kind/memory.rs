@@ -211,9 +211,13 @@ impl VolumeKind for Memory {
         Ok(false)
     }
 
-    /// Memory volumes draw on the budget, not on a pool's disk.
-    fn used_cheaply(&self, _pool: &Pool, _record: &VolumeRecord) -> Result<Option<u64>> {
-        Ok(None)
+    /// The tmpfs's own count, while it is mounted (it draws on the memory
+    /// budget, not on the pool's disk).
+    fn used_cheaply(&self, pool: &Pool, record: &VolumeRecord) -> Result<Option<u64>> {
+        match own_mount::look(pool, &record.id)? {
+            MountPoint::Mounted(root) => Ok(Some(own_mount::stats(&record.id, &root)?.bytes_used)),
+            _ => Ok(None),
+        }
     }
 
     fn health(&self, pool: &Pool, record: &VolumeRecord, _published: bool) -> Result<Vec<Finding>> {

@@ -198,6 +198,7 @@ impl TestDriver {
             allowed_host_paths: Vec::new(),
             kubelet_dir: scratch.path().to_owned(),
             nearly_full_percent: 90,
+            volume_metrics: false,
         };
         tweak(&mut config);
         Self::serve(scratch, config).await
