@@ -59,6 +59,42 @@ pub enum Command {
     /// Start a driver on a temporary pool and socket and walk one volume
     /// through its whole lifecycle, printing each call (needs root: it mounts).
     Demo,
+    /// Show this node's pools and volumes, read from the pools themselves
+    /// (safe while the driver serves them: nothing is changed).
+    Status(StatusArgs),
+}
+
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// A pool as NAME=PATH; repeat for several. Default: the pools of the
+    /// `hostpath-csi serve` running here, from its command line.
+    #[arg(long = "pool", env = "HOSTPATH_CSI_POOLS", value_delimiter = ',')]
+    pub pools: Vec<String>,
+    /// A table, or JSON for scripts.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Percent of a pool's filesystem in use at which it counts as nearly
+    /// full, as the server's flag of the same name.
+    #[arg(
+        long,
+        default_value_t = 90,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub pool_nearly_full_percent: u8,
+}
+
+impl StatusArgs {
+    /// The pools given, each checked as `serve` checks them.
+    pub fn pools(&self) -> Result<Vec<(PoolName, PathBuf)>> {
+        self.pools.iter().map(|spec| parse_pool(spec)).collect()
+    }
 }
 
 /// What a `serve` process is.

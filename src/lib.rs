@@ -37,6 +37,7 @@ pub mod service;
 pub mod shared_sync;
 pub mod snapshots;
 pub mod startup;
+pub mod status;
 pub mod target;
 #[cfg(test)]
 mod testing;

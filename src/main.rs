@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hostpath_csi::cli::{self, Cli, Command, Mode, ServeArgs};
-use hostpath_csi::{demo, heap, metrics, server, startup, validate};
+use hostpath_csi::{demo, heap, metrics, server, startup, status, validate};
 
 /// How long a stopping driver waits for operations whose callers went away
 /// before it snapshots its records.
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo => runtime.block_on(demo::run()),
+        Command::Status(args) => status::run(&args)
+            .map(|report| print!("{report}"))
+            .map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,8 +117,9 @@ pub struct Pool {
     pub path: PathBuf,
     /// The pool's directory.
     pub root: OwnedFd,
-    /// Held while the pool is open: one driver process per pool.
-    _lock: Flock<OwnedFd>,
+    /// Held while the pool is open: one driver process per pool (none when
+    /// only inspected).
+    _lock: Option<Flock<OwnedFd>>,
     /// `volumes/`: one entry per volume.
     pub volumes: SharedSyncDir,
     /// `meta/`: one record per volume.
@@ -191,7 +192,7 @@ impl Pool {
             name,
             path: path.to_owned(),
             root,
-            _lock: lock,
+            _lock: Some(lock),
             volumes: SharedSyncDir::new(volumes),
             meta: SharedSyncDir::new(meta),
             snapshots: SharedSyncDir::new(snapshots),
@@ -205,6 +206,48 @@ impl Pool {
         };
         pool.drain.send(Trashed::Leftovers).ok();
         Ok(pool)
+    }
+
+    /// Opens the pool at `path` to read it while a driver may serve it:
+    /// no lock, nothing created or changed (a missing layout is an error),
+    /// no trash drain; extents are assumed not shared.
+    pub fn inspect(name: PoolName, path: &Path) -> Result<Pool> {
+        let path = &std::fs::canonicalize(path)
+            .context(|| format!("pool {name}: resolve {}", path.display()))?;
+        let root = nix::fcntl::open(
+            path.as_path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(|| format!("pool {name}: open {}", path.display()))?;
+        let sub = |dir: &str| -> Result<OwnedFd> {
+            beneath::open_dir(&root, dir)
+                .context(|| format!("pool {name}: open {}/{dir}", path.display()))
+        };
+        let (volumes, meta, trash) = (sub("volumes")?, sub("meta")?, sub(".trash")?);
+        let (snapshots, snapshot_meta) = (sub("snapshots")?, sub("snapshot-meta")?);
+        let enforcement = Enforcement::detect(&root, [&volumes, &trash], false)
+            .within(|| format!("pool {name}"))?;
+        let fs_root = MountIndex::root_of(path).within(|| format!("pool {name}"))?;
+        Ok(Pool {
+            fs_root,
+            name,
+            path: path.to_owned(),
+            root,
+            _lock: None,
+            volumes: SharedSyncDir::new(volumes),
+            meta: SharedSyncDir::new(meta),
+            snapshots: SharedSyncDir::new(snapshots),
+            snapshot_meta: SharedSyncDir::new(snapshot_meta),
+            reflinks: false,
+            trash,
+            // Nothing is trashed through an inspected pool: the receiver
+            // is gone and a send would be ignored.
+            drain: mpsc::channel().0,
+            trash_counts: Arc::default(),
+            enforcement,
+            usage: UsageCache::default(),
+        })
     }
 
     /// The path of entry `name` of the pool's `volumes/`, for messages,
