@@ -746,6 +746,12 @@ async fn a_node_back_inside_the_grace_period_loses_nothing_and_a_kept_claim_is_r
         metrics.contains("hostpath_csi_node_loss_claims_kept 1\n"),
         "{metrics}"
     );
+    // For promtool to lint (scripts/check-monitoring.sh).
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/node-loss-scrape.prom"),
+        &metrics,
+    )
+    .unwrap();
 }
 
 #[test]
