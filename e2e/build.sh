@@ -92,6 +92,21 @@ build_binaries() {
   cp "$REPO/target/release/hostpath-csi" "$REPO/target/release/hostpath-csi-node-loss" "$E2E_BIN/"
 }
 
+# pieces_built: every binary, CRD and image archive build_binaries and
+# build_images make is there (whatever it was built from).
+pieces_built() {
+  local piece
+  for piece in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl agnhost \
+    csi-provisioner csi-resizer csi-snapshotter snapshot-controller registrar livenessprobe pause \
+    hostpath-csi hostpath-csi-node-loss; do
+    [ -x "$E2E_BIN/$piece" ] || return 1
+  done
+  compgen -G "$E2E_OUT/crds/snapshot.storage.k8s.io_*.yaml" >/dev/null || return 1
+  for piece in "${IMAGE_ARCHIVES[@]}"; do
+    [ -s "$E2E_OUT/images/$piece.tar" ] || return 1
+  done
+}
+
 # build_suite: e2e.test, Kubernetes' own end-to-end suite, at the cluster's
 # version.
 build_suite() {

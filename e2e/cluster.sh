@@ -284,12 +284,31 @@ driver_registered() {
   kubectl get csinode "$NODE" -o jsonpath='{.spec.drivers[*].name}' | grep -qw hostpath-csi.dev
 }
 
+# install_driver: hostpath-csi's objects, by kustomize (deploy/kubernetes
+# and deploy/snapshots as e2e/manifests renames their images) or by the
+# chart, installed as docs/deploy.md says (the namespace made and labelled
+# first; e2e/helm-values.yaml has the same renames). Before any node is up:
+# nothing waits for the pods here.
+install_driver() {
+  case $INSTALL in
+    kustomize) kubectl apply -k "$REPO/e2e/manifests" >/dev/null ;;
+    helm)
+      kubectl create namespace hostpath-csi >/dev/null &&
+        kubectl label namespace hostpath-csi pod-security.kubernetes.io/enforce=privileged >/dev/null &&
+        HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config HELM_DATA_HOME=$STATE/helm/data \
+          "$HELM" install hostpath-csi "$REPO/charts/hostpath-csi" --namespace hostpath-csi \
+          --values "$REPO/e2e/helm-values.yaml" >>"$LOGS/helm.log" 2>&1
+      ;;
+    *) return 1 ;;
+  esac
+}
+
 start_cluster() {
   setup_node_filesystem || return 1
   setup_node_network || return 1
   make_pki || return 1
   start_control_plane || return 1
-  kubectl apply -k "$REPO/e2e/manifests" >/dev/null || return 1
+  install_driver || return 1
   start_containerd || return 1
   start_kubelet
   wait_for 180 "node $NODE to be Ready" node_ready || return 1

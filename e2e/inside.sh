@@ -5,7 +5,7 @@
 # the cluster. When this process exits the kernel ends every process left
 # in the namespaces and drops their mounts and network devices.
 set -uo pipefail
-REPO=$1 STATE=$2 LOGS=$3 RUN_SCENARIOS=$4 SUITE=$5
+REPO=$1 STATE=$2 LOGS=$3 RUN_SCENARIOS=$4 SUITE=$5 INSTALL=$6 HELM=$7
 E2E_OUT=$REPO/target/e2e
 export PATH="$E2E_OUT/bin:$PATH"
 # shellcheck source=e2e/images.env
@@ -37,7 +37,7 @@ if [ "$RUN_SCENARIOS" = yes ]; then
   for scenario in "${SCENARIOS[@]}"; do
     run_scenario "$scenario" && passed=$((passed + 1))
   done
-  echo "== e2e: $passed of ${#SCENARIOS[@]} scenarios passed"
+  echo "== e2e: $passed of ${#SCENARIOS[@]} scenarios passed (installed with $INSTALL)"
   [ "$passed" = "${#SCENARIOS[@]}" ] || ok=false
 fi
 if [ "$SUITE" != none ]; then

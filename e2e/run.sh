@@ -9,6 +9,13 @@
 #   e2e/run.sh --suite=full --no-scenarios
 #                               the whole External Storage suite
 #                               (e2e/storage-suite.sh)
+#   e2e/run.sh --install=helm   the scenarios, hostpath-csi installed with
+#                               the chart (helm install, e2e/helm-values.yaml)
+#                               instead of kustomize (e2e/manifests)
+#   --reuse-pieces              take target/e2e's binaries and images as the
+#                               last run left them, if all are there, instead
+#                               of building them again (scripts/test-all.sh's
+#                               second run, right after its first)
 #
 # The pieces are cached in target/e2e (and Go's and cargo's caches), so only
 # the first run builds Kubernetes. The cluster runs in new PID, mount,
@@ -16,7 +23,8 @@
 # never the host's, and its processes all end with the namespaces. What it
 # cannot keep to itself — cgroups under /sys/fs/cgroup/*/hostpath-e2e and
 # the sysctls kubelet sets — is removed or restored here afterwards, and
-# leftovers of any kind fail the run. Logs: target/e2e/logs/.
+# leftovers of any kind fail the run. Logs: target/e2e/logs/ (logs-helm/
+# with --install=helm).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PATH="$(go env GOPATH)/bin:$HOME/.cargo/bin:$PATH"
@@ -30,14 +38,16 @@ export CGROUP_ROOT=hostpath-e2e
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
-SCENARIOS=yes SUITE=none
+SCENARIOS=yes SUITE=none INSTALL=kustomize REUSE=no
 for arg in "$@"; do
   case $arg in
     --suite=ci | --suite=full | --suite=none) SUITE=${arg#--suite=} ;;
+    --install=kustomize | --install=helm) INSTALL=${arg#--install=} ;;
+    --reuse-pieces) REUSE=yes ;;
     --no-scenarios) SCENARIOS=no ;;
     --scenario=*) [ "$SCENARIOS" = yes ] && SCENARIOS=${arg#--scenario=} || SCENARIOS+=,${arg#--scenario=} ;;
     *)
-      echo "usage: e2e/run.sh [--suite=ci|full|none] [--no-scenarios | --scenario=NAME...]" >&2
+      echo "usage: e2e/run.sh [--suite=ci|full|none] [--no-scenarios | --scenario=NAME...] [--install=kustomize|helm] [--reuse-pieces]" >&2
       exit 2
       ;;
   esac
@@ -60,9 +70,15 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086 # one package per word
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-build_binaries
-build_images
+if [ "$REUSE" = yes ] && pieces_built; then
+  echo "== e2e: Kubernetes, the sidecars, hostpath-csi and the images as the last run built them (--reuse-pieces)"
+else
+  build_binaries
+  build_images
+fi
 [ "$SUITE" = none ] || build_suite
+# The chart is installed with the Helm scripts/check-chart.sh uses.
+[ "$INSTALL" = kustomize ] || HELM=$("$REPO/scripts/install-helm.sh")
 echo "== e2e: pieces ready in $((SECONDS - began))s"
 
 # What the host has before the cluster starts, to compare with afterwards.
@@ -91,7 +107,8 @@ sysctls_before=$(sysctl -e "${KUBELET_SYSCTLS[@]}")
 firewall_before=$(firewall)
 
 STATE=$(mktemp -d /tmp/hostpath-e2e.XXXXXX)
-LOGS=$E2E_OUT/logs
+# Each install's logs apart, so that test-all's second run keeps the first's.
+LOGS=$E2E_OUT/logs$([ "$INSTALL" = kustomize ] || echo "-$INSTALL")
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 
@@ -126,7 +143,7 @@ trap restore_host EXIT
 status=0
 # --kill-child: should this script be killed, the namespaces go with it.
 unshare --pid --fork --kill-child --mount-proc --mount --propagation private --net --uts \
-  "$REPO/e2e/inside.sh" "$REPO" "$STATE" "$LOGS" "$SCENARIOS" "$SUITE" || status=$?
+  "$REPO/e2e/inside.sh" "$REPO" "$STATE" "$LOGS" "$SCENARIOS" "$SUITE" "$INSTALL" "${HELM:-}" || status=$?
 restore_host
 trap - EXIT
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Checks the Helm chart charts/hostpath-csi without a cluster: `helm lint
+# --strict` with each values file; the chart rendered with its defaults, with
+# each charts/hostpath-csi/ci/*-values.yaml and with e2e/helm-values.yaml
+# validates strictly against the oldest and newest Kubernetes minor we
+# support (snapshot objects against their CRDs); the default render is the
+# same objects as the kustomize bases deploy/kubernetes + deploy/snapshots,
+# but for the labels Helm adds; and, given the driver's binary, every
+# hostpath-csi command line of every render is accepted by it.
+# Installs helm (scripts/install-helm.sh) and kubernetes-validate (into the
+# venv scripts/check-deploy.sh uses) if missing.
+# Usage: scripts/check-chart.sh [path/to/hostpath-csi (hostpath-csi-node-loss beside it)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+driver_bin=${1:+$(realpath "$1")}
+
+CHART=charts/hostpath-csi
+RELEASE=hostpath-csi
+NAMESPACE=hostpath-csi
+OLDEST=1.30.0
+NEWEST=1.37.0
+VALIDATOR=kubernetes-validate==1.37.0
+SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
+venv=${HOSTPATH_CSI_VENV:-target/deploy-venv}
+if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+  echo "== installing $VALIDATOR"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "$VALIDATOR"
+fi
+helm=$(scripts/install-helm.sh)
+checks() { "$venv/bin/python" scripts/manifest_checks.py "$@"; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# render NAME [helm flags]: $work/NAME.yaml, after `helm lint --strict` with
+# the same values.
+render() {
+  local name=$1
+  shift
+  echo "== $name: helm lint --strict, helm template"
+  "$helm" lint --strict --quiet "$CHART" --namespace "$NAMESPACE" "$@"
+  "$helm" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@" >"$work/$name.yaml"
+}
+render defaults
+for values in "$CHART"/ci/*-values.yaml e2e/helm-values.yaml; do
+  render "$(basename "$values" .yaml)" --values "$values"
+done
+renders=$(find "$work" -name '*.yaml' | sort)
+
+for version in "$OLDEST" "$NEWEST"; do
+  echo "== kubernetes-validate --strict, Kubernetes $version"
+  # Every kind but the VolumeSnapshotClass, checked against its CRD below.
+  # shellcheck disable=SC2086 # one file per word
+  checks kubernetes-validate "$version" $renders
+done
+
+echo "== snapshot objects against the CRDs of $SNAPSHOTTER_CLIENT"
+crds=$(go mod download -json "$SNAPSHOTTER_CLIENT" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/config/crd
+for file in $renders; do
+  printf '%s: ' "$(basename "$file" .yaml)"
+  checks snapshots "$crds" "$file"
+done
+
+echo "== the default render against deploy/kubernetes + deploy/snapshots"
+checks same-objects "$work/defaults.yaml" deploy/kubernetes deploy/snapshots
+
+if [ -n "$driver_bin" ]; then
+  echo "== hostpath-csi accepts the command lines of every render"
+  # shellcheck disable=SC2086 # one file per word
+  checks command-lines "$driver_bin" $renders
+fi

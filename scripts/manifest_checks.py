@@ -1,0 +1,207 @@
+"""Checks of Kubernetes manifests shared by scripts/check-deploy.sh and
+scripts/check-chart.sh (run with the venv they make: PyYAML, jsonschema).
+
+  manifest_checks.py kubernetes-validate VERSION FILE...
+      kubernetes-validate --strict of FILEs against Kubernetes VERSION, where
+      a kind it has no schema for fails unless its group is in CRD_GROUPS
+  manifest_checks.py snapshots CRD_DIR FILE...
+      every snapshot.storage.k8s.io object in FILEs validates against the
+      CRDs in CRD_DIR, unknown fields refused; at least one is found
+  manifest_checks.py command-lines BINARY FILE...
+      every hostpath-csi container's command line in FILEs is accepted by
+      BINARY (or the binary its `command` names, found beside BINARY)
+  manifest_checks.py same-objects RENDER KUSTOMIZATION_DIR...
+      the objects of RENDER (a `helm template` output) are those the
+      kustomizations build, but for the labels Helm adds
+"""
+
+import difflib
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+
+def documents(paths):
+    """(path, object) for every non-empty YAML document of the files."""
+    for path in paths:
+        with open(path) as file:
+            for doc in yaml.safe_load_all(file):
+                if doc:
+                    yield path, doc
+
+
+# The API groups of the custom resources deploy/ and the chart hold, whose
+# kinds kubernetes-validate has no schema for: the snapshot objects (checked
+# by `snapshots` instead) and the Prometheus Operator's (deploy/monitoring).
+CRD_GROUPS = ("snapshot.storage.k8s.io", "monitoring.coreos.com")
+
+
+def kubernetes_validate(version, *files):
+    # kubernetes-validate only warns of a kind it has no schema for (and
+    # exits 0): a misspelt kind would pass unchecked.
+    program = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
+    run = subprocess.run([program, "--strict", "--quiet", "-k", version, *files], capture_output=True, text=True)
+    output = (run.stdout + run.stderr).splitlines()
+    groups = "|".join(re.escape(group) for group in CRD_GROUPS)
+    crd_kind = re.compile(rf"Couldn't find schema for kind \w+ with api version ({groups})/")
+    problems = [line for line in output if not crd_kind.search(line)]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+    if any("Couldn't find schema" in line for line in problems):
+        print("(a kind of a custom resource: add its group to CRD_GROUPS in scripts/manifest_checks.py)", file=sys.stderr)
+    if run.returncode != 0 or problems:
+        sys.exit(f"kubernetes-validate --strict -k {version}: failed")
+
+
+def snapshots(crd_dir, *files):
+    # kubernetes-validate knows no custom resources: the snapshot objects
+    # are checked against the CRDs of the external-snapshotter release the
+    # DaemonSet's csi-snapshotter comes from.
+    import jsonschema
+
+    schemas = {}
+    for path in glob.glob(f"{crd_dir}/snapshot.storage.k8s.io_*.yaml"):
+        with open(path) as file:
+            crd = yaml.safe_load(file)
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+
+    def unknown(value, schema, at):
+        if isinstance(value, dict) and "properties" in schema:
+            for key, inner in value.items():
+                if key not in schema["properties"]:
+                    if key != "metadata" or at:
+                        yield f"{at}.{key}"
+                else:
+                    yield from unknown(inner, schema["properties"][key], f"{at}.{key}")
+
+    checked = 0
+    for path, doc in documents(files):
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key[0] and key[0].startswith("snapshot.storage.k8s.io/"):
+            if key not in schemas:
+                sys.exit(f"{path}: no CRD for {key}")
+            jsonschema.validate(doc, schemas[key])
+            extra = list(unknown(doc, schemas[key], ""))
+            if extra:
+                sys.exit(f"{path}: unknown fields {extra}")
+            checked += 1
+    print(f"{checked} snapshot objects valid")
+    if checked == 0:
+        sys.exit(f"no snapshot object found in {' '.join(files)}")
+
+
+# The driver's image, whatever its registry and tag: hostpath-csi:0.1.0,
+# registry.example.com/hostpath-csi:v1, e2e.local/hostpath-csi:dev.
+DRIVER_IMAGE = re.compile(r"^([^/]+/)*hostpath-csi([:@]|$)")
+
+
+def command_lines(binary, *files):
+    checked = 0
+    for path, doc in documents(files):
+        spec = doc.get("spec") or {}
+        pod = (spec.get("template") or {}).get("spec", {}) if "template" in spec else spec
+        for container in pod.get("containers", []) or []:
+            if not DRIVER_IMAGE.match(container.get("image", "")):
+                continue
+            # $(VAR) is expanded by the kubelet from the container's env; a
+            # field reference gets a value of the kind the kubelet would put.
+            sample = {"spec.nodeName": "node-1", "status.podIP": "192.0.2.7"}
+            env = {
+                e["name"]: sample.get(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"), e.get("value", ""))
+                for e in container.get("env", [])
+            }
+            args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container.get("args", [])]
+            # A container with a command runs that binary of the image, found
+            # beside the one given (the Dockerfile puts them together).
+            command = container.get("command") or [binary]
+            program = os.path.join(os.path.dirname(binary), os.path.basename(command[0]))
+            # --help last: clap rejects any unknown or malformed flag before it.
+            run = subprocess.run([program, *command[1:], *args, "--help"], capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"{path}: {container['name']}: {run.stderr.strip()}")
+            checked += 1
+    print(f"{checked} hostpath-csi command lines accepted")
+    if checked == 0:
+        sys.exit(f"no hostpath-csi container found in {' '.join(files)}")
+
+
+# Kinds without a namespace (kustomize's `namespace:` leaves them alone).
+CLUSTER_KINDS = {
+    "Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding",
+    "VolumeSnapshotClass", "PersistentVolume", "PriorityClass", "CustomResourceDefinition",
+}
+# What Helm charts conventionally add to every object's labels.
+HELM_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
+
+
+def kustomize(directory):
+    """The objects a plain kustomization (resources and namespace only) makes."""
+    with open(os.path.join(directory, "kustomization.yaml")) as file:
+        kustomization = yaml.safe_load(file)
+    unsupported = set(kustomization) - {"apiVersion", "kind", "namespace", "resources"}
+    if unsupported:
+        sys.exit(f"{directory}/kustomization.yaml: {sorted(unsupported)} not understood here")
+    namespace = kustomization.get("namespace")
+    paths = [os.path.join(directory, r) for r in kustomization.get("resources", [])]
+    for _, doc in documents(paths):
+        if namespace:
+            if doc["kind"] == "Namespace":
+                doc["metadata"]["name"] = namespace
+            elif doc["kind"] not in CLUSTER_KINDS:
+                doc["metadata"]["namespace"] = namespace
+        yield doc
+
+
+def key(doc):
+    meta = doc.get("metadata", {})
+    return (doc.get("apiVersion"), doc.get("kind"), meta.get("namespace", ""), meta.get("name"))
+
+
+def without_helm_labels(doc):
+    meta = doc.get("metadata", {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in HELM_LABELS}
+    if labels:
+        meta["labels"] = labels
+    else:
+        meta.pop("labels", None)
+    return doc
+
+
+def same_objects(render, *directories):
+    expected = {}
+    for directory in directories:
+        for doc in kustomize(directory):
+            expected[key(doc)] = doc
+    rendered = {}
+    for _, doc in documents([render]):
+        if key(doc) in rendered:
+            sys.exit(f"{render}: {key(doc)} rendered twice")
+        rendered[key(doc)] = without_helm_labels(doc)
+    problems = []
+    for k in sorted(set(expected) - set(rendered), key=str):
+        problems.append(f"missing from the chart: {'/'.join(filter(None, k))}")
+    for k in sorted(set(rendered) - set(expected), key=str):
+        problems.append(f"only in the chart: {'/'.join(filter(None, k))}")
+    for k in sorted(set(expected) & set(rendered), key=str):
+        if expected[k] != rendered[k]:
+            want = yaml.safe_dump(expected[k], sort_keys=True).splitlines()
+            got = yaml.safe_dump(rendered[k], sort_keys=True).splitlines()
+            diff = "\n".join(difflib.unified_diff(want, got, "kustomize", "helm", lineterm=""))
+            problems.append(f"differs: {'/'.join(filter(None, k))}\n{diff}")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        sys.exit(f"the chart's default render differs from {' + '.join(directories)} ({len(problems)} objects)")
+    print(f"{len(rendered)} objects, the same as {' + '.join(directories)} (Helm's labels aside)")
+
+
+if __name__ == "__main__":
+    commands = {"kubernetes-validate": kubernetes_validate, "snapshots": snapshots, "command-lines": command_lines, "same-objects": same_objects}
+    if len(sys.argv) < 3 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](*sys.argv[2:])
