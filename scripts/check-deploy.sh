@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Checks what can be checked without a cluster or a Docker engine: each
 # manifest under deploy/ validates strictly against the oldest and newest
-# Kubernetes minor we support; every command line the manifests give
-# hostpath-csi or hostpath-csi-node-loss is accepted by that binary; the
-# Dockerfile builds both binaries (the node loss cleanup with its feature)
-# and copies them, and installs Debian packages that exist.
+# Kubernetes minor we support (a kind it has no schema for fails, but for
+# the custom resources of scripts/manifest_checks.py's CRD_GROUPS); every
+# command line the manifests give hostpath-csi or hostpath-csi-node-loss is
+# accepted by that binary; the Dockerfile builds both binaries (the node
+# loss cleanup with its feature) and copies them, and installs Debian
+# packages that exist. The Helm chart under charts/ has checks of its own:
+# scripts/check-chart.sh.
 # Usage: scripts/check-deploy.sh path/to/hostpath-csi (hostpath-csi-node-loss beside it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +23,14 @@ if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install -q "$VALIDATOR"
 fi
 
-manifests=$(find deploy -name '*.yaml' ! -name kustomization.yaml | sort)
+# deploy/monitoring (the Prometheus Operator's objects, promtool's tests) is
+# scripts/check-monitoring.sh's.
+manifests=$(find deploy -path deploy/monitoring -prune -o -name '*.yaml' ! -name kustomization.yaml -print | sort)
+checks() { "$venv/bin/python" scripts/manifest_checks.py "$@"; }
 for version in "$OLDEST" "$NEWEST"; do
   echo "== kubernetes-validate --strict, Kubernetes $version"
-  # shellcheck disable=SC2086
-  "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" $manifests
+  # shellcheck disable=SC2086 # one file per word
+  checks kubernetes-validate "$version" $manifests
 done
 
 # kubernetes-validate knows no custom resources: the snapshot objects are
@@ -33,73 +39,12 @@ done
 SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
 echo "== snapshot objects against the CRDs of $SNAPSHOTTER_CLIENT"
 crds=$(go mod download -json "$SNAPSHOTTER_CLIENT" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/config/crd
-# shellcheck disable=SC2086
-"$venv/bin/python" - "$crds" $manifests <<'PY'
-import glob, sys, jsonschema, yaml
-crd_dir, files = sys.argv[1], sys.argv[2:]
-schemas = {}
-for path in glob.glob(f"{crd_dir}/snapshot.storage.k8s.io_*.yaml"):
-    crd = yaml.safe_load(open(path))
-    for version in crd["spec"]["versions"]:
-        key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
-        schemas[key] = version["schema"]["openAPIV3Schema"]
-def unknown(value, schema, at):
-    if isinstance(value, dict) and "properties" in schema:
-        for key, inner in value.items():
-            if key not in schema["properties"]:
-                if key != "metadata" or at:
-                    yield f"{at}.{key}"
-            else:
-                yield from unknown(inner, schema["properties"][key], f"{at}.{key}")
-checked = 0
-for path in files:
-    for doc in yaml.safe_load_all(open(path)):
-        key = ((doc or {}).get("apiVersion"), (doc or {}).get("kind"))
-        if key[0] and key[0].startswith("snapshot.storage.k8s.io/"):
-            if key not in schemas:
-                sys.exit(f"{path}: no CRD for {key}")
-            jsonschema.validate(doc, schemas[key])
-            extra = list(unknown(doc, schemas[key], ""))
-            if extra:
-                sys.exit(f"{path}: unknown fields {extra}")
-            checked += 1
-print(f"{checked} snapshot objects valid")
-if checked == 0:
-    sys.exit("no snapshot object found under deploy/")
-PY
+# shellcheck disable=SC2086 # one file per word
+checks snapshots "$crds" $manifests
 
 echo "== hostpath-csi accepts the command lines of deploy/"
-"$venv/bin/python" - "$driver_bin" $manifests <<'PY'
-import os, re, subprocess, sys, yaml
-binary, files = sys.argv[1], sys.argv[2:]
-checked = 0
-for path in files:
-    for doc in yaml.safe_load_all(open(path)):
-        spec = (doc or {}).get("spec", {})
-        pod = spec.get("template", {}).get("spec", {}) if "template" in spec else spec
-        for container in pod.get("containers", []) or []:
-            if not container.get("image", "").startswith("hostpath-csi:"):
-                continue
-            # $(VAR) is expanded by the kubelet from the container's env; a
-            # field reference gets a value of the kind the kubelet would put.
-            sample = {"spec.nodeName": "node-1", "status.podIP": "192.0.2.7"}
-            env = {e["name"]: sample.get(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"), e.get("value", ""))
-                   for e in container.get("env", [])}
-            args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
-                    for a in container.get("args", [])]
-            # A container with a command runs that binary of the image, found
-            # beside the one given (the Dockerfile puts them together).
-            command = container.get("command") or [binary]
-            program = os.path.join(os.path.dirname(binary), os.path.basename(command[0]))
-            # --help last: clap rejects any unknown or malformed flag before it.
-            run = subprocess.run([program, *command[1:], *args, "--help"], capture_output=True, text=True)
-            if run.returncode != 0:
-                sys.exit(f"{path}: {container['name']}: {run.stderr.strip()}")
-            checked += 1
-print(f"{checked} hostpath-csi command lines accepted")
-if checked == 0:
-    sys.exit("no hostpath-csi container found under deploy/")
-PY
+# shellcheck disable=SC2086 # one file per word
+checks command-lines "$driver_bin" $manifests
 
 echo "== Dockerfile"
 grep -q '^RUN cargo build --release --locked --bin hostpath-csi \\$' Dockerfile

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test of hostpath-csi on this machine (as root: tests mount):
 # format and lint checks, `cargo test` (unit + integration over a real socket
-# with real mounts and loop devices), the checks of deploy/ and the
-# Dockerfile, then csi-sanity against a freshly started driver for each kind,
-# then the tutorial's scenarios and part of Kubernetes' External Storage
+# with real mounts and loop devices), the checks of deploy/, the Helm chart
+# and the Dockerfile, then csi-sanity against a freshly started driver for
+# each kind, then the tutorial's scenarios and part of Kubernetes' External Storage
 # suite on a real single-node Kubernetes running the DaemonSet and the
 # Deployment (e2e/run.sh --suite=ci, which builds or reuses Kubernetes,
 # e2e.test and the images, and installs containerd, runc, etcd and the CNI
-# plugins from Debian; docs/e2e.md).
+# plugins from Debian; docs/e2e.md), and the scenarios once more with
+# hostpath-csi installed by the Helm chart (e2e/run.sh --install=helm).
 # The tests of kernel features this host may lack or forbid (project quotas,
 # growing a mounted ext4) run a second time in a virtual machine booted from
 # Debian's kernel (scripts/vm-test.sh), where they must pass in full.
-# Installs what is missing (csi-sanity by `go install`; e2fsprogs, xfsprogs,
-# btrfs-progs, and for the VM qemu-system-x86, busybox-static and the kernel
-# package, by apt; kubernetes-validate and grpcio by pip into target/).
+# Installs what is missing (csi-sanity and promtool by `go install`;
+# e2fsprogs, xfsprogs, btrfs-progs, and for the VM qemu-system-x86,
+# busybox-static and the kernel package, by apt; kubernetes-validate and
+# grpcio by pip into target/; helm by `go install` into target/tools/bin).
 # Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +72,13 @@ vm_tests=$(cargo test --locked --features failpoints,node-loss --no-run --test p
 scripts/vm-test.sh $vm_tests 2>&1 | tee -a "$log"
 echo "== deploy/ manifests"
 scripts/check-deploy.sh target/debug/hostpath-csi
+echo "== deploy/monitoring: alert rules and their tests, Prometheus Operator objects, dashboard queries"
+# The pages the real driver and the node loss cleanup served in cargo test
+# (tests/metrics.rs, tests/node_loss.rs keep them) are linted by promtool.
+scripts/check-monitoring.sh --metrics target/tmp/metrics-scrape.prom \
+  --metrics target/tmp/node-loss-scrape.prom
+echo "== charts/hostpath-csi"
+scripts/check-chart.sh target/debug/hostpath-csi
 sanity() {
   echo "== csi-sanity, kind=$*"
   scripts/sanity.sh target/debug/hostpath-csi "$@" 2>&1 | tee -a "$log"
@@ -81,15 +90,18 @@ sanity file --csi.testvolumeaccesstype block --csi.testvolumesize $((8 << 20)) \
   --csi.testvolumeexpandsize $((16 << 20))
 echo "== end-to-end: the tutorial's scenarios and the External Storage suite (ci) on a real Kubernetes node"
 e2e/run.sh --suite=ci 2>&1 | tee -a "$log"
+echo "== end-to-end again: the tutorial's scenarios, hostpath-csi installed with the Helm chart"
+e2e/run.sh --install=helm --reuse-pieces 2>&1 | tee -a "$log"
 
 # One closing line over both runners (pipefail has already stopped on any failure).
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 sum() { grep -oE "[0-9]+ $1" <<<"$2" | awk '{n += $1} END {print n + 0}'; }
 cargo_lines=$(grep '^test result:' <<<"$plain" || true)
 sanity_lines=$(grep -E '^(SUCCESS|FAIL)! -- [0-9]+ Passed \| [0-9]+ Failed' <<<"$plain" || true)
-e2e_line=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain" || true)
-e2e_passed=$(awk '{print $3}' <<<"$e2e_line")
-e2e_failed=$(( $(awk '{print $5}' <<<"$e2e_line") - e2e_passed ))
+# One line per e2e run ("== e2e: P of N scenarios passed (installed with …)").
+e2e_lines=$(grep -E '^== e2e: [0-9]+ of [0-9]+ scenarios passed' <<<"$plain" || true)
+e2e_passed=$(awk '{n += $3} END {print n + 0}' <<<"$e2e_lines")
+e2e_failed=$(( $(awk '{n += $5} END {print n + 0}' <<<"$e2e_lines") - e2e_passed ))
 # The suite's specs from its JUnit summary: those that ran, and those it
 # skipped while running (ginkgo's own count of skipped specs includes every
 # spec its focus left out, so it is not used).
@@ -100,7 +112,8 @@ skipped=$(( $(sum ignored "$cargo_lines") + $(sum Skipped "$sanity_lines") + $(s
 cat target/reliability-crash.txt target/reliability-soak.txt target/reliability-hostile.txt
 echo "csi-sanity runs:"
 sed 's/^/  /' <<<"$sanity_lines"
-echo "end-to-end: ${e2e_line#== e2e: }"
+echo "end-to-end:"
+sed 's/^== e2e: /  /' <<<"$e2e_lines"
 echo "External Storage suite:"
 sed 's/^== e2e: suite /  /' <<<"$suite_lines"
 echo "total: $passed passed, $failed failed, $skipped skipped"
