@@ -59,7 +59,7 @@ echo "== snapshot objects against the CRDs of $SNAPSHOTTER_CLIENT"
 crds=$(go mod download -json "$SNAPSHOTTER_CLIENT" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/config/crd
 for file in $renders; do
   printf '%s: ' "$(basename "$file" .yaml)"
-  checks snapshots "$crds" "$file"
+  checks custom-resources snapshot.storage.k8s.io "$crds" "$file"
 done
 
 echo "== the default render against deploy/kubernetes + deploy/snapshots"

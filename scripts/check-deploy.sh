@@ -40,7 +40,7 @@ SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7
 echo "== snapshot objects against the CRDs of $SNAPSHOTTER_CLIENT"
 crds=$(go mod download -json "$SNAPSHOTTER_CLIENT" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/config/crd
 # shellcheck disable=SC2086 # one file per word
-checks snapshots "$crds" $manifests
+checks custom-resources snapshot.storage.k8s.io "$crds" $manifests
 
 echo "== hostpath-csi accepts the command lines of deploy/"
 # shellcheck disable=SC2086 # one file per word

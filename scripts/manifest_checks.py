@@ -4,9 +4,9 @@ scripts/check-chart.sh (run with the venv they make: PyYAML, jsonschema).
   manifest_checks.py kubernetes-validate VERSION FILE...
       kubernetes-validate --strict of FILEs against Kubernetes VERSION, where
       a kind it has no schema for fails unless its group is in CRD_GROUPS
-  manifest_checks.py snapshots CRD_DIR FILE...
-      every snapshot.storage.k8s.io object in FILEs validates against the
-      CRDs in CRD_DIR, unknown fields refused; at least one is found
+  manifest_checks.py custom-resources GROUP CRD_DIR FILE...
+      every object of API group GROUP in FILEs validates against the CRDs
+      in CRD_DIR (GROUP_*.yaml), unknown fields refused; at least one is found
   manifest_checks.py command-lines BINARY FILE...
       every hostpath-csi container's command line in FILEs is accepted by
       BINARY (or the binary its `command` names, found beside BINARY)
@@ -57,21 +57,27 @@ def kubernetes_validate(version, *files):
         sys.exit(f"kubernetes-validate --strict -k {version}: failed")
 
 
-def snapshots(crd_dir, *files):
-    # kubernetes-validate knows no custom resources: the snapshot objects
-    # are checked against the CRDs of the external-snapshotter release the
-    # DaemonSet's csi-snapshotter comes from.
+def custom_resources(group, crd_dir, *files):
+    # kubernetes-validate knows no custom resources: the objects of GROUP
+    # are checked against the CRDs of the release that serves them (the
+    # snapshot objects: the external-snapshotter the DaemonSet's
+    # csi-snapshotter comes from; the monitoring ones: the Prometheus
+    # Operator's).
     import jsonschema
 
+    # Some enums of the Prometheus Operator's CRDs hold a bare `=`, YAML
+    # 1.1's "value" tag.
+    yaml.SafeLoader.add_constructor("tag:yaml.org,2002:value", yaml.SafeLoader.construct_scalar)
     schemas = {}
-    for path in glob.glob(f"{crd_dir}/snapshot.storage.k8s.io_*.yaml"):
+    for path in glob.glob(f"{crd_dir}/{group}_*.yaml"):
         with open(path) as file:
             crd = yaml.safe_load(file)
         for version in crd["spec"]["versions"]:
             key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
-            schemas[key] = version["schema"]["openAPIV3Schema"]
+            schemas[key] = go_patterns(version["schema"]["openAPIV3Schema"])
 
     def unknown(value, schema, at):
+        """Fields the schema does not declare, in objects and in lists of them."""
         if isinstance(value, dict) and "properties" in schema:
             for key, inner in value.items():
                 if key not in schema["properties"]:
@@ -79,21 +85,39 @@ def snapshots(crd_dir, *files):
                         yield f"{at}.{key}"
                 else:
                     yield from unknown(inner, schema["properties"][key], f"{at}.{key}")
+        elif isinstance(value, list) and "items" in schema:
+            for i, inner in enumerate(value):
+                yield from unknown(inner, schema["items"], f"{at}[{i}]")
 
-    checked = 0
+    kinds = []
     for path, doc in documents(files):
         key = (doc.get("apiVersion"), doc.get("kind"))
-        if key[0] and key[0].startswith("snapshot.storage.k8s.io/"):
+        if key[0] and key[0].startswith(f"{group}/"):
             if key not in schemas:
                 sys.exit(f"{path}: no CRD for {key}")
             jsonschema.validate(doc, schemas[key])
             extra = list(unknown(doc, schemas[key], ""))
             if extra:
                 sys.exit(f"{path}: unknown fields {extra}")
-            checked += 1
-    print(f"{checked} snapshot objects valid")
-    if checked == 0:
-        sys.exit(f"no snapshot object found in {' '.join(files)}")
+            kinds.append(key[1])
+    print(f"{len(kinds)} {group} objects valid ({', '.join(sorted(kinds))})")
+    if not kinds:
+        sys.exit(f"no {group} object found in {' '.join(files)}")
+
+
+def go_patterns(schema):
+    """The schema with Go's `^(?i)...` patterns as Python's re takes them:
+    `(?i)^...`."""
+    if isinstance(schema, dict):
+        return {
+            key: "(?i)^" + value[5:]
+            if key == "pattern" and isinstance(value, str) and value.startswith("^(?i)")
+            else go_patterns(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [go_patterns(value) for value in schema]
+    return schema
 
 
 # The driver's image, whatever its registry and tag: hostpath-csi:0.1.0,
@@ -201,7 +225,7 @@ def same_objects(render, *directories):
 
 
 if __name__ == "__main__":
-    commands = {"kubernetes-validate": kubernetes_validate, "snapshots": snapshots, "command-lines": command_lines, "same-objects": same_objects}
+    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
