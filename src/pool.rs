@@ -157,14 +157,8 @@ impl Pool {
                 path.display()
             )));
         }
-        let path = &std::fs::canonicalize(path)
-            .context(|| format!("pool {name}: resolve {}", path.display()))?;
-        let root = nix::fcntl::open(
-            path.as_path(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .context(|| format!("pool {name}: open {}", path.display()))?;
+        let (path, root) = open_root(&name, path)?;
+        let path = &path;
         let lock = lock(&name, path, &root)?;
         let sub = |dir: &str| -> Result<OwnedFd> {
             beneath::ensure_dir(&root, dir, 0o700)
@@ -212,14 +206,8 @@ impl Pool {
     /// no lock, nothing created or changed (a missing layout is an error),
     /// no trash drain; extents are assumed not shared.
     pub fn inspect(name: PoolName, path: &Path) -> Result<Pool> {
-        let path = &std::fs::canonicalize(path)
-            .context(|| format!("pool {name}: resolve {}", path.display()))?;
-        let root = nix::fcntl::open(
-            path.as_path(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .context(|| format!("pool {name}: open {}", path.display()))?;
+        let (path, root) = open_root(&name, path)?;
+        let path = &path;
         let sub = |dir: &str| -> Result<OwnedFd> {
             beneath::open_dir(&root, dir)
                 .context(|| format!("pool {name}: open {}/{dir}", path.display()))
@@ -426,6 +414,20 @@ fn shares_extents(dir: &OwnedFd) -> bool {
 /// Takes the pool's lock (an exclusive flock of its directory), or refuses:
 /// two driver processes on one pool, or one pool given twice, would undo
 /// each other's work.
+/// The pool's directory in canonical form (as the mount table shows it),
+/// and an fd of it.
+fn open_root(name: &PoolName, path: &Path) -> Result<(PathBuf, OwnedFd)> {
+    let path = std::fs::canonicalize(path)
+        .context(|| format!("pool {name}: resolve {}", path.display()))?;
+    let root = nix::fcntl::open(
+        path.as_path(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("pool {name}: open {}", path.display()))?;
+    Ok((path, root))
+}
+
 fn lock(name: &PoolName, path: &Path, root: &OwnedFd) -> Result<Flock<OwnedFd>> {
     let fd = root
         .try_clone()

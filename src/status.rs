@@ -129,6 +129,15 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    fn new(reason: &str, message: String) -> Problem {
+        Problem {
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+}
+
 /// Reads `pools` (name and path) as they are now; a pool is nearly full
 /// at `nearly_full` percent in use.
 pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> {
@@ -154,10 +163,7 @@ pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> 
             volumes: (loaded.records.len() + loaded.unreadable.len()) as u64,
             problems: health::of_pool(&pool, nearly_full)
                 .into_iter()
-                .map(|f| Problem {
-                    reason: f.reason.as_str().to_owned(),
-                    message: f.message,
-                })
+                .map(|f| Problem::new(f.reason.as_str(), f.message))
                 .collect(),
         };
         for record in &loaded.records {
@@ -176,10 +182,10 @@ pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> 
                 capacity_bytes: 0,
                 used_bytes: None,
                 published: Vec::new(),
-                problems: vec![Problem {
-                    reason: health::Reason::RecordUnreadable.as_str().to_owned(),
-                    message: bad.problem,
-                }],
+                problems: vec![Problem::new(
+                    health::Reason::RecordUnreadable.as_str(),
+                    bad.problem,
+                )],
             });
         }
         report.pools.push(status);
@@ -210,10 +216,10 @@ fn volume(pool: &Pool, record: &VolumeRecord, mounts: &MountIndex) -> VolumeStat
     let backend = record.kind.backend();
     let mut problems = Vec::new();
     let mut failed = |what: &str, err: crate::error::Error| {
-        problems.push(Problem {
-            reason: health::Reason::CheckFailed.as_str().to_owned(),
-            message: format!("volume {}: {what}: {err}", record.id),
-        })
+        problems.push(Problem::new(
+            health::Reason::CheckFailed.as_str(),
+            format!("volume {}: {what}: {err}", record.id),
+        ))
     };
     let published: Vec<String> = match backend.users(pool, &record.id, mounts) {
         Ok(users) => users
@@ -230,10 +236,11 @@ fn volume(pool: &Pool, record: &VolumeRecord, mounts: &MountIndex) -> VolumeStat
         None
     });
     match backend.health(pool, record, !published.is_empty()) {
-        Ok(findings) => problems.extend(findings.into_iter().map(|f| Problem {
-            reason: f.reason.as_str().to_owned(),
-            message: f.message,
-        })),
+        Ok(findings) => problems.extend(
+            findings
+                .into_iter()
+                .map(|f| Problem::new(f.reason.as_str(), f.message)),
+        ),
         Err(err) => failed("check its health", err),
     }
     VolumeStatus {
