@@ -5,7 +5,7 @@
 # deploy/examples where an example exists.
 
 # shellcheck disable=SC2034 # read by inside.sh
-SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health snapshot-restore-clone node-loss)
+SCENARIOS=(memory-ephemeral static-hostpath default-class statefulset reclaim restarts fsgroup health snapshot-restore-clone node-loss observe)
 POOL=/var/lib/hostpath-csi/default
 
 fail() {
@@ -543,6 +543,44 @@ YAML
   wait_for 120 "PV pv-$NS-kept to go once Released" sh -c "! kubectl get pv pv-$NS-kept" ||
     fail "the Released PV pv-$NS-kept of the gone node stayed"
   kubectl -n hostpath-csi logs deployment/hostpath-csi-controller -c node-loss | grep 'node loss' | tail -n 5
+}
+
+# 11. What an operator sees: `hostpath-csi status` run in the driver's
+#     container lists a pod's volume with its kind, capacity, target and
+#     condition; the node plugin's metrics, scraped on its pod IP, count the
+#     calls kubelet made and the volumes held.
+scenario_observe() {
+  claim seen 32Mi
+  pod seen seen 'echo x > /data/file && sleep 3600'
+  ready seen
+  local pv handle uid report
+  pv=$(k get pvc seen -o 'jsonpath={.spec.volumeName}')
+  handle=$(kubectl get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')
+  uid=$(k get pod seen -o 'jsonpath={.metadata.uid}')
+  report=$(kubectl -n hostpath-csi exec ds/hostpath-csi-node -c driver -- hostpath-csi status --output=json) ||
+    fail "hostpath-csi status failed in the driver's container"
+  python3 - "$report" "$handle" "$pv" "pods/$uid/volumes/kubernetes.io~csi/$pv/mount" <<'PY' || fail "status: $report"
+import json, sys
+report, handle, pv, target = json.loads(sys.argv[1]), *sys.argv[2:]
+[row] = [v for v in report["volumes"] if v["id"] == handle]
+assert (row["name"], row["kind"], row["pool"]) == (pv, "directory", "default"), row
+assert row["capacity_bytes"] == 32 << 20 and row["problems"] == [], row
+assert [p for p in row["published"] if p.endswith(target)], row
+assert any(p["name"] == "default" and p["promised_bytes"] >= 32 << 20 for p in report["pools"]), report["pools"]
+PY
+  kubectl -n hostpath-csi exec ds/hostpath-csi-node -c driver -- hostpath-csi status |
+    grep -E "^$handle +default +directory +32Mi .* OK +1 +$pv\$" >/dev/null ||
+    fail "no row for $handle in the table"
+  local ip page
+  ip=$(kubectl -n hostpath-csi get pods -l app.kubernetes.io/name=hostpath-csi-node -o 'jsonpath={.items[0].status.podIP}')
+  page=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://$ip:9809/metrics") || fail "no metrics from $ip:9809"
+  grep -E '^hostpath_csi_rpc_requests_total\{method="NodePublishVolume",code="OK"\} [1-9]' <<<"$page" >/dev/null ||
+    fail "no NodePublishVolume counted: $(grep rpc_requests <<<"$page")"
+  grep -E '^hostpath_csi_rpc_duration_seconds_count\{method="CreateVolume"\} [1-9]' <<<"$page" >/dev/null ||
+    fail "no CreateVolume timed"
+  grep -E '^hostpath_csi_volumes\{pool="default",kind="directory"\} [1-9]' <<<"$page" >/dev/null ||
+    fail "no directory volume counted: $(grep '^hostpath_csi_volumes' <<<"$page")"
 }
 
 # run_scenario NAME: runs one scenario in a namespace of its own, then
