@@ -14,8 +14,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, renameat};
-use nix::sys::stat::Mode;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, renameat};
+use nix::sys::stat::{Mode, fstatat};
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 use nix::unistd::fsync;
 
@@ -198,7 +198,11 @@ impl Pool {
             enforcement,
             usage: UsageCache::default(),
         };
-        pool.drain.send(Trashed::Leftovers).ok();
+        pool.drain
+            .send(Trashed::Leftovers {
+                before: now_nanos(),
+            })
+            .ok();
         Ok(pool)
     }
 
@@ -303,10 +307,7 @@ impl Pool {
     /// `quarantine/<name>.<nanoseconds>` for an operator to inspect: it is
     /// neither served nor deleted. Returns where it went.
     pub fn quarantine(&self, name: &str) -> Result<PathBuf> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let kept = format!("{name}.{nanos}");
+        let kept = format!("{name}.{}", now_nanos());
         let moved = beneath::ensure_dir(&self.root, QUARANTINE, 0o700)
             .and_then(|(dir, _)| {
                 renameat(&self.volumes, name, &dir, kept.as_str())?;
@@ -334,10 +335,7 @@ impl Pool {
     }
 
     fn trash_entry(&self, dir: &SharedSyncDir, dir_name: &str, name: &str) -> Result<()> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let trashed = format!("{name}.{nanos}");
+        let trashed = format!("{name}.{}", now_nanos());
         match renameat(dir, name, &self.trash, trashed.as_str()) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
@@ -382,6 +380,24 @@ struct TrashCounts {
     waiting: AtomicU64,
     /// Entries removed.
     removed: AtomicU64,
+}
+
+impl TrashCounts {
+    /// Accounts for what became of a counted entry.
+    fn note(&self, outcome: Drain) {
+        if outcome == Drain::Kept {
+            return;
+        }
+        // Never below zero, whatever the filesystem did behind the count.
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        if outcome == Drain::Removed {
+            self.removed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A pool's trash at one moment.
@@ -448,9 +464,37 @@ const DRAIN_RETRIES: usize = 20;
 enum Trashed {
     /// One entry of `.trash/`, just moved there.
     Entry(CString),
-    /// Whatever `.trash/` holds (left by an earlier process), read a batch at
-    /// a time and removed as it is read, so its size costs no memory.
-    Leftovers,
+    /// What `.trash/` holds from before `before` (nanoseconds since the
+    /// epoch; left by an earlier process), counted, then read a batch at a
+    /// time and removed as it is read, so its size costs no memory. Entries
+    /// trashed since have an [`Trashed::Entry`] of their own.
+    Leftovers { before: u128 },
+}
+
+/// Nanoseconds since the epoch, which trashed and quarantined names end in.
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Whether trash entry `entry` was there before `before`: its name ends in
+/// an earlier time, or in none (a subtree an interrupted removal moved up).
+fn left_before(entry: &CStr, before: u128) -> bool {
+    let name = entry.to_string_lossy();
+    name.rsplit_once('.')
+        .and_then(|(_, nanos)| nanos.parse::<u128>().ok())
+        .is_none_or(|nanos| nanos < before)
+}
+
+/// What became of one trash entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    Removed,
+    /// Already gone.
+    Missing,
+    /// It could not be removed (logged): it stays for the next start.
+    Kept,
 }
 
 /// Starts the thread that removes trashed trees one at a time. It ends when
@@ -471,20 +515,31 @@ fn spawn_drain(
     std::thread::Builder::new()
         .name(format!("trash-{name}"))
         .spawn(move || {
-            let remove = |entry: &CStr| {
-                if drain_one(&trash, entry, &shown) {
-                    counts.waiting.fetch_sub(1, Ordering::Relaxed);
-                    counts.removed.fetch_add(1, Ordering::Relaxed);
-                }
-            };
             for work in rx {
                 match work {
-                    Trashed::Entry(entry) => remove(&entry),
-                    Trashed::Leftovers => {
-                        let listed = beneath::for_each_entry(&trash, |entry, _, _| {
-                            counts.waiting.fetch_add(1, Ordering::Relaxed);
-                            remove(entry);
+                    Trashed::Entry(entry) => {
+                        let outcome = drain_one(&trash, &entry, &shown);
+                        counts.note(outcome);
+                    }
+                    Trashed::Leftovers { before } => {
+                        let mut left = 0;
+                        let counted = beneath::for_each_entry(&trash, |entry, _, _| {
+                            left += u64::from(left_before(entry, before));
                             Ok(true)
+                        });
+                        counts.waiting.fetch_add(left, Ordering::Relaxed);
+                        let listed = counted.and_then(|_| {
+                            beneath::for_each_entry(&trash, |entry, _, _| {
+                                if left_before(entry, before) {
+                                    // One that is missing was not counted: a
+                                    // subtree this removal moved up and removed.
+                                    match drain_one(&trash, entry, &shown) {
+                                        Drain::Missing => {}
+                                        outcome => counts.note(outcome),
+                                    }
+                                }
+                                Ok(true)
+                            })
                         });
                         if let Err(errno) = listed {
                             tracing::error!(path = %shown, %errno,
@@ -499,9 +554,13 @@ fn spawn_drain(
 }
 
 /// Removes entry `entry` of the trash and everything beneath it; a failure
-/// is logged and the entry stays for the next start. Returns whether it went.
-fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) -> bool {
+/// is logged and the entry stays for the next start.
+fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) -> Drain {
     let path = format!("{shown}/{}", entry.to_string_lossy());
+    // Any other failure to look the removal meets again, and says.
+    if let Err(Errno::ENOENT) = fstatat(trash, entry, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        return Drain::Missing;
+    }
     let mut removed = beneath::remove_tree(trash, entry);
     // A tree still changing under the removal is tried again a little
     // later, a bounded number of times.
@@ -513,11 +572,40 @@ fn drain_one(trash: &OwnedFd, entry: &CStr, shown: &str) -> bool {
         removed = beneath::remove_tree(trash, entry);
     }
     match removed {
-        Ok(()) => return true,
+        Ok(()) => return Drain::Removed,
         Err(Errno::EBUSY) => tracing::error!(%path,
             "a deleted volume holds a mount; the mount and its parents stay in the trash"),
         Err(errno) => tracing::error!(%path, %errno,
             "could not remove a deleted volume; it stays in the trash until the next start"),
     }
-    false
+    Drain::Kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_the_entries_named_before_the_start() {
+        let start = 1_700_000_000_000_000_000;
+        assert!(left_before(c"vol-1.1699999999999999999", start));
+        assert!(left_before(c".snap-1.tmp.42", start));
+        // A subtree an interrupted removal moved up, or any other name.
+        assert!(left_before(c"deep-7-0", start));
+        assert!(left_before(c"vol-1.img.x", start));
+        assert!(!left_before(c"vol-1.1700000000000000000", start));
+        assert!(!left_before(c"vol-1.img.1700000000000000001", start));
+    }
+
+    #[test]
+    fn the_backlog_never_goes_below_zero() {
+        let counts = TrashCounts::default();
+        counts.waiting.store(1, Ordering::Relaxed);
+        counts.note(Drain::Kept);
+        assert_eq!(counts.waiting.load(Ordering::Relaxed), 1);
+        counts.note(Drain::Removed);
+        counts.note(Drain::Missing);
+        assert_eq!(counts.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(counts.removed.load(Ordering::Relaxed), 1);
+    }
 }

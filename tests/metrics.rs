@@ -4,6 +4,8 @@
 //! The page is kept in target/tmp/metrics-scrape.prom for promtool to lint
 //! (scripts/check-monitoring.sh).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -236,4 +238,31 @@ async fn metrics_show_each_pool_and_the_volumes_on_it() {
     std::fs::rename(dir.path().join("aside"), &volume_dir).unwrap();
     assert!(!get(&address, "/metrics").contains("_problem"));
     assert!(get(&address, "/other").starts_with("HTTP/1.1 404"));
+}
+
+/// An entry left in the trash that cannot be removed (a mount inside it)
+/// stays counted as waiting, for the "trash not draining" alert, while the
+/// others are removed and counted.
+#[tokio::test]
+async fn a_trash_entry_that_cannot_be_removed_stays_counted() {
+    let scratch = common::Scratch::new();
+    let pool = scratch.path().join("pool");
+    std::fs::create_dir_all(pool.join(".trash/gone-1/a/b")).unwrap();
+    scratch.mount_tmpfs(&pool.join(".trash/held-1/mnt"), "1m");
+    let driver = common::TestDriver::start_in(scratch, |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let page = hostpath_csi::metrics::node::render(driver.driver()).unwrap();
+        if page.contains("hostpath_csi_pool_trash_removed_total{pool=\"default\"} 1\n") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "gone-1 never removed:\n{page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        page.contains("hostpath_csi_pool_trash_entries{pool=\"default\"} 1\n"),
+        "{page}"
+    );
+    assert!(!pool.join(".trash/gone-1").exists());
+    assert!(pool.join(".trash/held-1/mnt").exists());
 }

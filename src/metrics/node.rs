@@ -40,7 +40,7 @@ pub fn render(driver: &Driver) -> Result<String> {
             1,
         )],
     );
-    pools(driver, &mut page)?;
+    pools(driver, &mut page);
     volumes(driver, &mut page);
     snapshots(driver, &mut page);
     page.gauge(
@@ -59,24 +59,32 @@ pub fn render(driver: &Driver) -> Result<String> {
     Ok(text)
 }
 
-/// Each pool's filesystem, promises, enforcement, trash and problems.
-fn pools(driver: &Driver, page: &mut Page) -> Result<()> {
+/// Each pool's filesystem, promises, enforcement, trash and problems. A
+/// pool whose filesystem cannot be read has no room series; its problem
+/// (`PoolCheckFailed`) says why, and the other pools are reported as usual.
+fn pools(driver: &Driver, page: &mut Page) {
     let mut room = [const { Vec::new() }; 5];
     let (mut enforcement, mut trash, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     for pool in driver.pools() {
         let name = || labels([("pool", pool.name.as_str())]);
-        let space = pool.space()?;
         let disk = Backing::Disk(pool.name.clone());
-        let used_by_volumes = driver.ledger.used_by_volumes(pool, driver.volumes())?;
-        let figures = [
-            space.size_bytes,
-            space.free_bytes,
-            space.used_bytes,
-            driver.table().promised(&disk),
-            used_by_volumes,
-        ];
-        for (series, value) in room.iter_mut().zip(figures) {
-            series.push((name(), value));
+        let measured = pool.space().and_then(|space| {
+            let used_by_volumes = driver.ledger.used_by_volumes(pool, driver.volumes())?;
+            Ok([
+                space.size_bytes,
+                space.free_bytes,
+                space.used_bytes,
+                driver.table().promised(&disk),
+                used_by_volumes,
+            ])
+        });
+        match measured {
+            Ok(figures) => {
+                for (series, value) in room.iter_mut().zip(figures) {
+                    series.push((name(), value));
+                }
+            }
+            Err(err) => tracing::debug!(pool = %pool.name, %err, "metrics: no room series"),
         }
         enforcement.push((
             labels([
@@ -140,7 +148,6 @@ fn pools(driver: &Driver, page: &mut Page) -> Result<()> {
             )
         }),
     );
-    Ok(())
 }
 
 /// Volume counts, health problems, unreadable records and, when asked,

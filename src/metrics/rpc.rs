@@ -4,7 +4,9 @@
 //! Every CSI call is unary, and tonic answers a failed unary call with its
 //! status in the response headers (trailers-only); a response without one
 //! carries its message, which only a success does. So the code is known when
-//! the headers are, and the time measured is the handler's.
+//! the headers are, and the time measured is the handler's. A call whose
+//! caller went away first (its deadline passed: the server drops the call)
+//! is counted as `Canceled`, with the time it had run.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -173,20 +175,41 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let started = Instant::now();
+        let call = Call {
+            metrics: self.metrics.clone(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            code: Code::Cancelled,
+        };
         let answer = self.inner.call(request);
-        let metrics = self.metrics.clone();
         Box::pin(async move {
+            // The whole record moves in (a field alone, being Copy, would
+            // be copied and the record dropped at once).
+            let mut call = call;
             let answered = answer.await;
-            let code = match &answered {
+            call.code = match &answered {
                 Ok(response) => tonic::Status::from_header_map(response.headers())
                     .map_or(Code::Ok, |status| status.code()),
                 Err(_) => Code::Unavailable,
             };
-            metrics.record(&path, code, started.elapsed().as_secs_f64());
             answered
         })
+    }
+}
+
+/// One call in flight, recorded when it is dropped: with the code it ended
+/// with, or `Cancelled` if it never ended.
+struct Call {
+    metrics: RpcMetrics,
+    path: String,
+    started: Instant,
+    code: Code,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics.record(&self.path, self.code, seconds);
     }
 }
 
@@ -209,6 +232,78 @@ mod tests {
             }
         }
         assert_eq!(served, METHODS);
+    }
+
+    /// The page of `metrics` alone.
+    fn page(metrics: &RpcMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_are_counted_by_code_and_those_given_up_as_canceled() {
+        use tower::{Layer, Service, ServiceExt};
+        let metrics = RpcMetrics::default();
+        let mut answering = RecordLayer(metrics.clone()).layer(tower::service_fn(
+            |request: http::Request<()>| async move {
+                let mut response = http::Response::new(());
+                if request.uri().path().ends_with("NodePublishVolume") {
+                    response
+                        .headers_mut()
+                        .insert("grpc-status", http::HeaderValue::from_static("5"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            },
+        ));
+        let ok = "/csi.v1.Controller/CreateVolume";
+        let not_found = "/csi.v1.Node/NodePublishVolume";
+        answering
+            .ready()
+            .await
+            .unwrap()
+            .call(request(ok))
+            .await
+            .unwrap();
+        answering
+            .ready()
+            .await
+            .unwrap()
+            .call(request(not_found))
+            .await
+            .unwrap();
+        let mut hanging =
+            RecordLayer(metrics.clone()).layer(tower::service_fn(|_: http::Request<()>| {
+                std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
+            }));
+        let call = hanging.ready().await.unwrap().call(request(ok));
+        let given_up = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
+        assert!(given_up.is_err());
+        let text = page(&metrics);
+        for line in [
+            "hostpath_csi_rpc_requests_total{method=\"CreateVolume\",code=\"OK\"} 1",
+            "hostpath_csi_rpc_requests_total{method=\"NodePublishVolume\",code=\"NotFound\"} 1",
+            "hostpath_csi_rpc_requests_total{method=\"CreateVolume\",code=\"Canceled\"} 1",
+            "hostpath_csi_rpc_duration_seconds_count{method=\"CreateVolume\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // The canceled call ran at least the 20 ms its caller waited.
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("hostpath_csi_rpc_duration_seconds_sum{method=\"CreateVolume\"} ")
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(sum >= 0.02, "{sum}");
     }
 
     #[test]

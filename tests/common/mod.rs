@@ -284,6 +284,12 @@ impl TestDriver {
         }
     }
 
+    /// The driver behind the socket, for what only it can show (its
+    /// metrics page).
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
     pub fn pool(&self) -> PathBuf {
         self.config.pools[0].1.clone()
     }
