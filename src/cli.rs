@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 use crate::ids::PoolName;
 use crate::validate;
 
+/// Percent of a pool's filesystem in use at which it is nearly full, unless
+/// `--pool-nearly-full-percent` says otherwise.
+pub const DEFAULT_NEARLY_FULL_PERCENT: u8 = 90;
+
 /// The driver name used when none is given.
 pub const DEFAULT_DRIVER_NAME: &str = "hostpath-csi.dev";
 
@@ -81,13 +85,10 @@ pub struct StatusArgs {
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
     /// Percent of a pool's filesystem in use at which it counts as nearly
-    /// full, as the server's flag of the same name.
-    #[arg(
-        long,
-        default_value_t = 90,
-        value_parser = clap::value_parser!(u8).range(0..=100)
-    )]
-    pub pool_nearly_full_percent: u8,
+    /// full, as the server's flag of the same name. Default: that of the
+    /// `hostpath-csi serve` the pools are taken from, else 90.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub pool_nearly_full_percent: Option<u8>,
 }
 
 impl StatusArgs {
@@ -165,7 +166,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "HOSTPATH_CSI_POOL_NEARLY_FULL_PERCENT",
-        default_value_t = 90,
+        default_value_t = DEFAULT_NEARLY_FULL_PERCENT,
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub pool_nearly_full_percent: u8,

@@ -12,9 +12,9 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::beneath;
-use crate::cli::{Cli, Command, Mode, Output, StatusArgs};
+use crate::cli::{Cli, Command, DEFAULT_NEARLY_FULL_PERCENT, Mode, Output, StatusArgs};
 use crate::error::{Error, Result, SysContext};
-use crate::health;
+use crate::health::{self, PoolReason};
 use crate::ids::PoolName;
 use crate::kind::Backing;
 use crate::mounts::MountIndex;
@@ -24,11 +24,12 @@ use crate::record::{self, VolumeRecord};
 /// The command: the report on the pools given, or on those of the driver
 /// serving here, in the format asked.
 pub fn run(args: &StatusArgs) -> Result<String> {
-    let pools = match args.pools()? {
-        given if !given.is_empty() => given,
+    let (pools, served_percent) = match args.pools()? {
+        given if !given.is_empty() => (given, DEFAULT_NEARLY_FULL_PERCENT),
         _ => served_pools()?,
     };
-    let report = gather(&pools, args.pool_nearly_full_percent)?;
+    let nearly_full = args.pool_nearly_full_percent.unwrap_or(served_percent);
+    let report = gather(&pools, nearly_full)?;
     Ok(match args.output {
         Output::Table => table(&report),
         Output::Json => json(&report),
@@ -37,8 +38,9 @@ pub fn run(args: &StatusArgs) -> Result<String> {
 
 /// The pools of the first `hostpath-csi serve` process in this PID
 /// namespace (the driver container's, under `kubectl exec`), parsed from
-/// its command line as it parsed it.
-fn served_pools() -> Result<Vec<(PoolName, PathBuf)>> {
+/// its command line as it parsed it, and the percent at which it calls a
+/// pool nearly full.
+fn served_pools() -> Result<(Vec<(PoolName, PathBuf)>, u8)> {
     let own = std::process::id().to_string();
     let processes = std::fs::read_dir("/proc").map_err(|e| Error::failed("list /proc", e))?;
     for process in processes.flatten() {
@@ -70,9 +72,9 @@ fn served_pools() -> Result<Vec<(PoolName, PathBuf)>> {
             let pools = StatusArgs {
                 pools: serve.pools,
                 output: Output::Table,
-                pool_nearly_full_percent: 0,
+                pool_nearly_full_percent: None,
             };
-            return pools.pools();
+            return Ok((pools.pools()?, serve.pool_nearly_full_percent));
         }
     }
     Err(Error::Invalid(
@@ -139,7 +141,8 @@ impl Problem {
 }
 
 /// Reads `pools` (name and path) as they are now; a pool is nearly full
-/// at `nearly_full` percent in use.
+/// at `nearly_full` percent in use. A pool that cannot be read is reported
+/// with the problem, and the others as usual.
 pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> {
     let mounts = MountIndex::read()?;
     let mut report = Report {
@@ -147,53 +150,80 @@ pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> 
         volumes: Vec::new(),
     };
     for (name, path) in pools {
-        let pool = Pool::inspect(name.clone(), path)?;
-        let listed = list_records(&pool)?;
-        let loaded = record::load::<VolumeRecord>(&pool.meta, &pool.shown().to_string(), &listed);
-        let space = pool.space()?;
-        let mut status = PoolStatus {
-            name: name.to_string(),
-            path: pool.shown().to_string(),
-            mode: pool.enforcement.mode().to_owned(),
-            size_bytes: space.size_bytes,
-            free_bytes: space.free_bytes,
-            used_bytes: space.used_bytes,
-            promised_bytes: 0,
-            memory_promised_bytes: 0,
-            volumes: (loaded.records.len() + loaded.unreadable.len()) as u64,
-            problems: health::of_pool(&pool, nearly_full)
-                .into_iter()
-                .map(|f| Problem::new(f.reason.as_str(), f.message))
-                .collect(),
-        };
-        for record in &loaded.records {
-            match record.kind.backing(&pool.name) {
-                Backing::Disk(_) => status.promised_bytes += record.capacity_bytes,
-                Backing::Memory => status.memory_promised_bytes += record.capacity_bytes,
-            }
-            report.volumes.push(volume(&pool, record, &mounts));
-        }
-        for bad in loaded.unreadable {
-            report.volumes.push(VolumeStatus {
-                id: bad.id.map_or_else(|| "?".to_owned(), |id| id.to_string()),
-                name: String::new(),
-                pool: name.to_string(),
-                kind: "?".to_owned(),
-                capacity_bytes: 0,
-                used_bytes: None,
-                published: Vec::new(),
+        let status = one_pool(name, path, nearly_full, &mounts, &mut report.volumes)
+            .unwrap_or_else(|err| PoolStatus {
+                name: name.to_string(),
+                path: path.display().to_string(),
+                mode: "?".to_owned(),
+                size_bytes: 0,
+                free_bytes: 0,
+                used_bytes: 0,
+                promised_bytes: 0,
+                memory_promised_bytes: 0,
+                volumes: 0,
                 problems: vec![Problem::new(
-                    health::Reason::RecordUnreadable.as_str(),
-                    bad.problem,
+                    PoolReason::PoolCheckFailed.as_str(),
+                    err.to_string(),
                 )],
             });
-        }
         report.pools.push(status);
     }
     report
         .volumes
         .sort_by(|a, b| (&a.pool, &a.id).cmp(&(&b.pool, &b.id)));
     Ok(report)
+}
+
+/// The status of one pool; its volumes go to `volumes`.
+fn one_pool(
+    name: &PoolName,
+    path: &Path,
+    nearly_full: u8,
+    mounts: &MountIndex,
+    volumes: &mut Vec<VolumeStatus>,
+) -> Result<PoolStatus> {
+    let pool = Pool::inspect(name.clone(), path)?;
+    let listed = list_records(&pool)?;
+    let loaded = record::load::<VolumeRecord>(&pool.meta, &pool.shown().to_string(), &listed);
+    let space = pool.space()?;
+    let mut status = PoolStatus {
+        name: name.to_string(),
+        path: pool.shown().to_string(),
+        mode: pool.enforcement.mode().to_owned(),
+        size_bytes: space.size_bytes,
+        free_bytes: space.free_bytes,
+        used_bytes: space.used_bytes,
+        promised_bytes: 0,
+        memory_promised_bytes: 0,
+        volumes: (loaded.records.len() + loaded.unreadable.len()) as u64,
+        problems: health::of_pool(&pool, nearly_full)
+            .into_iter()
+            .map(|f| Problem::new(f.reason.as_str(), f.message))
+            .collect(),
+    };
+    for record in &loaded.records {
+        match record.kind.backing(&pool.name) {
+            Backing::Disk(_) => status.promised_bytes += record.capacity_bytes,
+            Backing::Memory => status.memory_promised_bytes += record.capacity_bytes,
+        }
+        volumes.push(volume(&pool, record, mounts));
+    }
+    for bad in loaded.unreadable {
+        volumes.push(VolumeStatus {
+            id: bad.id.map_or_else(|| "?".to_owned(), |id| id.to_string()),
+            name: String::new(),
+            pool: name.to_string(),
+            kind: "?".to_owned(),
+            capacity_bytes: 0,
+            used_bytes: None,
+            published: Vec::new(),
+            problems: vec![Problem::new(
+                health::Reason::RecordUnreadable.as_str(),
+                bad.problem,
+            )],
+        });
+    }
+    Ok(status)
 }
 
 /// The record files of the pool's `meta/` (hidden names, such as temp

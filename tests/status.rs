@@ -73,11 +73,17 @@ async fn status_reads_a_served_pool_and_changes_nothing() {
     let before = tree(&pool);
 
     let spec = format!("default={}", pool.display());
-    let report: Value = serde_json::from_str(&status(&["--pool", &spec, "-o", "json"])).unwrap();
+    // A pool that cannot be read is a row with its problem; the others are
+    // reported all the same.
+    let missing = "gone=/nonexistent/hostpath-csi-pool";
+    let report: Value =
+        serde_json::from_str(&status(&["--pool", &spec, "--pool", missing, "-o", "json"])).unwrap();
     assert_eq!(tree(&pool), before, "status changed the pool");
 
     let pools = report["pools"].as_array().unwrap();
-    assert_eq!(pools.len(), 1, "{report:#}");
+    assert_eq!(pools.len(), 2, "{report:#}");
+    assert_eq!(pools[1]["name"], "gone");
+    assert_eq!(pools[1]["problems"][0]["reason"], "PoolCheckFailed");
     assert_eq!(pools[0]["name"], "default");
     assert_eq!(pools[0]["mode"], "tracked");
     assert_eq!(pools[0]["promised_bytes"], (1 << 20) + (16 << 20));
@@ -153,7 +159,7 @@ fn given_no_pool_status_reads_those_of_the_driver_serving_beside_it() {
     // A PID namespace of its own, so that the one driver there is this one.
     let script = r#"
         "$1" serve --endpoint="unix://$2" --node-id=n --pool="spare=$3" \
-            --kubelet-dir="$4" --memory-budget=64Mi 2>/dev/null &
+            --kubelet-dir="$4" --memory-budget=64Mi --pool-nearly-full-percent=1 2>/dev/null &
         while [ ! -S "$2" ]; do sleep 0.05; done
         "$1" status --output=json
         code=$?
@@ -174,6 +180,12 @@ fn given_no_pool_status_reads_those_of_the_driver_serving_beside_it() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["pools"][0]["name"], "spare", "{report:#}");
+    // The server's threshold, not the default: any filesystem in use is
+    // over 1%.
+    assert_eq!(
+        report["pools"][0]["problems"][0]["reason"], "PoolNearlyFull",
+        "{report:#}"
+    );
     assert_eq!(
         report["pools"][0]["path"],
         pool.canonicalize().unwrap().display().to_string()
