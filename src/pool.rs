@@ -119,7 +119,7 @@ pub struct Pool {
     pub root: OwnedFd,
     /// Held while the pool is open: one driver process per pool (none when
     /// only inspected).
-    _lock: Option<Flock<OwnedFd>>,
+    lock: Option<Flock<OwnedFd>>,
     /// `volumes/`: one entry per volume.
     pub volumes: SharedSyncDir,
     /// `meta/`: one record per volume.
@@ -186,7 +186,7 @@ impl Pool {
             name,
             path: path.to_owned(),
             root,
-            _lock: Some(lock),
+            lock: Some(lock),
             volumes: SharedSyncDir::new(volumes),
             meta: SharedSyncDir::new(meta),
             snapshots: SharedSyncDir::new(snapshots),
@@ -226,15 +226,15 @@ impl Pool {
             name,
             path: path.to_owned(),
             root,
-            _lock: None,
+            lock: None,
             volumes: SharedSyncDir::new(volumes),
             meta: SharedSyncDir::new(meta),
             snapshots: SharedSyncDir::new(snapshots),
             snapshot_meta: SharedSyncDir::new(snapshot_meta),
             reflinks: false,
             trash,
-            // Nothing is trashed through an inspected pool: the receiver
-            // is gone and a send would be ignored.
+            // An inspected pool is only read (the methods that move
+            // entries assert it): no drain thread, a sender to nowhere.
             drain: mpsc::channel().0,
             trash_counts: Arc::default(),
             enforcement,
@@ -307,6 +307,7 @@ impl Pool {
     /// `quarantine/<name>.<nanoseconds>` for an operator to inspect: it is
     /// neither served nor deleted. Returns where it went.
     pub fn quarantine(&self, name: &str) -> Result<PathBuf> {
+        debug_assert!(self.lock.is_some(), "an inspected pool is only read");
         let kept = format!("{name}.{}", now_nanos());
         let moved = beneath::ensure_dir(&self.root, QUARANTINE, 0o700)
             .and_then(|(dir, _)| {
@@ -335,6 +336,7 @@ impl Pool {
     }
 
     fn trash_entry(&self, dir: &SharedSyncDir, dir_name: &str, name: &str) -> Result<()> {
+        debug_assert!(self.lock.is_some(), "an inspected pool is only read");
         let trashed = format!("{name}.{}", now_nanos());
         match renameat(dir, name, &self.trash, trashed.as_str()) {
             Ok(()) => {}

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
+use tower::util::{Either, option_layer};
 
 use crate::authority::LocalAuthority;
 use crate::csi::controller_server::ControllerServer;
@@ -19,7 +20,7 @@ use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::metrics::rpc::{RecordLayer, RpcMetrics};
+use crate::metrics::rpc::RecordLayer;
 use crate::service::controller::ControllerService;
 use crate::service::expansion_only::ExpansionOnlyController;
 use crate::service::identity::IdentityService;
@@ -72,7 +73,7 @@ pub async fn serve(
 ) -> Result<()> {
     let name = driver.config.driver_name.clone();
     let router = builder()
-        .layer(RecordLayer(driver.rpcs.clone()))
+        .layer(option_layer(Some(RecordLayer(driver.rpcs.clone()))))
         .add_service(IdentityServer::new(IdentityService::new(
             name,
             Some(Arc::clone(&driver)),
@@ -93,8 +94,8 @@ pub async fn serve_controller(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let router = builder()
-        // Controller mode serves no metrics page: its counts go unread.
-        .layer(RecordLayer(RpcMetrics::default()))
+        // Controller mode serves no metrics page: nothing is counted.
+        .layer(option_layer(None))
         .add_service(IdentityServer::new(IdentityService::new(driver_name, None)))
         .add_service(ControllerServer::new(ExpansionOnlyController));
     run(router, listener, socket, shutdown).await
@@ -118,8 +119,8 @@ fn builder() -> tonic::transport::Server {
 /// How long a stopping server waits for clients to close their connections.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
 
-/// A router whose calls are counted.
-type Recording = Stack<RecordLayer, Identity>;
+/// A router whose calls are counted, or not.
+type Recording = Stack<Either<RecordLayer, Identity>, Identity>;
 
 async fn run(
     router: Router<Recording>,

@@ -4,7 +4,9 @@
 //! most [`MAX_CONNECTIONS`] open at once (more are closed as soon as they are
 //! accepted), request headers within [`HEADER_TIMEOUT`], a whole connection
 //! within [`CONNECTION_TIMEOUT`], one request per connection, and a pause
-//! after a failed accept (out of fds) instead of a busy loop.
+//! after a failed accept (out of fds) instead of a busy loop. One page is
+//! made at a time, whatever the number of scrapers: a page takes one of the
+//! driver's blocking threads until it is made, even if its client left.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,9 +33,17 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Makes the text of one scrape; runs on the blocking pool.
 pub type Page = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
 
+/// A page and the right to make it, which one scrape holds at a time.
+#[derive(Clone)]
+struct Maker {
+    page: Page,
+    turn: Arc<Semaphore>,
+}
+
 /// Answers scrapes of `page` on `listener` for as long as the process runs.
 pub async fn serve_page(listener: TcpListener, page: Page) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let turn = Arc::new(Semaphore::new(1));
     let mut backoff = Duration::ZERO;
     loop {
         let stream = match listener.accept().await {
@@ -54,17 +64,20 @@ pub async fn serve_page(listener: TcpListener, page: Page) {
             tracing::debug!("metrics: {MAX_CONNECTIONS} connections open; one refused");
             continue;
         };
-        let page = Arc::clone(&page);
+        let maker = Maker {
+            page: Arc::clone(&page),
+            turn: Arc::clone(&turn),
+        };
         tokio::spawn(async move {
             let _slot = slot;
-            connection(page, stream).await;
+            connection(maker, stream).await;
         });
     }
 }
 
 /// Serves one request on `stream` within the timeouts.
-async fn connection(page: Page, stream: TcpStream) {
-    let service = hyper::service::service_fn(move |request| answer(Arc::clone(&page), request));
+async fn connection(maker: Maker, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |request| answer(maker.clone(), request));
     let serving = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -79,11 +92,17 @@ async fn connection(page: Page, stream: TcpStream) {
 }
 
 async fn answer(
-    page: Page,
+    maker: Maker,
     request: Request<hyper::body::Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        let scraped = blocking(move || Ok(page())).await;
+        let turn = maker.turn.acquire_owned().await.expect("never closed");
+        // The turn goes with the work: it ends when the page is made.
+        let scraped = blocking(move || {
+            let _turn = turn;
+            Ok((maker.page)())
+        })
+        .await;
         match scraped.map_err(|e| e.to_string()).and_then(|page| page) {
             Ok(text) => (StatusCode::OK, text),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
