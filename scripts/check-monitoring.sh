@@ -70,11 +70,12 @@ NODE_LOSS_METRICS=(
   hostpath_csi_node_loss_leader
 )
 
+usage() { echo "usage: $0 [--metrics FILE]..." >&2; exit 2; }
 metrics_files=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --metrics) metrics_files+=("$(realpath "$2")"); shift 2 ;;
-    *) echo "usage: $0 [--metrics FILE]..." >&2; exit 2 ;;
+    --metrics) [ $# -ge 2 ] || usage; metrics_files+=("$(realpath "$2")"); shift 2 ;;
+    *) usage ;;
   esac
 done
 

@@ -66,6 +66,10 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+# A signal ends the script through the EXIT trap, with the shell's status
+# for it.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 {
   echo "global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}"
@@ -114,7 +118,7 @@ summary=$(python3 scripts/dashboard-preview.py --prometheus "$url" --end "$end" 
 echo "preview: $summary"
 height=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["height"])' "$summary")
 
-kill "$prometheus_pid"
+kill "$prometheus_pid" 2>/dev/null || true
 wait "$prometheus_pid" 2>/dev/null || true
 prometheus_pid=""
 

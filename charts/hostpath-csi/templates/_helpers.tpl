@@ -82,6 +82,9 @@ would make objects Kubernetes rejects; rendered by the DaemonSet's template.
 {{- if and .Values.metrics.volumeMetrics (not .Values.metrics.enabled) }}
 {{- fail "metrics.volumeMetrics needs metrics.enabled" }}
 {{- end }}
+{{- if and .Values.snapshotClass.enabled (not .Values.sidecars.snapshotter.enabled) }}
+{{- fail "snapshotClass.enabled needs sidecars.snapshotter.enabled: without csi-snapshotter no snapshot of the class is ever taken" }}
+{{- end }}
 {{- $defaults := 0 }}
 {{- $classes := list }}
 {{- range (include "hostpath-csi.storageClasses" . | fromYaml).classes }}
