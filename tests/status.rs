@@ -35,18 +35,19 @@ fn tree(dir: &Path) -> BTreeMap<String, (bool, u64, i64)> {
     seen
 }
 
-fn status(args: &[&str]) -> String {
-    let out = Command::new(BINARY)
-        .arg("status")
-        .args(args)
-        .output()
-        .unwrap();
+/// What `command` printed, once it succeeded.
+fn printed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(args: &[&str]) -> String {
+    printed(Command::new(BINARY).arg("status").args(args))
 }
 
 #[tokio::test]
@@ -167,18 +168,13 @@ fn given_no_pool_status_reads_those_of_the_driver_serving_beside_it() {
         wait
         exit $code
     "#;
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh"])
-        .args([Path::new(BINARY), &socket, &pool, scratch.path()])
-        .env_remove("HOSTPATH_CSI_POOLS")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = printed(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh"])
+            .args([Path::new(BINARY), &socket, &pool, scratch.path()])
+            .env_remove("HOSTPATH_CSI_POOLS"),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["pools"][0]["name"], "spare", "{report:#}");
     // The server's threshold, not the default: any filesystem in use is
     // over 1%.
