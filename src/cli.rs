@@ -91,13 +91,6 @@ pub struct StatusArgs {
     pub pool_nearly_full_percent: Option<u8>,
 }
 
-impl StatusArgs {
-    /// The pools given, each checked as `serve` checks them.
-    pub fn pools(&self) -> Result<Vec<(PoolName, PathBuf)>> {
-        self.pools.iter().map(|spec| parse_pool(spec)).collect()
-    }
-}
-
 /// What a `serve` process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -195,11 +188,7 @@ impl ServeArgs {
         if node_id.is_empty() || node_id.len() > 192 || node_id.chars().any(char::is_control) {
             return Err(Error::Invalid(format!("node id {node_id:?} is malformed")));
         }
-        let mut pools = self
-            .pools
-            .iter()
-            .map(|spec| parse_pool(spec))
-            .collect::<Result<Vec<_>>>()?;
+        let mut pools = parse_pools(&self.pools)?;
         if let Some(default) = &self.default_pool {
             let at = pools
                 .iter()
@@ -264,6 +253,11 @@ fn allowed_prefix(path: &std::path::Path) -> Result<PathBuf> {
         ));
     }
     validate::host_path("--allow-host-path", &path.to_string_lossy())
+}
+
+/// Each `NAME=PATH` of `--pool` → (name, absolute path).
+pub fn parse_pools(specs: &[String]) -> Result<Vec<(PoolName, PathBuf)>> {
+    specs.iter().map(|spec| parse_pool(spec)).collect()
 }
 
 /// `NAME=PATH` → (name, absolute path).

@@ -12,7 +12,9 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::beneath;
-use crate::cli::{Cli, Command, DEFAULT_NEARLY_FULL_PERCENT, Mode, Output, StatusArgs};
+use crate::cli::{
+    Cli, Command, DEFAULT_NEARLY_FULL_PERCENT, Mode, Output, StatusArgs, parse_pools,
+};
 use crate::error::{Error, Result, SysContext};
 use crate::health::{self, PoolReason};
 use crate::ids::PoolName;
@@ -24,7 +26,7 @@ use crate::record::{self, VolumeRecord};
 /// The command: the report on the pools given, or on those of the driver
 /// serving here, in the format asked.
 pub fn run(args: &StatusArgs) -> Result<String> {
-    let (pools, served_percent) = match args.pools()? {
+    let (pools, served_percent) = match parse_pools(&args.pools)? {
         given if !given.is_empty() => (given, DEFAULT_NEARLY_FULL_PERCENT),
         _ => served_pools()?,
     };
@@ -69,12 +71,7 @@ fn served_pools() -> Result<(Vec<(PoolName, PathBuf)>, u8)> {
         }) = Cli::try_parse_from(&argv)
             && serve.mode == Mode::Node
         {
-            let pools = StatusArgs {
-                pools: serve.pools,
-                output: Output::Table,
-                pool_nearly_full_percent: None,
-            };
-            return Ok((pools.pools()?, serve.pool_nearly_full_percent));
+            return Ok((parse_pools(&serve.pools)?, serve.pool_nearly_full_percent));
         }
     }
     Err(Error::Invalid(
@@ -90,7 +87,7 @@ pub struct Report {
     pub volumes: Vec<VolumeStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct PoolStatus {
     pub name: String,
     pub path: String,
@@ -155,16 +152,11 @@ pub fn gather(pools: &[(PoolName, PathBuf)], nearly_full: u8) -> Result<Report> 
                 name: name.to_string(),
                 path: path.display().to_string(),
                 mode: "?".to_owned(),
-                size_bytes: 0,
-                free_bytes: 0,
-                used_bytes: 0,
-                promised_bytes: 0,
-                memory_promised_bytes: 0,
-                volumes: 0,
                 problems: vec![Problem::new(
                     PoolReason::PoolCheckFailed.as_str(),
                     err.to_string(),
                 )],
+                ..PoolStatus::default()
             });
         report.pools.push(status);
     }

@@ -82,9 +82,9 @@ impl Default for RpcMetrics {
 }
 
 impl RpcMetrics {
-    /// Notes one call of the method at request `path`, its code and time.
-    pub fn record(&self, path: &str, code: Code, seconds: f64) {
-        let method = method_of(path);
+    /// Notes one call of `method` (one of [`METHODS`], or `other`), its
+    /// code and time.
+    fn record(&self, method: &'static str, code: Code, seconds: f64) {
         self.calls
             .get_or_create(&[("method", method), ("code", code_name(code))])
             .inc();
@@ -177,7 +177,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let call = Call {
             metrics: self.metrics.clone(),
-            path: request.uri().path().to_owned(),
+            method: method_of(request.uri().path()),
             started: Instant::now(),
             code: Code::Cancelled,
         };
@@ -201,7 +201,7 @@ where
 /// with, or `Cancelled` if it never ended.
 struct Call {
     metrics: RpcMetrics,
-    path: String,
+    method: &'static str,
     started: Instant,
     code: Code,
 }
@@ -209,7 +209,7 @@ struct Call {
 impl Drop for Call {
     fn drop(&mut self) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.record(&self.path, self.code, seconds);
+        self.metrics.record(self.method, self.code, seconds);
     }
 }
 
