@@ -6,7 +6,10 @@
 # Kubernetes minor we support (snapshot objects, in the renders that have
 # them, against their CRDs); the defaults with namespace.create=true are the
 # same objects as the kustomize bases deploy/kubernetes + deploy/snapshots,
-# but for the labels Helm adds; and, given the driver's binary, every
+# but for the labels Helm adds; with metrics.podMonitor.enabled its
+# PodMonitors are deploy/monitoring's, validate against the Prometheus
+# Operator's CRDs and, for another release name too, select the release's
+# pods and their metrics port; and, given the driver's binary, every
 # hostpath-csi command line of every render is accepted by it.
 # Installs helm (scripts/install-helm.sh) and kubernetes-validate (into the
 # venv scripts/check-deploy.sh uses) if missing.
@@ -22,6 +25,8 @@ OLDEST=1.30.0
 NEWEST=1.37.0
 VALIDATOR=kubernetes-validate==1.37.0
 SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
+# The Prometheus Operator release deploy/monitoring is checked against.
+OPERATOR=$(sed -n 's/^OPERATOR=//p' scripts/check-monitoring.sh)
 venv=${HOSTPATH_CSI_VENV:-target/deploy-venv}
 if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
   echo "== installing $VALIDATOR"
@@ -35,7 +40,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # render NAME [helm flags]: $work/NAME.yaml, after `helm lint --strict` with
-# the same values.
+# the same values; a RELEASE=… before the call names another release.
 render() {
   local name=$1
   shift
@@ -46,6 +51,8 @@ render() {
 render defaults
 # What deploy/kubernetes has: the Namespace too (`helm install` makes it).
 render with-namespace --set namespace.create=true
+render podmonitors --set metrics.podMonitor.enabled=true
+RELEASE=storage render podmonitors-other-release --set metrics.podMonitor.enabled=true
 for values in "$CHART"/ci/*-values.yaml e2e/helm-values.yaml; do
   render "$(basename "$values" .yaml)" --values "$values"
 done
@@ -71,6 +78,16 @@ done
 
 echo "== the default render (namespace.create=true) against deploy/kubernetes + deploy/snapshots"
 checks same-objects "$work/with-namespace.yaml" deploy/kubernetes deploy/snapshots
+
+echo "== PodMonitors: against the CRDs of $OPERATOR, deploy/monitoring's, selecting the release's pods"
+crds=$(go mod download -json "$OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/example/prometheus-operator-crd
+# shellcheck disable=SC2086 # one file per word
+monitors=$(grep -l '^kind: PodMonitor$' $renders)
+# shellcheck disable=SC2086
+checks custom-resources monitoring.coreos.com "$crds" $monitors
+checks same-objects --kind=PodMonitor "$work/podmonitors.yaml" deploy/monitoring
+# shellcheck disable=SC2086
+checks monitors-select $monitors
 
 if [ -n "$driver_bin" ]; then
   echo "== hostpath-csi accepts the command lines of every render"

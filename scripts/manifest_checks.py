@@ -10,9 +10,13 @@ scripts/check-chart.sh (run with the venv they make: PyYAML, jsonschema).
   manifest_checks.py command-lines BINARY FILE...
       every hostpath-csi container's command line in FILEs is accepted by
       BINARY (or the binary its `command` names, found beside BINARY)
-  manifest_checks.py same-objects RENDER KUSTOMIZATION_DIR...
+  manifest_checks.py same-objects [--kind=KIND] RENDER KUSTOMIZATION_DIR...
       the objects of RENDER (a `helm template` output) are those the
-      kustomizations build, but for the labels Helm adds
+      kustomizations build, but for the labels Helm adds (with --kind, only
+      the objects of that kind, on both sides)
+  manifest_checks.py monitors-select FILE...
+      every PodMonitor in FILEs selects the pods of a workload in the same
+      FILE and namespace that has a container port of its endpoints' name
 """
 
 import difflib
@@ -198,12 +202,23 @@ def without_helm_labels(doc):
 
 
 def same_objects(render, *directories):
+    kind = None
+    if render.startswith("--kind="):
+        kind, render, directories = render.removeprefix("--kind="), directories[0], directories[1:]
+
+    def wanted(doc):
+        return kind is None or doc["kind"] == kind
+
     expected = {}
     for directory in directories:
-        for doc in kustomize(directory):
+        for doc in filter(wanted, kustomize(directory)):
             expected[key(doc)] = doc
+    if kind and not expected:
+        sys.exit(f"no {kind} in {' + '.join(directories)}")
     rendered = {}
     for _, doc in documents([render]):
+        if not wanted(doc):
+            continue
         if key(doc) in rendered:
             sys.exit(f"{render}: {key(doc)} rendered twice")
         rendered[key(doc)] = without_helm_labels(doc)
@@ -221,11 +236,42 @@ def same_objects(render, *directories):
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(f"the chart's default render differs from {' + '.join(directories)} ({len(problems)} objects)")
-    print(f"{len(rendered)} objects, the same as {' + '.join(directories)} (Helm's labels aside)")
+    print(f"{len(rendered)} {kind or 'object'}s, the same as {' + '.join(directories)} (Helm's labels aside)")
+
+
+def monitors_select(*files):
+    count = 0
+    for path in files:
+        docs = [doc for _, doc in documents([path])]
+        pods = [
+            (doc["metadata"].get("namespace"), doc["spec"]["template"])
+            for doc in docs
+            if doc["kind"] in ("DaemonSet", "Deployment", "StatefulSet")
+        ]
+        for monitor in (doc for doc in docs if doc["kind"] == "PodMonitor"):
+            where = f"{path}: PodMonitor {monitor['metadata']['name']}"
+            selector = monitor["spec"]["selector"].get("matchLabels", {})
+            namespace = monitor["metadata"].get("namespace")
+            matched = [
+                template
+                for ns, template in pods
+                if ns == namespace and selector and selector.items() <= template["metadata"].get("labels", {}).items()
+            ]
+            if not matched:
+                sys.exit(f"{where}: selects no pods of this render in namespace {namespace}")
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                for template in matched:
+                    ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+                    if endpoint["port"] not in ports:
+                        sys.exit(f"{where}: its pods have no port named {endpoint['port']}")
+            count += 1
+    print(f"{count} PodMonitors, each selecting pods with its port")
+    if count == 0:
+        sys.exit(f"no PodMonitor in {' '.join(files)}")
 
 
 if __name__ == "__main__":
-    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects}
+    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects, "monitors-select": monitors_select}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
