@@ -429,9 +429,6 @@ fn shares_extents(dir: &OwnedFd) -> bool {
         && crate::copy::file_contents(&source, &clone).unwrap_or(false)
 }
 
-/// Takes the pool's lock (an exclusive flock of its directory), or refuses:
-/// two driver processes on one pool, or one pool given twice, would undo
-/// each other's work.
 /// The pool's directory in canonical form (as the mount table shows it),
 /// and an fd of it.
 fn open_root(name: &PoolName, path: &Path) -> Result<(PathBuf, OwnedFd)> {
@@ -446,6 +443,9 @@ fn open_root(name: &PoolName, path: &Path) -> Result<(PathBuf, OwnedFd)> {
     Ok((path, root))
 }
 
+/// Takes the pool's lock (an exclusive flock of its directory), or refuses:
+/// two driver processes on one pool, or one pool given twice, would undo
+/// each other's work.
 fn lock(name: &PoolName, path: &Path, root: &OwnedFd) -> Result<Flock<OwnedFd>> {
     let fd = root
         .try_clone()

@@ -263,21 +263,10 @@ mod tests {
             },
         ));
         let ok = "/csi.v1.Controller/CreateVolume";
-        let not_found = "/csi.v1.Node/NodePublishVolume";
-        answering
-            .ready()
-            .await
-            .unwrap()
-            .call(request(ok))
-            .await
-            .unwrap();
-        answering
-            .ready()
-            .await
-            .unwrap()
-            .call(request(not_found))
-            .await
-            .unwrap();
+        for path in [ok, "/csi.v1.Node/NodePublishVolume"] {
+            let service = answering.ready().await.unwrap();
+            service.call(request(path)).await.unwrap();
+        }
         let mut hanging =
             RecordLayer(metrics.clone()).layer(tower::service_fn(|_: http::Request<()>| {
                 std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
