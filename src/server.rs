@@ -103,8 +103,11 @@ pub async fn serve_controller(
 
 /// Calls one connection may have open at once (HTTP/2
 /// SETTINGS_MAX_CONCURRENT_STREAMS): a client with more queues them itself,
-/// as gRPC clients do, instead of the driver holding them all.
-const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// as gRPC clients do, instead of the driver holding them all. Not below
+/// 100: grpc-go and hyper (tonic) clients open that many before they have
+/// read this setting, and the streams over it would be refused, which tonic
+/// does not retry.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The server every mode builds on: bounded streams per connection, and
 /// HTTP/2 keepalive pings so a peer that vanished is noticed.

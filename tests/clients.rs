@@ -2,7 +2,9 @@
 //! `:authority` it sends: Python's grpcio (gRPC C-core) with default options
 //! sends the percent-encoded socket path, grpc-java the raw path, Go
 //! clients `localhost`. Here the real binary answers grpcio from PyPI and a
-//! raw HTTP/2 request whose `:authority` is the percent-encoded socket path.
+//! raw HTTP/2 request whose `:authority` is the percent-encoded socket path,
+//! and every call of the burst a client may send before it has read the
+//! server's stream limit.
 
 mod common;
 
@@ -97,50 +99,72 @@ fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_raw_http2_request_with_the_socket_path_as_authority_is_served() {
-    let scratch = Scratch::new();
-    let driver = driver(&scratch);
-    let authority = driver.socket.to_string_lossy().replace('/', "%2F");
+/// The HEADERS and DATA frames of an empty GetPluginInfo call on `stream`.
+fn get_plugin_info(stream: u32, authority: &str) -> Vec<u8> {
     let mut block = Vec::new();
     for (name, value) in [
         (":method", "POST"),
         (":scheme", "http"),
         (":path", "/csi.v1.Identity/GetPluginInfo"),
-        (":authority", authority.as_str()),
+        (":authority", authority),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
     ] {
         literal(&mut block, name, value);
     }
+    let mut frames = frame(HEADERS, END_HEADERS, stream, &block);
+    // One gRPC message: not compressed, 0 bytes (an empty request).
+    frames.extend(frame(DATA, END_STREAM, stream, &[0, 0, 0, 0, 0]));
+    frames
+}
+
+/// The client's connection preface and its (empty) SETTINGS.
+fn preface() -> Vec<u8> {
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello
+}
+
+/// Reads the next frame as (type, flags, stream, payload); acknowledges the
+/// server's SETTINGS on the way.
+async fn next_frame(stream: &mut tokio::net::UnixStream) -> (u8, u8, u32, Vec<u8>) {
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.unwrap();
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+        if kind == SETTINGS && flags & ACK == 0 {
+            stream
+                .write_all(&frame(SETTINGS, ACK, 0, &[]))
+                .await
+                .unwrap();
+            continue;
+        }
+        return (kind, flags, id, payload);
+    }
+}
+
+#[tokio::test]
+async fn a_raw_http2_request_with_the_socket_path_as_authority_is_served() {
+    let scratch = Scratch::new();
+    let driver = driver(&scratch);
+    let authority = driver.socket.to_string_lossy().replace('/', "%2F");
     let mut stream = tokio::net::UnixStream::connect(&driver.socket)
         .await
         .unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    hello.extend(frame(HEADERS, END_HEADERS, 1, &block));
-    // One gRPC message: not compressed, 0 bytes (an empty request).
-    hello.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    let mut hello = preface();
+    hello.extend(get_plugin_info(1, &authority));
     stream.write_all(&hello).await.unwrap();
 
     let mut decoder = Decoder::new();
     let (mut headers, mut body) = (Vec::new(), Vec::new());
     let answer = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let mut head = [0u8; 9];
-            stream.read_exact(&mut head).await.unwrap();
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0; len];
-            stream.read_exact(&mut payload).await.unwrap();
-            let (kind, flags) = (head[3], head[4]);
+            let (kind, flags, _, payload) = next_frame(&mut stream).await;
             match kind {
-                SETTINGS if flags & ACK == 0 => {
-                    stream
-                        .write_all(&frame(SETTINGS, ACK, 0, &[]))
-                        .await
-                        .unwrap();
-                }
                 HEADERS => {
                     for (name, value) in decoder.decode(&payload).unwrap() {
                         headers.push((
@@ -174,4 +198,43 @@ async fn a_raw_http2_request_with_the_socket_path_as_authority_is_served() {
         String::from_utf8_lossy(&body).contains("hostpath-csi.dev"),
         "{body:?}"
     );
+}
+
+/// Streams a gRPC client opens before it has read the server's SETTINGS:
+/// grpc-go and hyper (under tonic) both assume 100 until told otherwise.
+const STREAMS_ASSUMED_BEFORE_SETTINGS: u32 = 100;
+
+#[tokio::test]
+async fn a_new_connections_first_hundred_calls_at_once_are_all_answered() {
+    let scratch = Scratch::new();
+    let driver = driver(&scratch);
+    let mut stream = tokio::net::UnixStream::connect(&driver.socket)
+        .await
+        .unwrap();
+    // All sent before a byte from the server is read, as a client bursting
+    // on a fresh connection does; a stream over the server's limit would be
+    // refused (RST_STREAM REFUSED_STREAM), and tonic does not retry those.
+    let mut burst = preface();
+    for call in 0..STREAMS_ASSUMED_BEFORE_SETTINGS {
+        burst.extend(get_plugin_info(2 * call + 1, "localhost"));
+    }
+    stream.write_all(&burst).await.unwrap();
+
+    let (mut answered, mut refused) = (0, std::collections::BTreeSet::new());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while answered + refused.len() < STREAMS_ASSUMED_BEFORE_SETTINGS as usize {
+            match next_frame(&mut stream).await {
+                (HEADERS, flags, _, _) if flags & END_STREAM != 0 => answered += 1,
+                (RST_STREAM, _, id, _) => {
+                    refused.insert(id);
+                }
+                (GOAWAY, _, _, payload) => panic!("GOAWAY {payload:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every call answered or refused within 30 s");
+    assert!(refused.is_empty(), "streams refused: {refused:?}");
+    assert_eq!(answered, STREAMS_ASSUMED_BEFORE_SETTINGS as usize);
 }
