@@ -37,11 +37,14 @@ printf 'kind: %s\n' "$kind" >"$work/parameters.yaml"
   >"$work/driver.log" 2>&1 &
 driver_pid=$!
 
-for _ in $(seq 100); do
-  [ -S "$work/csi.sock" ] && break
+# Up to 60 s for the driver to say it serves; none once it has exited.
+for _ in $(seq 600); do
+  grep -q ' serving ' "$work/driver.log" && [ -S "$work/csi.sock" ] && break
+  kill -0 "$driver_pid" 2>/dev/null || break
   sleep 0.1
 done
-[ -S "$work/csi.sock" ] || { cat "$work/driver.log"; echo "driver did not start" >&2; exit 1; }
+grep -q ' serving ' "$work/driver.log" && [ -S "$work/csi.sock" ] ||
+  { cat "$work/driver.log"; echo "driver did not start" >&2; exit 1; }
 
 # csi-sanity v5.6.0 compares the snapshot's accessible_topology with the
 # node's by reflect.DeepEqual on the protobuf structs, which also compares

@@ -42,7 +42,7 @@ impl TestDriver {
             memory_budget: 64 << 20,
             allowed_host_paths: Vec::new(),
             kubelet_dir: kubelet_dir.clone(),
-            nearly_full_percent: 90,
+            nearly_full_percent: 0,
             volume_metrics: false,
         };
         tweak(&mut config);

@@ -154,14 +154,26 @@ async fn status_reads_a_served_pool_and_changes_nothing() {
 #[test]
 fn given_no_pool_status_reads_those_of_the_driver_serving_beside_it() {
     let scratch = Scratch::new();
-    let pool = scratch.path().join("pool");
+    // The pool's own 1 MiB filesystem, 30% used: over the server's
+    // threshold (20%), under the default (90%).
+    let disk = scratch.path().join("disk");
+    scratch.mount_tmpfs(&disk, "1m");
+    std::fs::write(disk.join("filler"), vec![7u8; 300 << 10]).unwrap();
+    let pool = disk.join("pool");
     std::fs::create_dir(&pool).unwrap();
     let socket = scratch.path().join("csi.sock");
-    // A PID namespace of its own, so that the one driver there is this one.
+    // A PID namespace of its own, so that the one driver there is this one;
+    // it is waited for at most 60 s, and not at all once it has exited.
     let script = r#"
         "$1" serve --endpoint="unix://$2" --node-id=n --pool="spare=$3" \
-            --kubelet-dir="$4" --memory-budget=64Mi --pool-nearly-full-percent=1 2>/dev/null &
-        while [ ! -S "$2" ]; do sleep 0.05; done
+            --kubelet-dir="$4" --memory-budget=64Mi --pool-nearly-full-percent=20 2>/dev/null &
+        tries=0
+        while [ ! -S "$2" ]; do
+            kill -0 $! 2>/dev/null || { echo "the driver exited" >&2; exit 1; }
+            tries=$((tries + 1))
+            [ $tries -lt 1200 ] || { echo "the driver did not serve in 60 s" >&2; exit 1; }
+            sleep 0.05
+        done
         "$1" status --output=json
         code=$?
         kill $!
@@ -176,8 +188,7 @@ fn given_no_pool_status_reads_those_of_the_driver_serving_beside_it() {
     );
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["pools"][0]["name"], "spare", "{report:#}");
-    // The server's threshold, not the default: any filesystem in use is
-    // over 1%.
+    // The server's threshold, not the default.
     assert_eq!(
         report["pools"][0]["problems"][0]["reason"], "PoolNearlyFull",
         "{report:#}"

@@ -197,7 +197,9 @@ impl TestDriver {
             memory_budget: 256 << 20,
             allowed_host_paths: Vec::new(),
             kubelet_dir: scratch.path().to_owned(),
-            nearly_full_percent: 90,
+            // Off: how full the machine's own disk is must not show up as a
+            // problem in tests; the tests of the check set their own.
+            nearly_full_percent: 0,
             volume_metrics: false,
         };
         tweak(&mut config);
@@ -448,9 +450,11 @@ pub fn mount_options(target: &Path) -> Option<String> {
     })
 }
 
-/// Waits (bounded) until `<pool>/.trash` is empty.
+/// Waits until `<pool>/.trash` is empty, for at most 5 minutes (a crowded
+/// tree drained by the debug build beside other tests takes a while).
 pub fn wait_trash_empty(pool: &Path) {
-    for _ in 0..6000 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::time::Instant::now() < deadline {
         if std::fs::read_dir(pool.join(".trash"))
             .unwrap()
             .next()

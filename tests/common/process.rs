@@ -25,6 +25,9 @@ impl DriverProcess {
             .arg("--node-id=n1")
             .arg(format!("--pool=default={}", pool.display()))
             .arg(format!("--kubelet-dir={}", dir.display()))
+            // The nearly-full check off (a flag in `extra` overrides it): how
+            // full the machine's disk is must not show up as a pool problem.
+            .env("HOSTPATH_CSI_POOL_NEARLY_FULL_PERCENT", "0")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
