@@ -9,7 +9,8 @@
 # but for the labels Helm adds; with metrics.podMonitor.enabled its
 # PodMonitors are deploy/monitoring's, validate against the Prometheus
 # Operator's CRDs and, for another release name too, select the release's
-# pods and their metrics port; and, given the driver's binary, every
+# pods and their metrics port; with metrics.prometheusRule.enabled its
+# PrometheusRule is deploy/monitoring's and validates too; and, given the driver's binary, every
 # hostpath-csi command line of every render is accepted by it.
 # Installs helm (scripts/install-helm.sh) and kubernetes-validate (into the
 # venv scripts/check-deploy.sh uses) if missing.
@@ -51,8 +52,9 @@ render() {
 render defaults
 # What deploy/kubernetes has: the Namespace too (`helm install` makes it).
 render with-namespace --set namespace.create=true
-render podmonitors --set metrics.podMonitor.enabled=true
-RELEASE=storage render podmonitors-other-release --set metrics.podMonitor.enabled=true
+monitoring=(--set metrics.podMonitor.enabled=true --set metrics.prometheusRule.enabled=true)
+render monitoring "${monitoring[@]}"
+RELEASE=storage render monitoring-other-release "${monitoring[@]}"
 for values in "$CHART"/ci/*-values.yaml e2e/helm-values.yaml; do
   render "$(basename "$values" .yaml)" --values "$values"
 done
@@ -79,15 +81,17 @@ done
 echo "== the default render (namespace.create=true) against deploy/kubernetes + deploy/snapshots"
 checks same-objects "$work/with-namespace.yaml" deploy/kubernetes deploy/snapshots
 
-echo "== PodMonitors: against the CRDs of $OPERATOR, deploy/monitoring's, selecting the release's pods"
+echo "== PodMonitors and PrometheusRules: against the CRDs of $OPERATOR, deploy/monitoring's, selecting the release's pods"
 crds=$(go mod download -json "$OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/example/prometheus-operator-crd
 # shellcheck disable=SC2086 # one file per word
-monitors=$(grep -l '^kind: PodMonitor$' $renders)
+monitoring_renders=$(grep -lE '^kind: (PodMonitor|PrometheusRule)$' $renders)
 # shellcheck disable=SC2086
-checks custom-resources monitoring.coreos.com "$crds" $monitors
-checks same-objects --kind=PodMonitor "$work/podmonitors.yaml" deploy/monitoring
+checks custom-resources monitoring.coreos.com "$crds" $monitoring_renders
+for kind in PodMonitor PrometheusRule; do
+  checks same-objects --kind=$kind "$work/monitoring.yaml" deploy/monitoring
+done
 # shellcheck disable=SC2086
-checks monitors-select $monitors
+checks monitors-select $(grep -l '^kind: PodMonitor$' $renders)
 
 if [ -n "$driver_bin" ]; then
   echo "== hostpath-csi accepts the command lines of every render"
