@@ -43,8 +43,11 @@ for _ in $(seq 600); do
   kill -0 "$driver_pid" 2>/dev/null || break
   sleep 0.1
 done
-grep -q ' serving ' "$work/driver.log" && [ -S "$work/csi.sock" ] ||
-  { cat "$work/driver.log"; echo "driver did not start" >&2; exit 1; }
+if ! { grep -q ' serving ' "$work/driver.log" && [ -S "$work/csi.sock" ]; }; then
+  cat "$work/driver.log"
+  echo "driver did not start" >&2
+  exit 1
+fi
 
 # csi-sanity v5.6.0 compares the snapshot's accessible_topology with the
 # node's by reflect.DeepEqual on the protobuf structs, which also compares
