@@ -239,6 +239,28 @@ pub fn mount_tmpfs(dir: &OwnedFd, options: &[(&str, String)]) -> nix::Result<()>
     libc_mount::move_onto(&tree, dir)
 }
 
+/// Pauses between unmounts of a mount the kernel says is busy; after the
+/// last, EBUSY is the answer (about 0.6 s in all).
+const BUSY_PAUSES_MS: [u64; 6] = [10, 20, 40, 80, 160, 320];
+
+/// Unmounts the top mount at `path` (not lazily), trying again for a moment
+/// while it is busy: a process being started (mkfs and its kin by this
+/// driver, anything by anyone) holds copies of every fd its parent had open
+/// until it execs, so a mount just let go can be busy for a few
+/// milliseconds. A mount still busy after the pauses is EBUSY.
+pub fn unmount(path: &Path, flags: nix::mount::MntFlags) -> nix::Result<()> {
+    let mut pauses = BUSY_PAUSES_MS.iter();
+    loop {
+        match nix::mount::umount2(path, flags) {
+            Err(Errno::EBUSY) => match pauses.next() {
+                Some(&ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+                None => return Err(Errno::EBUSY),
+            },
+            done => return done,
+        }
+    }
+}
+
 /// Whether the kernel has the new mount API publishing needs (mount_setattr,
 /// the newest of its calls): asked with a bad fd, it says EBADF, not ENOSYS.
 pub fn mount_api_available() -> bool {

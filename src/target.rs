@@ -171,14 +171,15 @@ impl Target {
     }
 
     /// Unmounts the top mount at the target, not lazily: a mount still in
-    /// use is EBUSY, reported, and kubelet retries. The target is named
+    /// use after [`mounts::unmount`]'s pauses is EBUSY, reported, and
+    /// kubelet retries. The target is named
     /// through its parent's fd (`/proc/self/fd/<parent>/<name>`), never
     /// following a symlink in its place.
     pub fn unmount(&self) -> Result<()> {
         let mut path = std::ffi::OsString::from(mounts::fd_path(&self.parent));
         path.push("/");
         path.push(std::ffi::OsStr::from_bytes(self.name.as_bytes()));
-        nix::mount::umount2(Path::new(&path), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+        mounts::unmount(Path::new(&path), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
             .context(|| format!("volume {}: unmount {}", self.volume, self.path.display()))
     }
 

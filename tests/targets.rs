@@ -89,6 +89,29 @@ async fn an_unpublish_for_another_volume_leaves_the_mount_alone() {
     assert!(!Path::new(&target).exists());
 }
 
+/// A file open in the target keeps it busy. Unpublish waits a moment for
+/// it to be let go (a process being started holds its parent's fds until it
+/// execs); one still held after that is refused and the mount left as it
+/// was, for kubelet to retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_busy_for_a_moment_is_unmounted_and_one_kept_busy_is_refused() {
+    let mut d = TestDriver::start().await;
+    let id = d.create("pvc-a", 0).await;
+    let target = d.target("pod-a");
+    d.publish(&id, &target, false).await.unwrap();
+    let held = std::fs::File::create(Path::new(&target).join("open")).unwrap();
+    assert_code(d.unpublish(&id, &target).await, Code::Internal, "EBUSY");
+    assert!(mount_options(Path::new(&target)).is_some());
+    // Let go 100 ms into the next unpublish.
+    let letting_go = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+    });
+    d.unpublish(&id, &target).await.unwrap();
+    letting_go.join().unwrap();
+    assert!(!Path::new(&target).exists());
+}
+
 /// Publishes and unpublishes while another thread keeps swapping the
 /// target's parent between a directory and a symlink to a directory
 /// outside the kubelet directory: nothing is ever mounted or made there.

@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, umount2};
+use nix::mount::MntFlags;
 use nix::sys::statvfs::fstatvfs;
 
 use super::VolumeStats;
@@ -70,7 +70,7 @@ pub fn unmount(pool: &Pool, id: &VolumeId) -> Result<()> {
     );
     if mounted {
         let path = pool.entry_path(id.as_str());
-        umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
+        mounts::unmount(&path, MntFlags::UMOUNT_NOFOLLOW)
             .context(|| format!("volume {id}: unmount {}", path.display()))?;
     }
     Ok(())
