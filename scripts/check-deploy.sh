@@ -46,6 +46,9 @@ echo "== hostpath-csi accepts the command lines of deploy/"
 # shellcheck disable=SC2086 # one file per word
 checks command-lines "$driver_bin" $manifests
 
+echo "== deploy/kubernetes: Leases read and updated by name only, the names the controller uses"
+checks lease-names deploy/kubernetes/*.yaml
+
 echo "== Dockerfile"
 grep -q '^RUN cargo build --release --locked --bin hostpath-csi \\$' Dockerfile
 grep -q '^ && cargo build --release --locked --features node-loss --bin hostpath-csi-node-loss$' Dockerfile

@@ -17,6 +17,11 @@ scripts/check-chart.sh (run with the venv they make: PyYAML, jsonschema).
   manifest_checks.py monitors-select FILE...
       every PodMonitor in FILEs selects the pods of a workload in the same
       FILE and namespace that has a container port of its endpoints' name
+  manifest_checks.py lease-names FILE...
+      the Roles of FILEs (one set of manifests) let the Leases be read and
+      updated by name only, and name exactly those the controller's
+      containers use: csi-resizer's and the node loss cleanup's, from the
+      driver name their command lines give
 """
 
 import difflib
@@ -270,8 +275,55 @@ def monitors_select(*files):
         sys.exit(f"no PodMonitor in {' '.join(files)}")
 
 
+# The driver name hostpath-csi and hostpath-csi-node-loss take without
+# --driver-name (src/cli.rs DEFAULT_DRIVER_NAME).
+DEFAULT_DRIVER_NAME = "hostpath-csi.dev"
+
+
+def lease_names(*files):
+    docs = [doc for _, doc in documents(files)]
+    wanted = set()
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        containers = doc["spec"]["template"]["spec"]["containers"]
+        names = {
+            arg.split("=", 1)[1]
+            for c in containers
+            if DRIVER_IMAGE.match(c.get("image", ""))
+            for arg in c.get("args", [])
+            if arg.startswith("--driver-name=")
+        }
+        if len(names) > 1:
+            sys.exit(f"Deployment {doc['metadata']['name']}: driver names differ: {sorted(names)}")
+        driver = names.pop() if names else DEFAULT_DRIVER_NAME
+        for c in containers:
+            # csi-resizer's lock (its cmd/csi-resizer: SanitizeName, which
+            # makes a dash of each dot of a valid driver name).
+            if "--leader-election" in c.get("args", []) and "resizer" in c["name"]:
+                wanted.add("external-resizer-" + driver.replace(".", "-"))
+            # The cleanup's (src/node_loss Settings::lease_name).
+            if os.path.basename((c.get("command") or [""])[0]) == "hostpath-csi-node-loss":
+                wanted.add(driver.replace(".", "-") + "-node-loss")
+    if not wanted:
+        sys.exit(f"no container that holds a Lease in {' '.join(files)}")
+    named = set()
+    for doc in docs:
+        if doc["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in doc.get("rules", []):
+            if "coordination.k8s.io" not in rule.get("apiGroups", []) or "leases" not in rule.get("resources", []):
+                continue
+            if set(rule["verbs"]) - {"create"} and not rule.get("resourceNames"):
+                sys.exit(f"{doc['kind']} {doc['metadata']['name']}: {rule['verbs']} of every Lease")
+            named |= set(rule.get("resourceNames", []))
+    if named != wanted:
+        sys.exit(f"Leases named in Roles {sorted(named)}, used {sorted(wanted)}")
+    print(f"Leases {', '.join(sorted(wanted))}: each by name only")
+
+
 if __name__ == "__main__":
-    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects, "monitors-select": monitors_select}
+    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects, "monitors-select": monitors_select, "lease-names": lease_names}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

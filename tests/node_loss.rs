@@ -768,3 +768,19 @@ fn the_binary_without_a_kubernetes_api_fails_at_start_saying_why() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("no Kubernetes API to talk to"), "{stderr}");
 }
+
+/// deploy/kubernetes lets the cleanup read and update one Lease by name
+/// (scripts/manifest_checks.py `lease-names` checks every render uses the
+/// same rule); it is the one the cleanup uses for the default driver name.
+#[test]
+fn the_manifests_name_the_lease_the_cleanup_uses() {
+    let settings = Settings {
+        driver: hostpath_csi::cli::DEFAULT_DRIVER_NAME.into(),
+        grace: GRACE,
+        identity: "hostpath-csi-controller-0".into(),
+        namespace: "hostpath-csi".into(),
+    };
+    let rbac = include_str!("../deploy/kubernetes/rbac-controller.yaml");
+    let rule = format!("resourceNames: [{}]", settings.lease_name());
+    assert!(rbac.contains(&rule), "rbac-controller.yaml lacks {rule}");
+}
