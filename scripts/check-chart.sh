@@ -10,8 +10,11 @@
 # PodMonitors are deploy/monitoring's, validate against the Prometheus
 # Operator's CRDs and, for another release name too, select the release's
 # pods and their metrics port; with metrics.prometheusRule.enabled its
-# PrometheusRule is deploy/monitoring's and validates too; and, given the driver's binary, every
-# hostpath-csi command line of every render is accepted by it.
+# PrometheusRule is deploy/monitoring's and validates too, also from the
+# packaged chart (`helm package`, which must carry the linked rules file);
+# every render's Roles name the Leases its controller uses, and only those;
+# and, given the driver's binary, every hostpath-csi command line of every
+# render is accepted by it.
 # Installs helm (scripts/install-helm.sh) and kubernetes-validate (into the
 # venv scripts/check-deploy.sh uses) if missing.
 # Usage: scripts/check-chart.sh [path/to/hostpath-csi (hostpath-csi-node-loss beside it)]
@@ -59,6 +62,10 @@ render with-namespace --set namespace.create=true
 monitoring=(--set metrics.podMonitor.enabled=true --set metrics.prometheusRule.enabled=true)
 render monitoring "${monitoring[@]}"
 RELEASE=storage render monitoring-other-release "${monitoring[@]}"
+# As a chart repository serves it: files/prometheusrule.yaml is a link, and
+# the package must hold the rules themselves.
+"$helm" package "$CHART" --destination "$work/package" >/dev/null 2> >(but_links >&2)
+CHART=$(echo "$work"/package/hostpath-csi-*.tgz) render monitoring-packaged "${monitoring[@]}"
 for values in "$CHART"/ci/*-values.yaml e2e/helm-values.yaml; do
   render "$(basename "$values" .yaml)" --values "$values"
 done
@@ -91,13 +98,21 @@ crds=$(go mod download -json "$OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
 monitoring_renders=$(grep -lE '^kind: (PodMonitor|PrometheusRule)$' $renders)
 # shellcheck disable=SC2086
 checks custom-resources monitoring.coreos.com "$crds" $monitoring_renders
-for kind in PodMonitor PrometheusRule; do
-  checks same-objects --kind=$kind "$work/monitoring.yaml" deploy/monitoring
+for render in monitoring monitoring-packaged; do
+  for kind in PodMonitor PrometheusRule; do
+    checks same-objects --kind=$kind "$work/$render.yaml" deploy/monitoring
+  done
 done
 # shellcheck disable=SC2086
 monitors=$(grep -l '^kind: PodMonitor$' $renders)
 # shellcheck disable=SC2086
 checks monitors-select $monitors
+
+echo "== Leases read and updated by name only, the names the controller uses (each render)"
+for file in $renders; do
+  printf '%s: ' "$(basename "$file" .yaml)"
+  checks lease-names "$file"
+done
 
 if [ -n "$driver_bin" ]; then
   echo "== hostpath-csi accepts the command lines of every render"

@@ -34,6 +34,7 @@ printf 'kind: %s\n' "$kind" >"$work/parameters.yaml"
   --node-id sanity-node \
   --pool "default=$work/pool" \
   --kubelet-dir "$work" \
+  --log-format text \
   >"$work/driver.log" 2>&1 &
 driver_pid=$!
 

@@ -25,8 +25,9 @@ pub struct TestDriver {
 }
 
 impl TestDriver {
-    /// A driver with one pool, `default`, a 64 MiB memory budget and the
-    /// settings `tweak` changes.
+    /// A driver with one pool, `default`, a 64 MiB memory budget, the
+    /// nearly-full check off (the host disk's fullness is no pool problem in
+    /// a test) and the settings `tweak` changes.
     pub fn open(tweak: impl FnOnce(&mut DriverConfig)) -> TestDriver {
         let scratch = tempfile::tempdir().expect("make a scratch directory");
         let pool = scratch.path().join("pool");

@@ -28,6 +28,8 @@ impl DriverProcess {
             // The nearly-full check off (a flag in `extra` overrides it): how
             // full the machine's disk is must not show up as a pool problem.
             .env("HOSTPATH_CSI_POOL_NEARLY_FULL_PERCENT", "0")
+            // Text, whatever the environment says: the start is read from it.
+            .env("HOSTPATH_CSI_LOG_FORMAT", "text")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
