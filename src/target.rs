@@ -172,9 +172,9 @@ impl Target {
 
     /// Unmounts the top mount at the target, not lazily: a mount still in
     /// use after [`mounts::unmount`]'s pauses is EBUSY, reported, and
-    /// kubelet retries. The target is named
-    /// through its parent's fd (`/proc/self/fd/<parent>/<name>`), never
-    /// following a symlink in its place.
+    /// kubelet retries. The target is named through its parent's fd
+    /// (`/proc/self/fd/<parent>/<name>`), never following a symlink in its
+    /// place.
     pub fn unmount(&self) -> Result<()> {
         let mut path = std::ffi::OsString::from(mounts::fd_path(&self.parent));
         path.push("/");
