@@ -250,10 +250,37 @@ driver_pid() {
   pgrep -f '^/usr/local/bin/hostpath-csi serve .*--node-id=' | head -n 1
 }
 
-# rolled_out: the DaemonSet's and the Deployment's pods are all Ready.
+# node_plugin: the node plugin's pod on $NODE (pod/NAME), of whichever
+# DaemonSet runs there (e2e/helm-values.yaml gives $NODE a pool group's).
+node_plugin() {
+  kubectl -n hostpath-csi get pods -l app.kubernetes.io/name=hostpath-csi-node \
+    --field-selector "spec.nodeName=$NODE" -o name
+}
+
+# check_pool_group: with the chart, $NODE's node plugin is its pool group's
+# (e2e/helm-values.yaml) and has that group's pools.
+check_pool_group() {
+  [ "$INSTALL" = helm ] || return 0
+  local pod owner pools
+  pod=$(node_plugin)
+  owner=$(kubectl -n hostpath-csi get "$pod" -o 'jsonpath={.metadata.ownerReferences[0].name}')
+  pools=$(kubectl -n hostpath-csi exec "$pod" -c driver -- hostpath-csi status --output=json |
+    python3 -c 'import json, sys; print(",".join(p["name"] for p in json.load(sys.stdin)["pools"]))')
+  if [ "$owner" != "hostpath-csi-node-$NODE" ] || [ "$pools" != default,fast,std,group ]; then
+    echo "e2e: $pod is of DaemonSet $owner with pools $pools, not of hostpath-csi-node-$NODE with default,fast,std,group" >&2
+    return 1
+  fi
+  echo "== e2e: $NODE runs $pod of DaemonSet $owner, pools $pools"
+}
+
+# rolled_out: the DaemonSets' (the chart may make one per pool group) and
+# the Deployment's pods are all Ready.
 rolled_out() {
-  kubectl -n hostpath-csi rollout status daemonset/hostpath-csi-node --timeout=1s &&
-    kubectl -n hostpath-csi rollout status deployment/hostpath-csi-controller --timeout=1s
+  local daemonset
+  for daemonset in $(kubectl -n hostpath-csi get daemonsets -o name); do
+    kubectl -n hostpath-csi rollout status "$daemonset" --timeout=1s || return 1
+  done
+  kubectl -n hostpath-csi rollout status deployment/hostpath-csi-controller --timeout=1s
 }
 
 # save_pod_logs: the logs of hostpath-csi's pods (every container, every
@@ -314,6 +341,7 @@ start_cluster() {
   wait_for 180 "node $NODE to be Ready" node_ready || return 1
   wait_for 180 "hostpath-csi's pods to be Ready" rolled_out || return 1
   wait_for 60 "kubelet to register the driver" driver_registered || return 1
+  check_pool_group || return 1
   # Pods run under their namespace's default service account.
   wait_for 60 "the default service account" kubectl -n default get serviceaccount default
 }

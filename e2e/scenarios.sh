@@ -110,8 +110,8 @@ mount_target() {
 # driver_restarts: how often kubelet has started the node plugin's driver
 # container again.
 driver_restarts() {
-  kubectl -n hostpath-csi get pods -l app.kubernetes.io/name=hostpath-csi-node \
-    -o 'jsonpath={.items[0].status.containerStatuses[?(@.name=="driver")].restartCount}'
+  kubectl -n hostpath-csi get "$(node_plugin)" \
+    -o 'jsonpath={.status.containerStatuses[?(@.name=="driver")].restartCount}'
 }
 
 # driver_restarted_since COUNT: driver_restarts has passed COUNT.
@@ -557,7 +557,7 @@ scenario_observe() {
   pv=$(k get pvc seen -o 'jsonpath={.spec.volumeName}')
   handle=$(kubectl get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')
   uid=$(k get pod seen -o 'jsonpath={.metadata.uid}')
-  report=$(kubectl -n hostpath-csi exec ds/hostpath-csi-node -c driver -- hostpath-csi status --output=json) ||
+  report=$(kubectl -n hostpath-csi exec "$(node_plugin)" -c driver -- hostpath-csi status --output=json) ||
     fail "hostpath-csi status failed in the driver's container"
   python3 - "$report" "$handle" "$pv" "pods/$uid/volumes/kubernetes.io~csi/$pv/mount" <<'PY' || fail "status: $report"
 import json, sys
@@ -568,11 +568,11 @@ assert row["capacity_bytes"] == 32 << 20 and row["problems"] == [], row
 assert [p for p in row["published"] if p.endswith(target)], row
 assert any(p["name"] == "default" and p["promised_bytes"] >= 32 << 20 for p in report["pools"]), report["pools"]
 PY
-  kubectl -n hostpath-csi exec ds/hostpath-csi-node -c driver -- hostpath-csi status |
+  kubectl -n hostpath-csi exec "$(node_plugin)" -c driver -- hostpath-csi status |
     grep -E "^$handle +default +directory +32Mi .* OK +1 +$pv\$" >/dev/null ||
     fail "no row for $handle in the table"
   local ip page
-  ip=$(kubectl -n hostpath-csi get pods -l app.kubernetes.io/name=hostpath-csi-node -o 'jsonpath={.items[0].status.podIP}')
+  ip=$(kubectl -n hostpath-csi get "$(node_plugin)" -o 'jsonpath={.status.podIP}')
   page=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
     "http://$ip:9809/metrics") || fail "no metrics from $ip:9809"
   grep -E '^hostpath_csi_rpc_requests_total\{method="NodePublishVolume",code="OK"\} [1-9]' <<<"$page" >/dev/null ||

@@ -13,6 +13,8 @@
 # PrometheusRule is deploy/monitoring's and validates too, also from the
 # packaged chart (`helm package`, which must carry the linked rules file);
 # every render's Roles name the Leases its controller uses, and only those;
+# in every render, no node can run two node plugins and a node labelled for
+# a poolsByNodeLabel group runs its group's;
 # and, given the driver's binary, every hostpath-csi command line of every
 # render is accepted by it.
 # Installs helm (scripts/install-helm.sh) and kubernetes-validate (into the
@@ -113,6 +115,10 @@ for file in $renders; do
   printf '%s: ' "$(basename "$file" .yaml)"
   checks lease-names "$file"
 done
+
+echo "== node plugin DaemonSets: at most one per node, a pool group's node its group's (each render)"
+# shellcheck disable=SC2086 # one file per word
+checks node-plugins $renders
 
 if [ -n "$driver_bin" ]; then
   echo "== hostpath-csi accepts the command lines of every render"

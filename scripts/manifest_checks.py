@@ -22,6 +22,11 @@ scripts/check-chart.sh (run with the venv they make: PyYAML, jsonschema).
       updated by name only, and name exactly those the controller's
       containers use: csi-resizer's and the node loss cleanup's, from the
       driver name their command lines give
+  manifest_checks.py node-plugins FILE...
+      in each FILE (one set of manifests), no node can run two node plugin
+      DaemonSets, and where poolsByNodeLabel groups are rendered, a node
+      that would run the main one runs its group's instead when labelled
+      for a group, each with that group's pools
 """
 
 import difflib
@@ -322,8 +327,115 @@ def lease_names(*files):
     print(f"Leases {', '.join(sorted(wanted))}: each by name only")
 
 
+# The pod label of a poolsByNodeLabel group's node plugin (the chart's
+# templates/_node-daemonset.tpl).
+POOL_GROUP_LABEL = "hostpath-csi.dev/pool-group"
+# Sample label values: one no expression names, and none at all.
+OTHER, ABSENT = "some-other-value", None
+
+
+def requirement_met(requirement, value):
+    """A node selector requirement against a node's value for its key."""
+    operator, values = requirement["operator"], requirement.get("values", [])
+    if operator == "In":
+        return value in values
+    if operator == "NotIn":
+        return value not in values
+    if operator == "Exists":
+        return value is not ABSENT
+    if operator == "DoesNotExist":
+        return value is ABSENT
+    sys.exit(f"node selector operator {operator} is not handled here")
+
+
+def admits(pod, node):
+    """Whether the pod spec's nodeSelector and required node affinity admit
+    the node ({"labels": {...}, "name": ...}), as the scheduler decides."""
+    labels = node["labels"]
+    if any(labels.get(k) != v for k, v in (pod.get("nodeSelector") or {}).items()):
+        return False
+    required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if not required:
+        return True
+    # A term is met when all its requirements are; an empty term never is.
+    return any(
+        (term.get("matchExpressions") or term.get("matchFields"))
+        and all(requirement_met(r, labels.get(r["key"])) for r in term.get("matchExpressions") or [])
+        and all(requirement_met(r, node["name"]) for r in term.get("matchFields") or [])
+        for term in required["nodeSelectorTerms"]
+    )
+
+
+def node_plugins(*files):
+    import itertools
+
+    for path in files:
+        plugins = {}
+        for _, doc in documents([path]):
+            if doc["kind"] != "DaemonSet":
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            for c in pod["containers"]:
+                if DRIVER_IMAGE.match(c.get("image", "")) and c.get("args", [])[:1] == ["serve"]:
+                    pools = [a.split("=")[1] for a in c["args"] if a.startswith("--pool=")]
+                    group = doc["spec"]["template"]["metadata"].get("labels", {}).get(POOL_GROUP_LABEL)
+                    plugins[doc["metadata"]["name"]] = (pod, pools, group)
+        main = [name for name, (_, _, group) in plugins.items() if group is None]
+        if len(main) != 1:
+            sys.exit(f"{path}: {len(main)} node plugin DaemonSets without a pool group, not 1")
+        # Every label value the pods' node constraints name, and two more.
+        seen = {}
+        for pod, _, _ in plugins.values():
+            for k, v in (pod.get("nodeSelector") or {}).items():
+                seen.setdefault(("label", k), set()).add(v)
+            required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+            for term in required.get("nodeSelectorTerms", []):
+                for where, field in (("label", "matchExpressions"), ("field", "matchFields")):
+                    for r in term.get(field) or []:
+                        seen.setdefault((where, r["key"]), set()).update(r.get("values", []))
+        keys = sorted(seen)
+        choices = [sorted(seen[k]) + [OTHER] + ([ABSENT] if k[0] == "label" else []) for k in keys]
+        nodes = []
+        for combination in itertools.product(*choices):
+            labels = {k: v for (where, k), v in zip(keys, combination) if where == "label" and v is not ABSENT}
+            name = next((v for (where, _), v in zip(keys, combination) if where == "field"), OTHER)
+            nodes.append({"labels": labels, "name": name})
+        # The label the groups' DaemonSets require (`In [group]` in each term).
+        group_key = None
+        for pod, _, group in plugins.values():
+            if group is None:
+                continue
+            terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            keys_of_terms = [
+                {r["key"] for r in t.get("matchExpressions") or [] if r["operator"] == "In" and r.get("values") == [group]}
+                for t in terms
+            ]
+            common = set.intersection(*keys_of_terms)
+            if len(common) != 1 or group_key not in (None, *common):
+                sys.exit(f"{path}: pool group {group}'s DaemonSet does not require one label to be {group} in every term")
+            group_key = common.pop()
+        for node in nodes:
+            running = [name for name, (pod, _, _) in plugins.items() if admits(pod, node)]
+            if len(running) > 1:
+                sys.exit(f"{path}: a node {node} would run {running}")
+            if group_key is None:
+                continue
+            unlabelled = {"labels": {k: v for k, v in node["labels"].items() if k != group_key}, "name": node["name"]}
+            if not admits(plugins[main[0]][0], unlabelled):
+                continue
+            value = node["labels"].get(group_key)
+            expected = next((name for name, (_, _, g) in plugins.items() if g is not None and g == value), main[0])
+            if running != [expected]:
+                sys.exit(f"{path}: a node {node} would run {running}, not {expected}")
+        groups = ", ".join(f"{g}: {','.join(pools)}" for _, (_, pools, g) in plugins.items() if g is not None)
+        print(
+            f"{os.path.basename(path)}: {len(plugins)} node plugin DaemonSets; each of {len(nodes)} kinds of node runs"
+            f" at most one" + (f", a node labelled {group_key} its group's ({groups})" if group_key else "")
+        )
+
+
 if __name__ == "__main__":
-    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects, "monitors-select": monitors_select, "lease-names": lease_names}
+    commands = {"kubernetes-validate": kubernetes_validate, "custom-resources": custom_resources, "command-lines": command_lines, "same-objects": same_objects, "monitors-select": monitors_select, "lease-names": lease_names, "node-plugins": node_plugins}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

@@ -641,12 +641,37 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         .unwrap()
         .into_inner();
     assert_eq!(elsewhere.available_capacity, 0);
+    // A pool other nodes may have (the chart's pools by node label): none
+    // of it here, and a claim for it is refused saying why.
+    let mut lacking = get(None);
+    lacking.parameters.insert("pool".into(), "nvme".into());
+    let lacking = d
+        .csi
+        .controller
+        .get_capacity(lacking)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lacking.available_capacity, 0);
+    assert_eq!(lacking.maximum_volume_size, Some(0));
+    assert_code(
+        d.csi
+            .controller
+            .create_volume(create_request_with(
+                "pvc-nvme",
+                1 << 20,
+                &[("pool", "nvme")],
+            ))
+            .await,
+        Code::InvalidArgument,
+        &format!("parameter pool=nvme names no pool on node {NODE}: pools are default"),
+    );
     let mut bad = get(None);
-    bad.parameters.insert("pool".into(), "nope".into());
+    bad.parameters.insert("pool".into(), "Not A Pool".into());
     assert_code(
         d.csi.controller.get_capacity(bad).await,
         Code::InvalidArgument,
-        "nope",
+        "Not A Pool",
     );
 }
 

@@ -231,7 +231,9 @@ impl Controller for ControllerService {
     }
 
     /// The pool's free bytes minus what its volumes were promised; 0 for a
-    /// topology that is not this node or capabilities this driver cannot serve.
+    /// topology that is not this node, a pool this node lacks (other nodes
+    /// may have it: the chart's pools by node label) or capabilities this
+    /// driver cannot serve. CreateVolume says why such a pool is refused.
     async fn get_capacity(
         &self,
         request: Request<GetCapacityRequest>,
@@ -257,7 +259,9 @@ impl Controller for ControllerService {
             let driver = Arc::clone(&self.driver);
             let (pool, kind, params) = (params.pool.clone(), params.kind, params.clone());
             blocking(move || {
-                let pool = driver.pool(pool.as_ref())?;
+                let Ok(pool) = driver.pool(pool.as_ref()) else {
+                    return Ok(0);
+                };
                 if lifecycle::refusal(pool, &params).is_some() {
                     return Ok(0);
                 }

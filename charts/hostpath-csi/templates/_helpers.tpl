@@ -49,24 +49,29 @@ Checks of the values the driver would otherwise refuse at start, or that
 would make objects Kubernetes rejects; rendered by the DaemonSet's template.
 */}}
 {{- define "hostpath-csi.validate" -}}
-{{- if not .Values.pools }}
-{{- fail "pools: the node plugin needs at least one pool" }}
-{{- end }}
+{{- include "hostpath-csi.validatePools" (dict "where" "" "pools" .Values.pools "defaultPool" .Values.defaultPool) }}
 {{- $names := list }}
-{{- range .Values.pools }}
-{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,56}[a-z0-9])?$" (toString .name)) }}
-{{- fail (printf "pools: name %q: expected 1 to 58 characters of [a-z0-9-], a letter or digit at both ends" (toString .name)) }}
+{{- range .Values.pools }}{{ $names = append $names .name }}{{ end }}
+{{- $byLabel := .Values.poolsByNodeLabel }}
+{{- if not (regexMatch "^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$" (toString $byLabel.label)) }}
+{{- fail (printf "poolsByNodeLabel.label %q is not a label key" (toString $byLabel.label)) }}
 {{- end }}
-{{- if or (not (isAbs (toString .path))) (ne (clean (toString .path)) (toString .path)) }}
-{{- fail (printf "pools: %s: path %q is not a clean absolute path" .name (toString .path)) }}
+{{- $groups := list }}
+{{- $fullname := include "hostpath-csi.fullname" . }}
+{{- range $byLabel.groups }}
+{{- $group := toString .value }}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" $group) }}
+{{- fail (printf "poolsByNodeLabel.groups: value %q: expected 1 to 63 characters of [a-z0-9-], a letter or digit at both ends" $group) }}
 {{- end }}
-{{- if has .name $names }}
-{{- fail (printf "pools: %s appears twice" .name) }}
+{{- if gt (len (printf "%s-node-%s" $fullname $group)) 63 }}
+{{- fail (printf "poolsByNodeLabel.groups: value %s makes the DaemonSet name %s-node-%s longer than 63 characters" $group $fullname $group) }}
 {{- end }}
-{{- $names = append $names .name }}
+{{- if has $group $groups }}
+{{- fail (printf "poolsByNodeLabel.groups: %s appears twice" $group) }}
 {{- end }}
-{{- if and .Values.defaultPool (not (has .Values.defaultPool $names)) }}
-{{- fail (printf "defaultPool %s is not one of pools (%s)" .Values.defaultPool (join ", " $names)) }}
+{{- $groups = append $groups $group }}
+{{- include "hostpath-csi.validatePools" (dict "where" (printf "poolsByNodeLabel.groups[%s]." $group) "pools" .pools "defaultPool" .defaultPool) }}
+{{- range .pools }}{{ if not (has .name $names) }}{{ $names = append $names .name }}{{ end }}{{ end }}
 {{- end }}
 {{- range .Values.allowHostPaths }}
 {{- if or (not (isAbs (toString .))) (ne (clean (toString .)) (toString .)) (eq (toString .) "/") }}
@@ -95,10 +100,37 @@ would make objects Kubernetes rejects; rendered by the DaemonSet's template.
 {{- if .default }}{{ $defaults = add1 $defaults }}{{ end }}
 {{- $pool := (default dict .parameters).pool }}
 {{- if and $pool (not (has $pool $names)) }}
-{{- fail (printf "StorageClass %s: pool %s is not one of pools (%s)" .name $pool (join ", " $names)) }}
+{{- fail (printf "StorageClass %s: pool %s is not one of pools or poolsByNodeLabel's (%s)" .name $pool (join ", " $names)) }}
 {{- end }}
 {{- end }}
 {{- if gt $defaults 1 }}
 {{- fail "storageClasses: more than one is the default class" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of one list of pools and its default pool (`pools` and defaultPool,
+or a poolsByNodeLabel group's); where: the values' path to them.
+*/}}
+{{- define "hostpath-csi.validatePools" -}}
+{{- $where := .where }}
+{{- if not .pools }}
+{{- fail (printf "%spools: the node plugin needs at least one pool" $where) }}
+{{- end }}
+{{- $names := list }}
+{{- range .pools }}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,56}[a-z0-9])?$" (toString .name)) }}
+{{- fail (printf "%spools: name %q: expected 1 to 58 characters of [a-z0-9-], a letter or digit at both ends" $where (toString .name)) }}
+{{- end }}
+{{- if or (not (isAbs (toString .path))) (ne (clean (toString .path)) (toString .path)) }}
+{{- fail (printf "%spools: %s: path %q is not a clean absolute path" $where .name (toString .path)) }}
+{{- end }}
+{{- if has .name $names }}
+{{- fail (printf "%spools: %s appears twice" $where .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- if and .defaultPool (not (has .defaultPool $names)) }}
+{{- fail (printf "%sdefaultPool %s is not one of its pools (%s)" $where .defaultPool (join ", " $names)) }}
 {{- end }}
 {{- end }}
