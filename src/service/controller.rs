@@ -21,7 +21,7 @@ use crate::csi::{
     DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest,
     GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
     ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse,
-    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
+    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume, VolumeHealth,
     controller_get_volume_response, list_volumes_response,
 };
 use crate::driver::{Driver, Listed};
@@ -165,20 +165,12 @@ impl Controller for ControllerService {
         request: Request<ListVolumesRequest>,
     ) -> RpcResult<ListVolumesResponse> {
         let req = request.into_inner();
-        let (start, max) = page_request(req.max_entries, &req.starting_token, |id| {
-            VolumeId::parse(id).ok()
-        })?;
-        // Off the async workers: a page reads the table under its lock.
-        let driver = Arc::clone(&self.driver);
-        let (entries, next) = blocking(move || {
-            let (page, next) = driver.listing(start.as_ref(), max);
-            let entries = page.iter().map(|listed| list_entry(&driver, listed));
-            Ok((entries.collect::<Vec<_>>(), next))
-        })
-        .await?;
+        let (entries, next_token) = self
+            .volume_page(req.max_entries, &req.starting_token, list_entry)
+            .await?;
         Ok(Response::new(ListVolumesResponse {
             entries,
-            next_token: next_token(next),
+            next_token,
         }))
     }
 
@@ -188,29 +180,12 @@ impl Controller for ControllerService {
         request: Request<ControllerListVolumeHealthRequest>,
     ) -> RpcResult<ControllerListVolumeHealthResponse> {
         let req = request.into_inner();
-        let (start, max) = page_request(req.max_entries, &req.starting_token, |id| {
-            VolumeId::parse(id).ok()
-        })?;
-        // Off the async workers: each volume's backing is looked at.
-        let driver = Arc::clone(&self.driver);
-        let (entries, next) = blocking(move || {
-            let (page, next) = driver.listing(start.as_ref(), max);
-            let entries = page.iter().map(|listed| match listed {
-                Listed::Served(volume) => {
-                    let findings = health::of_volume(&driver, volume);
-                    driver.observe(&volume.record.id, &findings);
-                    volume_health(&volume.record.id, &findings)
-                }
-                Listed::Unreadable(id, problem) => {
-                    volume_health(id, &[health::of_unreadable(id, problem)])
-                }
-            });
-            Ok((entries.collect::<Vec<_>>(), next))
-        })
-        .await?;
+        let (entries, next_token) = self
+            .volume_page(req.max_entries, &req.starting_token, health_entry)
+            .await?;
         Ok(Response::new(ControllerListVolumeHealthResponse {
             entries,
-            next_token: next_token(next),
+            next_token,
         }))
     }
 
@@ -394,7 +369,29 @@ impl Controller for ControllerService {
 }
 
 impl ControllerService {
-    /// Whether `parameters` describe the volume as it was created.
+    /// A page of the volumes in id order, each made an entry by `entry`,
+    /// and the next page's token. Off the async workers: a page reads the
+    /// table under its lock, and an entry may look at the volume's backing.
+    async fn volume_page<T: Send + 'static>(
+        &self,
+        max_entries: i32,
+        starting_token: &str,
+        entry: fn(&Driver, &Listed) -> T,
+    ) -> crate::error::Result<(Vec<T>, String)> {
+        let (start, max) =
+            page_request(max_entries, starting_token, |id| VolumeId::parse(id).ok())?;
+        let driver = Arc::clone(&self.driver);
+        let (entries, next) = blocking(move || {
+            let (page, next) = driver.listing(start.as_ref(), max);
+            Ok((
+                page.iter().map(|listed| entry(&driver, listed)).collect(),
+                next,
+            ))
+        })
+        .await?;
+        Ok((entries, next_token(next)))
+    }
+
     /// Whether the parameters given (only those: an absent key is not read
     /// as its default) describe volume `record`.
     fn same_parameters(
@@ -466,6 +463,18 @@ fn published_nodes(driver: &Driver, volume: &volumes::Volume) -> Vec<String> {
         Vec::new()
     } else {
         vec![driver.config.node_id.clone()]
+    }
+}
+
+/// One ControllerListVolumeHealth entry: the volume's health, checked now.
+fn health_entry(driver: &Driver, listed: &Listed) -> VolumeHealth {
+    match listed {
+        Listed::Served(volume) => {
+            let findings = health::of_volume(driver, volume);
+            driver.observe(&volume.record.id, &findings);
+            volume_health(&volume.record.id, &findings)
+        }
+        Listed::Unreadable(id, problem) => volume_health(id, &[health::of_unreadable(id, problem)]),
     }
 }
 
