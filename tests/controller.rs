@@ -11,7 +11,7 @@ use hostpath_csi::csi::volume_capability::access_mode::Mode;
 use hostpath_csi::csi::volume_capability::{AccessType, BlockVolume};
 use hostpath_csi::csi::{
     CapacityRange, ControllerGetCapabilitiesRequest, ControllerGetVolumeRequest,
-    GetCapacityRequest, ListVolumesRequest, Topology, TopologyRequirement,
+    GetCapacityRequest, GetCapacityResponse, ListVolumesRequest, Topology, TopologyRequirement,
     ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
 };
 use tonic::Code;
@@ -583,6 +583,28 @@ async fn list_volumes_pages_through_everything_once() {
     );
 }
 
+/// GetCapacity's answer for a topology (none: any) and parameters.
+async fn capacity(
+    d: &mut TestDriver,
+    topology: Option<Topology>,
+    parameters: &[(&str, &str)],
+) -> GetCapacityResponse {
+    let request = GetCapacityRequest {
+        accessible_topology: topology,
+        parameters: parameters
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    d.csi
+        .controller
+        .get_capacity(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test]
 async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
     // A pool of its own, so that other tests' writes do not move its free space.
@@ -590,26 +612,9 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
     let pool = scratch.path().join("own");
     scratch.mount_tmpfs(&pool, "2g");
     let mut d = TestDriver::start_in(scratch, move |c| c.pools[0].1 = pool).await;
-    let get = |topology: Option<Topology>| GetCapacityRequest {
-        accessible_topology: topology,
-        ..Default::default()
-    };
-    let before = d
-        .csi
-        .controller
-        .get_capacity(get(None))
-        .await
-        .unwrap()
-        .into_inner()
-        .available_capacity;
+    let before = capacity(&mut d, None, &[]).await.available_capacity;
     d.create("pvc-cap", 1 << 30).await;
-    let after = d
-        .csi
-        .controller
-        .get_capacity(get(Some(topology(NODE))))
-        .await
-        .unwrap()
-        .into_inner();
+    let after = capacity(&mut d, Some(topology(NODE)), &[]).await;
     // The volume's directory and record take a block or two of their own.
     let drop = before - after.available_capacity;
     assert!(
@@ -622,36 +627,13 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         Some(0),
         "a directory has no minimum"
     );
-    let mut file = get(None);
-    file.parameters.insert("kind".into(), "file".into());
-    file.parameters.insert("fsType".into(), "xfs".into());
-    let xfs = d
-        .csi
-        .controller
-        .get_capacity(file)
-        .await
-        .unwrap()
-        .into_inner();
+    let xfs = capacity(&mut d, None, &[("kind", "file"), ("fsType", "xfs")]).await;
     assert_eq!(xfs.minimum_volume_size, Some(300 << 20));
-    let elsewhere = d
-        .csi
-        .controller
-        .get_capacity(get(Some(topology("other"))))
-        .await
-        .unwrap()
-        .into_inner();
+    let elsewhere = capacity(&mut d, Some(topology("other")), &[]).await;
     assert_eq!(elsewhere.available_capacity, 0);
     // A pool other nodes may have (the chart's pools by node label): none
     // of it here, and a claim for it is refused saying why.
-    let mut lacking = get(None);
-    lacking.parameters.insert("pool".into(), "nvme".into());
-    let lacking = d
-        .csi
-        .controller
-        .get_capacity(lacking)
-        .await
-        .unwrap()
-        .into_inner();
+    let lacking = capacity(&mut d, None, &[("pool", "nvme")]).await;
     assert_eq!(lacking.available_capacity, 0);
     assert_eq!(lacking.maximum_volume_size, Some(0));
     assert_code(
@@ -666,8 +648,10 @@ async fn get_capacity_is_free_space_minus_promises_and_zero_elsewhere() {
         Code::InvalidArgument,
         &format!("parameter pool=nvme names no pool on node {NODE}: pools are default"),
     );
-    let mut bad = get(None);
-    bad.parameters.insert("pool".into(), "Not A Pool".into());
+    let bad = GetCapacityRequest {
+        parameters: [("pool".to_owned(), "Not A Pool".to_owned())].into(),
+        ..Default::default()
+    };
     assert_code(
         d.csi.controller.get_capacity(bad).await,
         Code::InvalidArgument,
